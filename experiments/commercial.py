@@ -1,0 +1,32 @@
+"""MIAN on the commercial-scale generated data set (the paper's Alipay setting).
+
+Variants: "" (default: full scale on an accelerator, 1% on CPU) and "tiny" (a few thousand samples,
+a small model: a run of seconds, for tests and smoke checks).
+"""
+
+from mian_jax.config import Config
+
+
+def get_config(variant: str = "") -> Config:
+  config = Config()
+  config.data.source = "commercial"
+  config.data.dir = "data_cache"
+  config.model.name = "mian"
+  config.train.batch_size = 1024
+  config.train.epochs = 2
+  if variant == "tiny":
+    config.data.scale = 0.0002  # ~7k samples, 433 users
+    config.data.max_len = 10
+    config.data.block_size = 32
+    config.data.shard_samples = 4096
+    config.model.embed_dim = 4
+    config.model.mlp = (16, 8)
+    config.model.gim_dim = 8
+    config.train.batch_size = 256
+    config.train.epochs = 1
+    config.train.eval_batch_size = 1024
+    config.train.log_every = 5
+    config.train.checkpoint_every = 10
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} of experiment commercial; valid: tiny")
+  return config

@@ -1,0 +1,166 @@
+"""Typed run configuration and `--set a.b=c` overrides.
+
+A run is described by one frozen-free tree of dataclasses (`Config`), built by an experiment file and
+then overridden from the command line. Every override is checked against the field's annotated type;
+`Literal[...]` fields list their valid choices in the error. `ConfigError` carries a one-line message
+meant to be printed as `error: ...`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+  """A user mistake in the configuration; the message is one line saying what and how to fix it."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+  source: str = "commercial"  # which data set (mian_jax.data.SOURCES)
+  dir: str = "data_cache"  # where generated / converted shards are cached (keyed by their parameters)
+  scale: float = -1.0  # commercial data: 1.0 = 36M samples / 2.16M users; -1 = 1.0 with an accelerator, 0.01 on CPU
+  max_len: int = 50  # behaviours kept per sample (the most recent ones)
+  block_size: int = 128  # samples per ArrayRecord record; the per-process batch must be a multiple
+  shard_samples: int = 262144  # samples per shard file (rounded to whole blocks)
+  workers: int = 0  # grain worker processes for decoding; 0 = decode in a background thread
+  prefetch: int = 4  # batches prefetched ahead of the step
+  embed_user_id: bool = False  # feed the user id to the model (it is always stored, for gAUC)
+  seed: int = 0  # generator seed (the data set, not the training order)
+  days: int = 30  # commercial data: days covered; the last `test_days` are the test split
+  test_days: int = 3
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  name: str = "mian"  # a name from the model registry (`python launch.py --help` lists them)
+  embed_dim: int = 18  # width D of every embedding table (DIN/DIEN reference default)
+  ibim_layers: int = 1  # Pre-LN Transformer blocks over the behaviours
+  ibim_heads: int = 2  # attention heads; the behaviour width must divide by it
+  ibim_ffn_mult: int = 2  # FFN hidden width = mult x behaviour width
+  ibim_encoder: Literal["pre_ln", "post_ln", "none"] = "pre_ln"  # IBIM sequence encoder
+  gim_dim: int = 64  # GIM projects every r_l to this width before the weighted sum
+  mlp: tuple[int, ...] = (200, 80)  # prediction MLP hidden widths (ReLU)
+  mlp_on_concat: bool = True  # feed [R_g; r_1..r_L] to the MLP (False = R_g only, the paper's literal form)
+  dropout: float = 0.0  # dropout in the MLP (train only)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  batch_size: int = 1024  # global batch (all processes and devices together)
+  steps: int = 0  # optimisation steps; 0 = run `epochs` epochs
+  epochs: int = 2
+  seed: int = 0  # parameter init, data order and dropout
+  learning_rate: float = 1e-3
+  eval_every: int = 0  # steps between test evaluations; 0 = once per epoch (and always at the end)
+  checkpoint_every: int = 200  # steps between checkpoints (also at every eval and at the end)
+  log_every: int = 50  # steps between training-metric fetches
+  keep_checkpoints: int = 3  # latest checkpoints kept (the best by test AUC is kept as well)
+  eval_batch_size: int = 4096
+
+
+@dataclasses.dataclass
+class Config:
+  experiment: str = ""
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _keys(obj: Any, prefix: str = "") -> list[str]:
+  out = []
+  for f in dataclasses.fields(obj):
+    value = getattr(obj, f.name)
+    if dataclasses.is_dataclass(value):
+      out += _keys(value, f"{prefix}{f.name}.")
+    else:
+      out.append(prefix + f.name)
+  return out
+
+
+def _parse(key: str, raw: str, hint: Any) -> Any:
+  origin = typing.get_origin(hint)
+  if origin is Literal:
+    choices = typing.get_args(hint)
+    if raw not in choices:
+      raise ConfigError(f"--set {key}={raw}: must be one of {', '.join(map(str, choices))}")
+    return raw
+  if hint is bool:
+    low = raw.lower()
+    if low in ("1", "true", "yes"):
+      return True
+    if low in ("0", "false", "no"):
+      return False
+    raise ConfigError(f"--set {key}={raw}: expected true or false")
+  if hint in (int, float):
+    try:
+      return hint(raw) if hint is float else int(raw)
+    except ValueError:
+      raise ConfigError(f"--set {key}={raw}: expected {hint.__name__}") from None
+  if origin is tuple:
+    parts = [p for p in raw.replace("-", ",").split(",") if p.strip()]
+    try:
+      return tuple(int(p) for p in parts)
+    except ValueError:
+      raise ConfigError(f"--set {key}={raw}: expected integers joined by ',' or '-' (e.g. 200-80)") from None
+  return raw
+
+
+def apply_override(config: Config, assignment: str) -> None:
+  """Applies one `a.b=c` override in place, type-checked against the dataclass annotation."""
+  if "=" not in assignment:
+    raise ConfigError(f"--set {assignment}: expected KEY=VALUE, e.g. --set train.batch_size=512")
+  key, raw = assignment.split("=", 1)
+  key = key.strip()
+  parts = key.split(".")
+  node: Any = config
+  for i, part in enumerate(parts):
+    names = [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+    if part not in names:
+      valid = ", ".join(_keys(config))
+      raise ConfigError(f"--set {key}: unknown key; valid keys are {valid}")
+    if i == len(parts) - 1:
+      if dataclasses.is_dataclass(getattr(node, part)):
+        raise ConfigError(f"--set {key}: is a section; set one of its fields, e.g. {key}.{_keys(getattr(node, part))[0]}")
+      hints = typing.get_type_hints(type(node))
+      setattr(node, part, _parse(key, raw.strip(), hints[part]))
+    else:
+      node = getattr(node, part)
+
+
+def apply_overrides(config: Config, assignments: list[str]) -> Config:
+  for assignment in assignments:
+    apply_override(config, assignment)
+  validate(config)
+  return config
+
+
+def validate(config: Config) -> None:
+  d, t, m = config.data, config.train, config.model
+  checks = [
+      (d.max_len >= 1, "data.max_len must be >= 1"),
+      (1 <= d.block_size <= 65536, "data.block_size must be in 1..65536"),
+      (d.workers >= 0, "data.workers must be >= 0"),
+      (t.batch_size >= 1, "train.batch_size must be >= 1"),
+      (t.steps >= 0, "train.steps must be >= 0 (0 = run train.epochs epochs)"),
+      (t.epochs >= 1, "train.epochs must be >= 1"),
+      (t.learning_rate > 0, "train.learning_rate must be > 0"),
+      (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+      (t.log_every >= 1, "train.log_every must be >= 1"),
+      (t.eval_every >= 0, "train.eval_every must be >= 0"),
+      (m.embed_dim >= 1, "model.embed_dim must be >= 1"),
+      (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
+      (0 <= t.seed < 2**31, "train.seed must be in 0..2^31-1"),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ConfigError(message)

@@ -1,0 +1,36 @@
+"""Data sets by name: each turns a DataConfig into a `pipeline.Source` (shards on disk + schema)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from mian_jax.config import DataConfig
+from mian_jax.data import commercial, pipeline
+from mian_jax.schema import FeatureSchema
+
+
+def _commercial(cfg: DataConfig) -> pipeline.Source:
+  if not 0 < cfg.scale <= 10:
+    raise pipeline.DataError(f"data.scale={cfg.scale} is out of range; use a value in (0, 10], 1.0 = full size")
+  params = commercial.Params(scale=cfg.scale, seed=cfg.seed, max_len=cfg.max_len, days=cfg.days,
+                             test_days=cfg.test_days, block_size=cfg.block_size, shard_samples=cfg.shard_samples)
+  if not 0 < cfg.test_days < cfg.days:
+    raise pipeline.DataError(f"data.test_days={cfg.test_days} must be between 1 and data.days-1 ({cfg.days - 1})")
+  directory, meta = commercial.build(cfg.dir, params)
+  return pipeline.Source(directory, _with_user_id(FeatureSchema.from_dict(meta["schema"]), cfg.embed_user_id), meta)
+
+
+def _with_user_id(schema: FeatureSchema, embed: bool) -> FeatureSchema:
+  """The stored schema with the user-id field embedded or not, as data.embed_user_id says."""
+  features = tuple(dataclasses.replace(f, embed=embed) if f.name == schema.user_key else f for f in schema.features)
+  return dataclasses.replace(schema, features=features)
+
+
+SOURCES: dict[str, Callable[[DataConfig], pipeline.Source]] = {"commercial": _commercial}
+
+
+def open_source(cfg: DataConfig) -> pipeline.Source:
+  if cfg.source not in SOURCES:
+    raise pipeline.DataError(f"data.source={cfg.source!r} is unknown; valid: {', '.join(sorted(SOURCES))}")
+  return SOURCES[cfg.source](cfg)

@@ -1,0 +1,127 @@
+"""grain input pipelines over block records.
+
+Training:  ArrayRecordDataSource (one record = one block of samples)
+        -> MapDataset, seeded shuffle of blocks, reshuffled every epoch, repeated without end
+        -> slice [process_index::process_count] (processes read disjoint blocks)
+        -> batch k blocks and decode them together (one read call per block, vectorised decode)
+        -> seeded permutation of the samples inside the batch (a shuffle buffer of k blocks)
+        -> to_iter_dataset with prefetch threads, or `mp_prefetch` worker processes.
+Its iterator is a grain `DatasetIterator`, so `get_state()` / `set_state()` give the exact position
+that checkpoints store. Evaluation reads every block of a split once, in order, padding the last
+batch with weight-0 rows; every process runs the same number of evaluation batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import grain
+import numpy as np
+
+from mian_jax.data import records
+from mian_jax.schema import FeatureSchema
+
+
+class DataError(ValueError):
+  """Unusable data on disk; the message names the file or record and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A data set on disk as the pipelines need it: its directory, schema and block sizes."""
+  directory: Path
+  schema: FeatureSchema
+  meta: dict[str, Any]
+
+  def paths(self, split: str) -> list[str]:
+    return [str(self.directory / name) for name in self.meta["files"][split]]
+
+  def blocks(self, split: str) -> list[int]:
+    return self.meta["blocks"][split]
+
+  def rows(self, split: str) -> int:
+    return sum(self.blocks(split))
+
+  def block_size(self) -> int:
+    return max(self.blocks("train"))
+
+
+def _decode_many(schema: FeatureSchema, max_len: int, blobs: Sequence[bytes]) -> dict[str, np.ndarray]:
+  return records.concat([records.decode_block(schema, b, max_len) for b in blobs])
+
+
+def _permute(seed: int, index: int, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  perm = np.random.default_rng([seed, index, 1]).permutation(len(batch["label"]))
+  return {k: v[perm] for k, v in batch.items()}
+
+
+def _source(src: Source, split: str) -> grain.sources.ArrayRecordDataSource:
+  paths = src.paths(split)
+  missing = [p for p in paths if not Path(p).exists()]
+  if missing:
+    raise DataError(f"{missing[0]} is missing; delete {src.directory} and rerun to regenerate the data")
+  return grain.sources.ArrayRecordDataSource(paths)
+
+
+def steps_per_epoch(src: Source, batch_per_process: int, process_count: int) -> int:
+  blocks_per_batch = batch_per_process // src.block_size()
+  return len(src.blocks("train")) // process_count // blocks_per_batch
+
+
+def train_iterator(src: Source, *, batch_per_process: int, seed: int, max_len: int, process_index: int = 0,
+                   process_count: int = 1, workers: int = 0, prefetch: int = 4) -> grain.DatasetIterator:
+  """An endless, checkpointable iterator of per-process training batches (numpy dicts)."""
+  block = src.block_size()
+  if batch_per_process % block:
+    raise DataError(f"per-process batch {batch_per_process} is not a multiple of the data's block size {block}; "
+                    f"set train.batch_size to a multiple of {block * process_count}")
+  k = batch_per_process // block
+  if len(src.blocks("train")) < k * process_count:
+    raise DataError(f"{src.directory} holds {src.rows('train')} training samples, fewer than one batch; "
+                    f"lower train.batch_size or raise data.scale")
+  ds = grain.MapDataset.source(_source(src, "train")).shuffle(seed=seed).repeat(None)
+  ds = ds[process_index::process_count]
+  ds = ds.batch(k, drop_remainder=True, batch_fn=functools.partial(_decode_many, src.schema, max_len))
+  ds = ds.map_with_index(functools.partial(_permute, seed))
+  if workers > 0:
+    it_ds = ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  else:
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
+  return iter(it_ds)
+
+
+def eval_batches(src: Source, split: str, *, rows_per_process: int, max_len: int, process_index: int = 0,
+                 process_count: int = 1) -> tuple[int, Iterator[dict[str, np.ndarray]]]:
+  """(number of batches, iterator) over every row of `split` held by this process, in order.
+
+  Blocks are dealt to processes round robin; each process pads to the same number of batches.
+  """
+  sizes = src.blocks(split)
+  mine = list(range(process_index, len(sizes), process_count))
+  counts = [sum(sizes[i::process_count]) for i in range(process_count)]
+  num_batches = max(1, -(-max(counts) // rows_per_process))
+  source = _source(src, split)
+
+  def gen() -> Iterator[dict[str, np.ndarray]]:
+    pending: list[dict[str, np.ndarray]] = []
+    have, emitted = 0, 0
+    for start in range(0, len(mine), 64):  # one read call for 64 blocks
+      for blob in source.__getitems__(mine[start:start + 64]):
+        pending.append(records.decode_block(src.schema, blob, max_len))
+        have += len(pending[-1]["label"])
+        while have >= rows_per_process:
+          merged = records.concat(pending)
+          yield {k: v[:rows_per_process] for k, v in merged.items()}
+          emitted += 1
+          pending = [{k: v[rows_per_process:] for k, v in merged.items()}]
+          have -= rows_per_process
+    template = records.decode_block(src.schema, source[0], max_len)
+    empty = {k: v[:0] for k, v in template.items()}
+    while emitted < num_batches:
+      yield records.pad_rows(records.concat(pending + [empty]), rows_per_process)
+      pending, emitted = [], emitted + 1
+
+  return num_batches, gen()

@@ -1,0 +1,105 @@
+"""Sharded ArrayRecord data sets on disk: written in parallel and atomically, cached by their parameters.
+
+A data set lives in `<data.dir>/<name>-<hash of its parameters>/`:
+    meta.json                      written last; its presence means the data set is complete
+    train-00000-of-00004.array_record, test-00000-of-00004.array_record, ...
+Every shard is written under a temporary name and renamed when complete, so a killed writer leaves
+no file that looks finished; a rerun redoes only the shards that are missing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import hashlib
+import json
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from array_record.python import array_record_module
+from tqdm import tqdm
+
+from mian_jax.schema import FeatureSchema
+
+SPLITS = ("train", "test")
+
+
+def dataset_dir(root: str | os.PathLike, name: str, params: dict[str, Any]) -> Path:
+  digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+  return Path(root) / f"{name}-{digest}"
+
+
+def shard_path(directory: Path, split: str, index: int, count: int) -> Path:
+  return directory / f"{split}-{index:05d}-of-{count:05d}.array_record"
+
+
+def write_records(path: Path, records: Sequence[bytes]) -> None:
+  """Writes records to `path` atomically (temporary file, then rename)."""
+  tmp = path.with_name(path.name + ".tmp")
+  writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1")
+  for record in records:
+    writer.write(record)
+  writer.close()
+  os.replace(tmp, path)
+
+
+def load_meta(directory: Path) -> dict[str, Any] | None:
+  path = directory / "meta.json"
+  if not path.exists():
+    return None
+  return json.loads(path.read_text())
+
+
+def _run_shard(shard_fn: Callable[[int], dict[str, Any]], directory: Path, index: int) -> dict[str, Any]:
+  """Runs one shard unless an earlier run finished it (its statistics file is written last)."""
+  done = directory / f"shard-{index:05d}.stats.json"
+  if done.exists():
+    return json.loads(done.read_text())
+  stats = shard_fn(index)
+  tmp = done.with_name(done.name + ".tmp")
+  tmp.write_text(json.dumps(stats))
+  os.replace(tmp, done)
+  return stats
+
+
+def build(directory: Path, schema: FeatureSchema, params: dict[str, Any], num_shards: int,
+          shard_fn: Callable[[int], dict[str, Any]], finish: Callable[[list[dict]], dict[str, Any]],
+          desc: str) -> dict[str, Any]:
+  """Builds the data set unless a complete one with the same parameters exists; returns its meta.
+
+  `shard_fn(i)` writes shard i of every split (use `shard_path`) and returns picklable statistics,
+  including `blocks`: {split: [samples per block]}. It must be a module-level function (it runs in
+  worker processes). `finish(stats)` turns the per-shard statistics into the `stats` entry of meta.
+  """
+  meta = load_meta(directory)
+  if meta is not None and meta.get("params") == params:
+    return meta
+  if meta is not None:  # same hash, other parameters: never mix shards of two data sets
+    raise ValueError(f"{directory}/meta.json was written for other parameters; remove {directory} to rebuild")
+  directory.mkdir(parents=True, exist_ok=True)
+  for leftover in directory.glob("*.tmp"):
+    leftover.unlink()
+  workers = min(num_shards, os.cpu_count() or 1)
+  stats: list[dict] = [{}] * num_shards
+  with tqdm(total=num_shards, desc=desc, unit="shard", disable=None) as bar:
+    if workers <= 1:
+      for i in range(num_shards):
+        stats[i] = _run_shard(shard_fn, directory, i)
+        bar.update()
+    else:
+      # spawn, not fork: the parent may already hold JAX's threads.
+      ctx = multiprocessing.get_context("spawn")
+      with futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        jobs = {pool.submit(_run_shard, shard_fn, directory, i): i for i in range(num_shards)}
+        for job in futures.as_completed(jobs):
+          stats[jobs[job]] = job.result()
+          bar.update()
+  files = {s: [shard_path(directory, s, i, num_shards).name for i in range(num_shards)] for s in SPLITS}
+  blocks = {s: [n for st in stats for n in st["blocks"][s]] for s in SPLITS}
+  meta = {"params": params, "schema": schema.to_dict(), "files": files, "blocks": blocks,
+          "stats": finish(stats)}
+  tmp = directory / "meta.json.tmp"
+  tmp.write_text(json.dumps(meta, indent=1))
+  os.replace(tmp, directory / "meta.json")
+  return meta

@@ -1,0 +1,75 @@
+"""Embedding tables (kept apart from the dense network) and the lookup into MIAN's four groups.
+
+Tables are a plain dict {table name: float32 [V, D]} built from the schema, so that optimizers and
+sharding can treat them separately from the dense parameters. Legend: B batch, T history length,
+J user fields, K context fields, D = embed_dim, Di = item width (item fields x D).
+
+- e_i  [B, Di]     concatenation of the candidate's item fields (item id, category, ...).
+- e_b  [B, T, Di]  behaviour t: the behaviour fields aligned with the item fields, concatenated in the
+                   same order (shared tables), plus the side behaviour fields (e.g. the age of the
+                   behaviour) each embedded at width Di and added, like a position encoding.
+- mask [B, T]      True at real behaviours (t < hist_len).
+- e_u  [B, J, D], e_c [B, K, D]: one vector per field; a numeric field is value x a learned [D] vector.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from mian_jax.schema import FeatureSchema
+
+INIT_STDDEV = 0.05
+
+
+@flax.struct.dataclass
+class Groups:
+  item: jax.Array  # [B, Di]
+  behaviour: jax.Array  # [B, T, Di]
+  mask: jax.Array  # [B, T] bool
+  user: jax.Array  # [B, J, D]
+  context: jax.Array  # [B, K, D]
+
+
+def table_shapes(schema: FeatureSchema, dim: int) -> dict[str, tuple[int, int]]:
+  item_width = dim * len(schema.group("item"))
+  shapes = {name: (rows, dim) for name, rows in schema.tables.items()}
+  for f in schema.side_behaviours():
+    shapes[f.table_name] = (schema.tables[f.table_name], item_width)
+  for f in schema.numeric:
+    shapes[f"numeric:{f.name}"] = (1, dim)
+  return dict(sorted(shapes.items()))
+
+
+def init_tables(rng: jax.Array, schema: FeatureSchema, dim: int) -> dict[str, jax.Array]:
+  shapes = table_shapes(schema, dim)
+  keys = jax.random.split(rng, len(shapes))
+  return {name: INIT_STDDEV * jax.random.normal(k, shape, jnp.float32) for k, (name, shape) in zip(keys, shapes.items())}
+
+
+def _field(tables: Mapping[str, jax.Array], schema: FeatureSchema, name: str, batch: Mapping[str, jax.Array]) -> jax.Array:
+  f = schema[name]
+  if f.kind == "numeric":
+    return batch[name][:, None] * tables[f"numeric:{name}"][0]  # [B, D]
+  return jnp.take(tables[f.table_name], batch[name], axis=0)
+
+
+def embed(tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], schema: FeatureSchema) -> Groups:
+  item = jnp.concatenate([_field(tables, schema, f.name, batch) for f in schema.group("item")], axis=-1)
+  beh = jnp.concatenate([_field(tables, schema, b.name, batch) for _, b in schema.aligned_behaviours()], axis=-1)
+  for f in schema.side_behaviours():
+    beh = beh + _field(tables, schema, f.name, batch)
+  t = beh.shape[1]
+  mask = jnp.arange(t)[None, :] < batch["hist_len"][:, None]
+  beh = beh * mask[..., None]
+
+  def stack(group: str) -> jax.Array:
+    fields = [_field(tables, schema, f.name, batch) for f in schema.group(group)]
+    if not fields:
+      return jnp.zeros(item.shape[:1] + (0, tables[next(iter(tables))].shape[1]), item.dtype)
+    return jnp.stack(fields, axis=1)
+
+  return Groups(item=item, behaviour=beh, mask=mask, user=stack("user"), context=stack("context"))

@@ -1,0 +1,44 @@
+"""The command line: --help lists what exists; user mistakes give one `error:` line and a non-zero exit."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_experiments_and_models():
+  out = _run("--help")
+  assert out.returncode == 0
+  assert "commercial" in out.stdout and "mian_no_gim" in out.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--experiment", "nope"], "--experiment nope: unknown; valid: commercial"),
+    (["--experiment", "commercial", "--model", "nope"], "model 'nope' is unknown; valid: mian"),
+    (["--experiment", "commercial", "--set", "train.batch_sze=3"], "--set train.batch_sze: unknown key; valid keys are"),
+    (["--experiment", "commercial", "--set", "train.batch_size=big"], "--set train.batch_size=big: expected int"),
+    (["--experiment", "commercial", "--set", "model.ibim_encoder=lstm"], "must be one of pre_ln, post_ln, none"),
+    (["--experiment", "commercial", "--set", "train.steps"], "expected KEY=VALUE"),
+    (["--experiment", "commercial", "--set", "train.epochs=0"], "train.epochs must be >= 1"),
+])
+def test_user_mistakes_are_one_error_line(args, needle):
+  out = _run(*args)
+  assert out.returncode == 2
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+  assert needle in lines[0]
+  assert "Traceback" not in out.stderr
+
+
+def test_batch_not_a_multiple_of_the_block_is_explained(tmp_path):
+  out = _run("--experiment", "commercial:tiny", "--workdir", str(tmp_path / "w"), "--set", f"data.dir={tmp_path}",
+             "--set", "train.batch_size=40")
+  assert out.returncode == 2
+  assert out.stderr.startswith("error: ") and "multiple of 32" in out.stderr
