@@ -1,6 +1,8 @@
 """Command line: flags -> config -> one call into the library.
 
   python launch.py --experiment commercial [--model NAME] [--workdir DIR] [--set KEY=VALUE ...] [--fresh]
+  python launch.py --experiment commercial --sweep paper_table     # every trial, then the table
+  python launch.py --experiment commercial --model mian --plot gim  # the paper's Figure 6
 """
 
 from __future__ import annotations
@@ -9,17 +11,19 @@ import argparse
 import sys
 
 
-def _parser(experiment_names: list[str], model_names: list[str]) -> argparse.ArgumentParser:
+def _parser(experiment_names: list[str], model_names: list[str], sweep_names: list[str]) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="launch.py", description="Train and evaluate MIAN and CTR baselines.",
       epilog=f"experiments: {', '.join(experiment_names)} (NAME:tiny for a seconds-long run)\n"
-             f"models: {', '.join(model_names)}",
+             f"models: {', '.join(model_names)}\nsweeps: {', '.join(sweep_names)}",
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--experiment", required=True, help="experiment name (experiments/NAME.py), optionally NAME:VARIANT")
   p.add_argument("--model", help="model name (overrides model.name)")
   p.add_argument("--workdir", help="run directory (default runs/<experiment>/<model>)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.batch_size=512")
   p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints in the workdir and start over")
+  p.add_argument("--sweep", metavar="NAME", help="run a sweep (experiments/sweeps.py): one trial per setting, then a table")
+  p.add_argument("--plot", choices=["gim"], help="draw from the run's best checkpoint instead of training (gim: Figure 6)")
   return p
 
 
@@ -28,10 +32,11 @@ def main(argv: list[str] | None = None) -> int:
 
   absl.logging.set_verbosity(absl.logging.ERROR)  # Orbax's info / warning chatter
   import experiments
+  from experiments import sweeps
   from mian_jax import models
   from mian_jax.config import ConfigError, apply_overrides
 
-  args = _parser(experiments.names(), models.names()).parse_args(argv)
+  args = _parser(experiments.names(), models.names(), sweeps.names()).parse_args(argv)
   try:
     try:
       config = experiments.get_config(args.experiment)
@@ -44,19 +49,49 @@ def main(argv: list[str] | None = None) -> int:
     apply_overrides(config, args.set)
     if config.model.name not in models.names():
       raise ConfigError(f"model {config.model.name!r} is unknown; valid: {', '.join(models.names())}")
+    if args.sweep:
+      return _sweep(args, config, sweeps)
     workdir = args.workdir or f"runs/{config.experiment}/{config.model.name}"
 
     from mian_jax.data.pipeline import DataError
     from mian_jax.data.records import RecordError
     from mian_jax.train import loop
     try:
-      loop.train_and_evaluate(config, workdir, fresh=args.fresh)
+      if args.plot == "gim":
+        from mian_jax import plots
+        path = plots.gim_heatmap(plots.gim_weights(config, workdir), f"{workdir}/gim_attention.png")
+        print(f"wrote {path}")
+      else:
+        loop.train_and_evaluate(config, workdir, fresh=args.fresh)
     except (DataError, RecordError, loop.TrainingError) as e:
       raise ConfigError(str(e)) from None
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0
+
+
+def _sweep(args, config, sweeps) -> int:
+  """Runs every trial of the sweep (each its own launch.py process), then writes the summary tables."""
+  from pathlib import Path
+
+  from mian_jax import sweep
+  from mian_jax.config import ConfigError, apply_overrides
+
+  try:
+    trials = sweeps.trials(args.sweep)
+  except KeyError:
+    raise ConfigError(f"--sweep {args.sweep}: unknown; valid: {', '.join(sweeps.names())}") from None
+  if args.model or args.plot:
+    raise ConfigError("--sweep chooses the models itself; drop --model / --plot (use --set for common overrides)")
+  for overrides in trials:  # every trial's overrides must be valid before anything runs
+    apply_overrides(config, [f"{k}={v}" for k, v in overrides.items()])
+  root = Path(args.workdir or f"runs/{config.experiment}/sweeps/{args.sweep}")
+  root.mkdir(parents=True, exist_ok=True)
+  rows = sweep.run(args.experiment, args.sweep, trials, root, args.set, fresh=args.fresh)
+  print(sweep.paper_table(root, args.sweep, rows))
+  print(f"wrote {root / 'results.csv'} and {root / (args.sweep + '.md')}")
+  return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
 if __name__ == "__main__":

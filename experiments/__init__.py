@@ -11,7 +11,8 @@ from pathlib import Path
 
 
 def names() -> list[str]:
-  return sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if not m.name.startswith("_"))
+  return sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+                if not m.name.startswith("_") and m.name != "sweeps")
 
 
 def get_config(spec: str):

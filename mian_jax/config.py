@@ -46,6 +46,12 @@ class ModelConfig:
   mlp: tuple[int, ...] = (200, 80)  # prediction MLP hidden widths (ReLU)
   mlp_on_concat: bool = True  # feed [R_g; r_1..r_L] to the MLP (False = R_g only, the paper's literal form)
   dropout: float = 0.0  # dropout in the MLP (train only)
+  # The zoo's own fields (each model reads only its own).
+  cross_layers: int = 3  # dcn: cross layers x_{l+1} = x_0 x_l^T w_l + b_l + x_l
+  cin_layers: tuple[int, ...] = (100, 100)  # xdeepfm: feature maps per CIN layer
+  attention_mlp: tuple[int, ...] = (80, 40)  # din / dien: hidden widths of the attention unit (DIN reference)
+  gru_dim: int = 0  # dien: GRU / AUGRU state width; 0 = the behaviour width (DIEN reference: 2 x 18 = 36)
+  aux_loss_weight: float = 1.0  # dien: weight of the interest extractor's auxiliary loss (DIEN reference: 1)
 
 
 @dataclasses.dataclass
@@ -54,7 +60,9 @@ class TrainConfig:
   steps: int = 0  # optimisation steps; 0 = run `epochs` epochs
   epochs: int = 2
   seed: int = 0  # parameter init, data order and dropout
-  learning_rate: float = 1e-3
+  learning_rate: float = 1e-3  # peak learning rate of the dense network and the tables (Adam)
+  lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to 0 over the run's steps
+  weight_decay: float = 0.0  # decoupled weight decay on the dense network (AdamW); tables are not decayed
   eval_every: int = 0  # steps between test evaluations; 0 = once per epoch (and always at the end)
   checkpoint_every: int = 200  # steps between checkpoints (also at every eval and at the end)
   log_every: int = 50  # steps between training-metric fetches

@@ -21,12 +21,13 @@ def test_help_lists_experiments_and_models():
 
 @pytest.mark.parametrize("args, needle", [
     (["--experiment", "nope"], "--experiment nope: unknown; valid: commercial"),
-    (["--experiment", "commercial", "--model", "nope"], "model 'nope' is unknown; valid: mian"),
+    (["--experiment", "commercial", "--model", "nope"], "model 'nope' is unknown; valid: dcn, deepfm, dien, din, lr, mian"),
     (["--experiment", "commercial", "--set", "train.batch_sze=3"], "--set train.batch_sze: unknown key; valid keys are"),
     (["--experiment", "commercial", "--set", "train.batch_size=big"], "--set train.batch_size=big: expected int"),
     (["--experiment", "commercial", "--set", "model.ibim_encoder=lstm"], "must be one of pre_ln, post_ln, none"),
     (["--experiment", "commercial", "--set", "train.steps"], "expected KEY=VALUE"),
     (["--experiment", "commercial", "--set", "train.epochs=0"], "train.epochs must be >= 1"),
+    (["--experiment", "commercial", "--sweep", "nope"], "--sweep nope: unknown; valid: ablations, paper_table"),
 ])
 def test_user_mistakes_are_one_error_line(args, needle):
   out = _run(*args)

@@ -25,7 +25,7 @@ def test_deterministic_and_cached(tmp_path):
 
 
 def test_statistics_mirror_the_paper_and_each_interaction_matters(tmp_path):
-  _, meta = commercial.build(str(tmp_path), _params(scale=0.001, shard_samples=20000))
+  _, meta = commercial.build(str(tmp_path), _params(scale=0.003, shard_samples=40000))  # 10k test samples
   s = meta["stats"]
   assert 0.08 < s["label_rate"]["train"] < 0.12
   assert 0.74 < s["bayes_auc"] < 0.82

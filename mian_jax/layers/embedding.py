@@ -10,6 +10,12 @@ J user fields, K context fields, D = embed_dim, Di = item width (item fields x D
                    behaviour) each embedded at width Di and added, like a position encoding.
 - mask [B, T]      True at real behaviours (t < hist_len).
 - e_u  [B, J, D], e_c [B, K, D]: one vector per field; a numeric field is value x a learned [D] vector.
+- behaviour_ids [B, T]  the ids of the first aligned behaviour field (the behaviour's item id), for
+                   models that compare behaviours (DIEN's negatives); 0 at padding.
+- linear [B, F]    first-order weights, one per model input field (the sequence fields: masked mean over
+                   the history), for models with a linear part (LR, Wide&Deep, DeepFM, xDeepFM). Their
+                   width-1 tables `linear:<table>` exist only when `init_tables(..., linear=True)`;
+                   otherwise F = 0.
 """
 
 from __future__ import annotations
@@ -32,29 +38,51 @@ class Groups:
   mask: jax.Array  # [B, T] bool
   user: jax.Array  # [B, J, D]
   context: jax.Array  # [B, K, D]
+  behaviour_ids: jax.Array  # [B, T] int
+  linear: jax.Array  # [B, F] (F = 0 without linear tables)
 
 
-def table_shapes(schema: FeatureSchema, dim: int) -> dict[str, tuple[int, int]]:
+def table_shapes(schema: FeatureSchema, dim: int, linear: bool = False) -> dict[str, tuple[int, int]]:
   item_width = dim * len(schema.group("item"))
   shapes = {name: (rows, dim) for name, rows in schema.tables.items()}
   for f in schema.side_behaviours():
     shapes[f.table_name] = (schema.tables[f.table_name], item_width)
   for f in schema.numeric:
     shapes[f"numeric:{f.name}"] = (1, dim)
+  if linear:
+    shapes.update({f"linear:{name}": (rows, 1) for name, rows in schema.tables.items()})
+    shapes.update({f"linear:numeric:{f.name}": (1, 1) for f in schema.numeric})
   return dict(sorted(shapes.items()))
 
 
-def init_tables(rng: jax.Array, schema: FeatureSchema, dim: int) -> dict[str, jax.Array]:
-  shapes = table_shapes(schema, dim)
+def init_tables(rng: jax.Array, schema: FeatureSchema, dim: int, linear: bool = False) -> dict[str, jax.Array]:
+  """Embeddings ~ N(0, INIT_STDDEV); first-order (linear:*) weights start at 0, as logistic regression does."""
+  shapes = table_shapes(schema, dim, linear)
   keys = jax.random.split(rng, len(shapes))
-  return {name: INIT_STDDEV * jax.random.normal(k, shape, jnp.float32) for k, (name, shape) in zip(keys, shapes.items())}
+  return {name: (jnp.zeros(shape, jnp.float32) if name.startswith("linear:")
+                 else INIT_STDDEV * jax.random.normal(k, shape, jnp.float32))
+          for k, (name, shape) in zip(keys, shapes.items())}
 
 
-def _field(tables: Mapping[str, jax.Array], schema: FeatureSchema, name: str, batch: Mapping[str, jax.Array]) -> jax.Array:
+def _field(tables: Mapping[str, jax.Array], schema: FeatureSchema, name: str, batch: Mapping[str, jax.Array],
+           prefix: str = "") -> jax.Array:
   f = schema[name]
   if f.kind == "numeric":
-    return batch[name][:, None] * tables[f"numeric:{name}"][0]  # [B, D]
-  return jnp.take(tables[f.table_name], batch[name], axis=0)
+    return batch[name][:, None] * tables[f"{prefix}numeric:{name}"][0]  # [B, D]
+  return jnp.take(tables[prefix + f.table_name], batch[name], axis=0)
+
+
+def _linear(tables: Mapping[str, jax.Array], schema: FeatureSchema, batch: Mapping[str, jax.Array],
+            mask_bt: jax.Array) -> jax.Array:
+  """First-order weight per input field [B, F]; a sequence field's is its masked mean over the history."""
+  cols = []
+  for group in ("item", "behaviour", "user", "context"):
+    for f in schema.group(group):
+      w = _field(tables, schema, f.name, batch, prefix="linear:")[..., 0]
+      if f.kind == "sequence":
+        w = (w * mask_bt).sum(1) / jnp.maximum(mask_bt.sum(1), 1)
+      cols.append(w)
+  return jnp.stack(cols, axis=1)
 
 
 def embed(tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], schema: FeatureSchema) -> Groups:
@@ -69,7 +97,11 @@ def embed(tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], schem
   def stack(group: str) -> jax.Array:
     fields = [_field(tables, schema, f.name, batch) for f in schema.group(group)]
     if not fields:
-      return jnp.zeros(item.shape[:1] + (0, tables[next(iter(tables))].shape[1]), item.dtype)
+      return jnp.zeros(item.shape[:1] + (0, tables[schema.group("item")[0].table_name].shape[1]), item.dtype)
     return jnp.stack(fields, axis=1)
 
-  return Groups(item=item, behaviour=beh, mask=mask, user=stack("user"), context=stack("context"))
+  first_behaviour = schema.aligned_behaviours()[0][1].name
+  linear = (_linear(tables, schema, batch, mask) if any(k.startswith("linear:") for k in tables)
+            else jnp.zeros(item.shape[:1] + (0,), item.dtype))
+  return Groups(item=item, behaviour=beh, mask=mask, user=stack("user"), context=stack("context"),
+                behaviour_ids=jnp.where(mask, batch[first_behaviour], 0), linear=linear)

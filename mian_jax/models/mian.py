@@ -37,6 +37,9 @@ def _broadcast_concat(e_bi: jax.Array, x_ble: jax.Array) -> jax.Array:
   return jnp.concatenate([jnp.broadcast_to(e_bi[:, None, :], x_ble.shape[:2] + e_bi.shape[-1:]), x_ble], axis=-1)
 
 
+GIM_INPUTS = ("e_i", "e_b", "e_c", "e_u", "R_ibim", "R_iuim", "R_icim")  # the order of extras["gim"]'s columns
+
+
 class MIAN(nn.Module):
   cfg: ModelConfig
   use_ibim: bool = True

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from mian_jax import data as data_lib
 from mian_jax import metrics as metrics_lib
 from mian_jax import models
-from mian_jax.config import Config
+from mian_jax.config import Config, TrainConfig
 from mian_jax.data import pipeline
 from mian_jax.train import partition, state as state_lib, step as step_lib
 from mian_jax.train.checkpoint import Checkpoints, abstract
@@ -82,14 +82,23 @@ def _say(message: str) -> None:
     sys.stdout.flush()
 
 
-def resolve_scale(config: Config) -> None:
+def resolve_scale(config: Config, quiet: bool = False) -> None:
   """data.scale < 0 means: full scale with an accelerator, 1% on CPU (said so)."""
   if config.data.scale < 0:
     if jax.default_backend() == "cpu":
       config.data.scale = 0.01
-      _say("note: CPU only, so data.scale=0.01 (361k samples); full scale: --set data.scale=1.0")
+      quiet or _say("note: CPU only, so data.scale=0.01 (361k samples); full scale: --set data.scale=1.0")
     else:
       config.data.scale = 1.0
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+  """Adam (AdamW when weight_decay > 0, on the dense network only) with a constant or cosine schedule."""
+  lr = (optax.cosine_decay_schedule(cfg.learning_rate, max(1, total_steps)) if cfg.lr_schedule == "cosine"
+        else cfg.learning_rate)
+  mask = lambda params: {"tables": jax.tree.map(lambda _: False, params["tables"]),
+                         "dense": jax.tree.map(lambda _: True, params["dense"])}
+  return optax.adamw(lr, weight_decay=cfg.weight_decay, mask=mask) if cfg.weight_decay else optax.adam(lr)
 
 
 def evaluate(eval_step, params, src: pipeline.Source, config: Config, mesh) -> dict[str, float]:
@@ -108,8 +117,28 @@ def evaluate(eval_step, params, src: pipeline.Source, config: Config, mesh) -> d
   return metrics_lib.evaluate(cat["y"][real], cat["p"][real], cat["u"][real])
 
 
+def restore_best(config: Config, workdir: str | Path):
+  """(model, source, params, mesh) from the best checkpoint in `workdir` (the latest when none was
+  evaluated): for evaluation, prediction and plots after training."""
+  workdir = Path(workdir)
+  resolve_scale(config, quiet=True)
+  src = data_lib.open_source(config.data)
+  mesh = partition.make_mesh()
+  model = models.get(config.model.name, config.model)
+  init = state_lib.make_init(model, src.schema, config.model.embed_dim, make_optimizer(config.train, 1))
+  shapes = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
+  ckpt = Checkpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+  step = ckpt.best_step() or ckpt.latest_step()
+  if step is None:
+    raise TrainingError(f"no checkpoint in {workdir / 'checkpoints'}; train first (same command without this flag)")
+  state, _, _ = ckpt.restore(step, abstract(shapes, partition.replicated(mesh)))
+  ckpt.close()
+  return model, src, state.params, mesh
+
+
 def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False) -> dict[str, Any]:
   workdir = Path(workdir)
+  t_start = time.perf_counter()
   lead = jax.process_index() == 0
   # ---------------------------------------------------------------- data
   resolve_scale(config)
@@ -121,15 +150,17 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
   eval_every = config.train.eval_every or per_epoch
   # ---------------------------------------------------------------- model and state
   model = models.get(config.model.name, config.model)
-  tx = optax.adam(config.train.learning_rate)
+  tx = make_optimizer(config.train, total)
   init = state_lib.make_init(model, src.schema, config.model.embed_dim, tx)
   shapes = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
-  train_step = partition.jit_train_step(step_lib.make_train_step(model, src.schema, tx), mesh)
+  train_step = partition.jit_train_step(step_lib.make_train_step(model, src.schema, tx, config.model.aux_loss_weight), mesh)
   eval_step = partition.jit_eval_step(step_lib.make_eval_step(model, src.schema), mesh)
   # ---------------------------------------------------------------- restore or start
   if fresh and lead and workdir.exists():
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     (workdir / "metrics.jsonl").unlink(missing_ok=True)
+  if lead:
+    (workdir / "result.json").unlink(missing_ok=True)  # written again when this run finishes
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = Checkpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
   start = ckpt.latest_step()
@@ -157,6 +188,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
 
   # ---------------------------------------------------------------- loop
   pending: list[dict[str, jax.Array]] = []
+  rates: list[float] = []
   last: dict[str, Any] = {}
   t_log, step = time.perf_counter(), start
   bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not lead or None, dynamic_ncols=True)
@@ -177,6 +209,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
         now = time.perf_counter()
         rate = len(losses) * config.train.batch_size / (now - t_log)
         t_log, pending = now, []
+        rates.append(rate)
         log.write({"step": step, "split": "train", "loss": float(losses.mean()), "samples_per_s": rate,
                    "grad_norm": float(np.mean([m["grad_norm"] for m in fetched]))})
         bar.set_postfix(loss=f"{losses.mean():.4f}", samples_s=f"{rate:,.0f}")
@@ -200,7 +233,10 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
     last = {"step": step, "split": "test", **evaluate(eval_step, state.params, src, config, mesh)}
   save(step, {k: last[k] for k in ("auc", "gauc", "logloss")})
   result = {**last, "best_step": ckpt.best_step(), "bayes_auc": src.meta["stats"].get("bayes_auc"),
-            "workdir": str(workdir)}
+            "samples_per_s": float(np.median(rates)) if rates else None,
+            "wall_s": time.perf_counter() - t_start, "workdir": str(workdir)}
+  if lead:  # a finished run: sweeps skip it, summaries read it
+    (workdir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
   ckpt.close()
   line = f"final test auc={last['auc']:.4f} gauc={last['gauc']:.4f} logloss={last['logloss']:.4f}"
   if result["bayes_auc"] is not None:

@@ -43,7 +43,7 @@ def make_init(model: nn.Module, schema: FeatureSchema, embed_dim: int, tx: optax
 
   def init(key: jax.Array) -> TrainState:
     k_tables, k_dense, k_run = jax.random.split(key, 3)
-    tables = embedding.init_tables(k_tables, schema, embed_dim)
+    tables = embedding.init_tables(k_tables, schema, embed_dim, linear=getattr(model, "linear_terms", False))
     groups = embedding.embed(tables, dummy_batch(schema), schema)
     dense = model.init({"params": k_dense}, groups, False)["params"]
     params = {"tables": tables, "dense": dense}

@@ -1,0 +1,80 @@
+"""DIEN: Deep Interest Evolution Network (Zhou et al., AAAI 2019), as its reference code
+(github.com/mouna99/dien, Model_DIN_V2_Gru_Vec_attGru_Neg).
+
+Legend: B batch, T history length, J user fields, K context fields, Di item (= behaviour) width,
+H = cfg.gru_dim or Di (the reference: 36 = 2 x 18 = Di).
+
+Interest extractor  h_t = GRU(e_b^t, h_{t-1}) over the real behaviours (state kept at padding)   [B, T, H]
+Auxiliary loss      for t = 0..T-2 with t+1 real: p(h_t, e) = sigmoid(Aux([h_t; e])), Aux = Dense 100
+                    -> sigmoid -> Dense 50 -> sigmoid -> Dense 1 (the reference's auxiliary_net);
+                    L_aux = mean over pairs whose negative is valid of
+                            -log p(h_t, e_b^{t+1}) - log(1 - p(h_t, e_neg^{t+1}))
+                    e_neg = another behaviour of the batch with another id (layers/negatives.py);
+                    computed in training only (needs the "negatives" rng).
+Interest evolving   a_t = softmax_t over real t of ActUnit(PReLU(Dense_H(e_i)), h_t)  (din_fcn_attention)
+                    h'_t = AUGRU(h_t, h'_{t-1}, a_t); h'_T the state at the last real behaviour   [B, H]
+x                   = [e_i; h'_T; s; e_i * s; e_u (every field); e_c (every field)], s = sum_t e_b^t
+logit               = DiceMLP(cfg.mlp)(x)
+extras              = {"aux_loss": L_aux (training), "attention": a [B, T]}
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mian_jax.config import ModelConfig
+from mian_jax.layers.dice import DiceMLP
+from mian_jax.layers.embedding import Groups
+from mian_jax.layers.gru import MaskedRNN
+from mian_jax.layers.negatives import sample_negatives
+from mian_jax.layers.target_attention import TargetAttention
+
+AUX_MLP = (100, 50)  # the reference's auxiliary_net
+
+
+class AuxNet(nn.Module):
+  """[h_t; e] [..., H + Di] -> click logit [...] (sigmoid hidden layers)."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i, width in enumerate(AUX_MLP):
+      x = jax.nn.sigmoid(nn.Dense(width, name=f"dense{i}")(x))
+    return nn.Dense(1, name="logit")(x)[..., 0]
+
+
+def auxiliary_loss(aux: AuxNet, h_bth: jax.Array, g: Groups, key: jax.Array) -> jax.Array:
+  row_bt, pos_bt, valid_bt = sample_negatives(key, g.behaviour_ids, g.mask)
+  neg_btd = g.behaviour[row_bt, pos_bt]
+  h_bsh = h_bth[:, :-1]  # s = t, paired with behaviour t + 1
+  pos_logit = aux(jnp.concatenate([h_bsh, g.behaviour[:, 1:]], -1)).astype(jnp.float32)
+  neg_logit = aux(jnp.concatenate([h_bsh, neg_btd[:, 1:]], -1)).astype(jnp.float32)
+  pair_bs = (g.mask[:, :-1] & g.mask[:, 1:] & valid_bt[:, 1:]).astype(jnp.float32)
+  loss_bs = -jax.nn.log_sigmoid(pos_logit) - jax.nn.log_sigmoid(-neg_logit)
+  return jnp.sum(loss_bs * pair_bs) / jnp.maximum(pair_bs.sum(), 1.0)
+
+
+class DIEN(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, g: Groups, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    cfg = self.cfg
+    b = g.item.shape[0]
+    hidden = cfg.gru_dim or g.behaviour.shape[-1]
+    h_bth, _ = MaskedRNN(hidden, name="extractor")(g.behaviour, g.mask)
+    extras: dict[str, jax.Array] = {}
+    aux = AuxNet(name="aux_net")
+    if train:
+      extras["aux_loss"] = auxiliary_loss(aux, h_bth, g, self.make_rng("negatives"))
+    elif self.is_initializing():  # the trainer initialises in eval mode: create the aux net's params too
+      aux(jnp.zeros((1, hidden + g.behaviour.shape[-1]), h_bth.dtype))
+    _, a_bt = TargetAttention(cfg.attention_mlp, normalise=True, project_query=True, name="attention")(
+        g.item, h_bth, g.mask)
+    extras["attention"] = a_bt
+    _, final_bh = MaskedRNN(hidden, attentional=True, name="evolution")(h_bth, g.mask, a_bt.astype(h_bth.dtype))
+    sum_bi = g.behaviour.sum(1)  # padding is 0 already (the reference's item_his_eb_sum)
+    x = jnp.concatenate([g.item, final_bh, sum_bi, g.item * sum_bi, g.user.reshape(b, -1),
+                         g.context.reshape(b, -1)], axis=-1)
+    return DiceMLP(cfg.mlp, cfg.dropout, name="mlp")(x, train), extras

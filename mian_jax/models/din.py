@@ -1,0 +1,35 @@
+"""DIN: Deep Interest Network (Zhou et al., KDD 2018), as its reference code (github.com/mouna99/dien).
+
+Legend: B batch, T history length, J user fields, K context fields, D embedding width, Di item width.
+
+w_t      = a(e_i, e_b^t)  DIN's local activation unit on [e_i, e_b^t, e_i - e_b^t, e_i * e_b^t]
+           (sigmoid hidden layers cfg.attention_mlp), 0 at padding, NOT normalised (the paper)   [B, T]
+interest = sum_t w_t e_b^t                                                                    [B, Di]
+x        = [e_i; interest; sum_t e_b^t; e_u (every field); e_c (every field)]
+logit    = DiceMLP(cfg.mlp)(x)   (Dense -> Dice per layer, the reference's build_fcn_net with dice)
+extras   = {"attention": w [B, T]}
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mian_jax.config import ModelConfig
+from mian_jax.layers.dice import DiceMLP
+from mian_jax.layers.embedding import Groups
+from mian_jax.layers.target_attention import TargetAttention
+
+
+class DIN(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, g: Groups, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    cfg = self.cfg
+    b = g.item.shape[0]
+    interest_bi, w_bt = TargetAttention(cfg.attention_mlp, name="attention")(g.item, g.behaviour, g.mask)
+    sum_bi = g.behaviour.sum(1)  # padding is 0 already: the masked sum (the reference's item_his_eb_sum)
+    x = jnp.concatenate([g.item, interest_bi, sum_bi, g.user.reshape(b, -1), g.context.reshape(b, -1)], axis=-1)
+    return DiceMLP(cfg.mlp, cfg.dropout, name="mlp")(x, train), {"attention": w_bt}
