@@ -32,6 +32,8 @@ class DataConfig:
   seed: int = 0  # generator seed (the data set, not the training order)
   days: int = 30  # commercial data: days covered; the last `test_days` are the test split
   test_days: int = 3
+  min_positive_rating: int = 4  # movielens: a rating >= this is a positive (label 1)
+  test_per_user: int = 1  # movielens: each user's last ratings held out as the test split
 
 
 @dataclasses.dataclass

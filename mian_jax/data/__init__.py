@@ -6,7 +6,7 @@ import dataclasses
 from typing import Callable
 
 from mian_jax.config import DataConfig
-from mian_jax.data import commercial, pipeline
+from mian_jax.data import commercial, movielens, pipeline
 from mian_jax.schema import FeatureSchema
 
 
@@ -27,7 +27,18 @@ def _with_user_id(schema: FeatureSchema, embed: bool) -> FeatureSchema:
   return dataclasses.replace(schema, features=features)
 
 
-SOURCES: dict[str, Callable[[DataConfig], pipeline.Source]] = {"commercial": _commercial}
+def _movielens(cfg: DataConfig) -> pipeline.Source:
+  if cfg.test_per_user < 1:
+    raise pipeline.DataError(f"data.test_per_user={cfg.test_per_user} must be >= 1")
+  if not 1 <= cfg.min_positive_rating <= 5:
+    raise pipeline.DataError(f"data.min_positive_rating={cfg.min_positive_rating} must be in 1..5 (MovieLens stars)")
+  params = movielens.Params(max_len=cfg.max_len, block_size=cfg.block_size, min_positive_rating=cfg.min_positive_rating,
+                            test_per_user=cfg.test_per_user, seed=cfg.seed)
+  directory, meta = movielens.build(cfg.dir, params)
+  return pipeline.Source(directory, _with_user_id(FeatureSchema.from_dict(meta["schema"]), cfg.embed_user_id), meta)
+
+
+SOURCES: dict[str, Callable[[DataConfig], pipeline.Source]] = {"commercial": _commercial, "movielens": _movielens}
 
 
 def open_source(cfg: DataConfig) -> pipeline.Source:
