@@ -4,6 +4,7 @@ Variants: "" (default: full scale on an accelerator, 1% on CPU) and "tiny" (a fe
 a small model: a run of seconds, for tests and smoke checks).
 """
 
+from experiments._tiny import shrink_models
 from mian_jax.config import Config
 
 
@@ -23,17 +24,9 @@ def get_config(variant: str = "") -> Config:
     config.data.max_len = 10
     config.data.block_size = 32
     config.data.shard_samples = 4096
-    config.model.embed_dim = 4
-    config.model.mlp = (16, 8)
-    config.model.gim_dim = 8
-    config.model.cin_layers = (8, 8)
-    config.model.cross_layers = 2
-    config.model.attention_mlp = (8, 4)
+    shrink_models(config)
     config.train.batch_size = 256
-    config.train.epochs = 1
     config.train.eval_batch_size = 1024
-    config.train.log_every = 5
-    config.train.checkpoint_every = 10
   elif variant:
     raise ValueError(f"unknown variant {variant!r} of experiment commercial; valid: tiny")
   return config

@@ -10,6 +10,7 @@ gAUC is undefined, as no user would have both a positive and a negative). Conver
 Variants: "" (default) and "tiny" (a small model, one epoch: a run of seconds, for tests).
 """
 
+from experiments._tiny import shrink_models
 from mian_jax.config import Config
 
 
@@ -31,17 +32,9 @@ def get_config(variant: str = "") -> Config:
   if variant == "tiny":
     config.data.max_len = 10
     config.data.block_size = 16
-    config.model.embed_dim = 4
-    config.model.mlp = (16, 8)
-    config.model.gim_dim = 8
-    config.model.cin_layers = (8, 8)
-    config.model.cross_layers = 2
-    config.model.attention_mlp = (8, 4)
+    shrink_models(config)
     config.train.batch_size = 64
-    config.train.epochs = 1
     config.train.eval_batch_size = 256
-    config.train.log_every = 5
-    config.train.checkpoint_every = 10
   elif variant:
     raise ValueError(f"unknown variant {variant!r} of experiment movielens; valid: tiny")
   return config
