@@ -82,11 +82,21 @@ def test_resumed_run_ends_with_the_same_parameters(tmp_path, data_root):
   _assert_same_params(a, b)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_root, sig):
-  args = ("--set", "train.steps=80", "--set", "train.checkpoint_every=10")
-  ref = _launch(tmp_path / "ref", data_root, *args)
+KILL_ARGS = ("--set", "train.steps=80", "--set", "train.checkpoint_every=10")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_root):
+  """Final parameters of the uninterrupted run the killed runs must reproduce (run once for both)."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  ref = _launch(workdir, data_root, *KILL_ARGS)
   assert ref.returncode == 0, ref.stderr
+  return _final_params(workdir)[1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_root, sig, uninterrupted):
+  args = KILL_ARGS
   proc = _launch(tmp_path / "killed", data_root, *args, wait=False)
   ckpts = tmp_path / "killed" / "checkpoints"
   deadline = time.time() + 300
@@ -102,4 +112,4 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_root, sig):
   resumed = _launch(tmp_path / "killed", data_root, *args)
   assert resumed.returncode == 0, resumed.stderr
   assert "resumed from step" in resumed.stdout or proc.returncode == 0
-  _assert_same_params(_final_params(tmp_path / "ref")[1], _final_params(tmp_path / "killed")[1])
+  _assert_same_params(uninterrupted, _final_params(tmp_path / "killed")[1])
