@@ -288,7 +288,7 @@ def build(folder: str, p: Params, cache_root: str | None = None) -> tuple[Path, 
   layout, files = find_layout(folder)
   stamp = {k: [str(v.resolve()), v.stat().st_size, v.stat().st_mtime_ns] for k, v in files.items()}
   params = {"converter": VERSION, "layout": layout, "files": stamp, **dataclasses.asdict(p)}
-  directory = shards.dataset_dir(cache_root or default_cache_root(folder), f"movielens-{layout}", params)
+  directory = shards.dataset_dir(cache_root or default_cache_root(), f"movielens-{layout}", params)
   key = tuple(sorted((k, str(v.resolve())) for k, v in files.items()))
   meta = shards.load_meta(directory)
   if meta is not None and meta.get("params") == params:
@@ -303,8 +303,7 @@ def build(folder: str, p: Params, cache_root: str | None = None) -> tuple[Path, 
   return directory, meta
 
 
-def default_cache_root(folder: str) -> str:
+def default_cache_root() -> str:
   """$MIAN_JAX_CACHE, else `data_cache` (relative to the working directory, like the commercial data).
   Never the data folder itself: it may be shared or read-only."""
-  del folder  # the data set name and hash already say which folder it came from
   return os.environ.get("MIAN_JAX_CACHE") or "data_cache"

@@ -128,7 +128,8 @@ def restore_best(config: Config, workdir: str | Path):
   init = state_lib.make_init(model, src.schema, config.model.embed_dim, make_optimizer(config.train, 1))
   shapes = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
   ckpt = Checkpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-  step = ckpt.best_step() or ckpt.latest_step()
+  step = ckpt.best_step()
+  step = ckpt.latest_step() if step is None else step
   if step is None:
     raise TrainingError(f"no checkpoint in {workdir / 'checkpoints'}; train first (same command without this flag)")
   state, _, _ = ckpt.restore(step, abstract(shapes, partition.replicated(mesh)))
