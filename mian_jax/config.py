@@ -34,6 +34,9 @@ class DataConfig:
   test_days: int = 3
   min_positive_rating: int = 4  # movielens: a rating >= this is a positive (label 1)
   test_per_user: int = 1  # movielens: each user's last ratings held out as the test split
+  max_bad_rows: int = 0  # converters: bad input rows skipped (counted, reported) before an error stops the run
+  part_mb: float = 64.0  # converters: input MB per parallel part (one shard file per training part)
+  schema: str = ""  # custom: the schema file (TOML) mapping the columns of the user's files to features
 
 
 @dataclasses.dataclass
@@ -65,6 +68,9 @@ class TrainConfig:
   learning_rate: float = 1e-3  # peak learning rate of the dense network and the tables (Adam)
   lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to 0 over the run's steps
   weight_decay: float = 0.0  # decoupled weight decay on the dense network (AdamW); tables are not decayed
+  # How the embedding tables learn: adam = dense Adam over the whole table (the reference); lazy_adam /
+  # adagrad / sgd update only the rows a batch touches (mian_jax/train/optim.py).
+  embedding_optimizer: Literal["adam", "lazy_adam", "adagrad", "sgd"] = "adam"
   eval_every: int = 0  # steps between test evaluations; 0 = once per epoch (and always at the end)
   checkpoint_every: int = 200  # steps between checkpoints (also at every eval and at the end)
   log_every: int = 50  # steps between training-metric fetches

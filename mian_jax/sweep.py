@@ -82,7 +82,7 @@ def paper_table(root: Path, name: str, rows: list[dict[str, Any]], reference: st
   label = lambda r: r["trial"].replace("name=", "").replace(",ibim_encoder=", " / encoder ")
   best = {k: (max if k != "logloss" else min)(r[k] for r in ok) for k in ("auc", "gauc", "logloss")} if ok else {}
   fmt = lambda r, k: f"**{r[k]:.4f}**" if r[k] == best[k] else f"{r[k]:.4f}"
-  lines = [f"| model | AUC | logloss | gAUC |", "|---|---|---|---|"]
+  lines = ["| model | AUC | logloss | gAUC |", "|---|---|---|---|"]
   lines += [f"| {label(r)} | {fmt(r, 'auc')} | {fmt(r, 'logloss')} | {fmt(r, 'gauc')} |" for r in ok]
   lines += [f"| {label(r)} | {r['status']} | | |" for r in rows if r["status"] != "ok"]
   ref = [r for r in ok if r["trial"] == f"name={reference}"]

@@ -1,8 +1,6 @@
 """The generated commercial data: deterministic, cached, shaped like the paper's set, with a real ceiling."""
 
-import json
 
-import numpy as np
 
 from mian_jax.data import commercial
 

@@ -1,16 +1,15 @@
 """MovieLens: the ml-100k / ml-1m converter (order, history, split, labels, OOV, context, cache, errors),
 the real ml-100k folder when present, and a tiny training run through launch.py."""
 
-import os
-import subprocess
-import sys
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import launch, decode_split
 from mian_jax.config import DataConfig
-from mian_jax.data import movielens, pipeline, records
+from mian_jax.data import movielens, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "movielens-100k"
@@ -50,19 +49,6 @@ def _params(**kw):
   return movielens.Params(**{**dict(max_len=3, block_size=1, min_positive_rating=4, test_per_user=1, seed=0), **kw})
 
 
-def _decode_all(directory: Path, meta: dict, split: str) -> dict:
-  from array_record.python import array_record_module
-  from mian_jax.schema import FeatureSchema
-
-  schema = FeatureSchema.from_dict(meta["schema"])
-  blocks = []
-  for name in meta["files"][split]:
-    reader = array_record_module.ArrayRecordReader(str(directory / name))
-    blocks += [records.decode_block(schema, r) for r in reader.read_all()]
-    reader.close()
-  return records.concat(blocks)
-
-
 def test_converter_order_history_split_labels_oov_context_and_cache(tmp_path):
   folder = write_100k(tmp_path / "ml")
   raw = movielens.read_raw(*movielens.find_layout(folder))
@@ -100,7 +86,7 @@ def test_converter_order_history_split_labels_oov_context_and_cache(tmp_path):
   # Shards: every rating once (block_size 1 drops nothing), test = one per user, stats in meta.
   cache = tmp_path / "cache"
   d1, meta = movielens.build(str(folder), _params(), str(cache))
-  train, test = _decode_all(d1, meta, "train"), _decode_all(d1, meta, "test")
+  train, test = decode_split(d1, meta, "train"), decode_split(d1, meta, "test")
   assert len(train["label"]) + len(test["label"]) == n and len(test["label"]) == 4
   counts = np.bincount(np.concatenate([train["user_id"], test["user_id"]]))
   assert sorted(counts[1:].tolist()) == sorted(sum(1 for r in RATINGS if r[0] == u) for u in range(1, 5))
@@ -108,6 +94,8 @@ def test_converter_order_history_split_labels_oov_context_and_cache(tmp_path):
   assert st["users"] == 4 and st["items"] == 11 and st["oov"]["test_candidate_items"] == 1
   assert st["rows"] == {"train": n - 4, "test": 4} and set(st["history_length_percentiles"]) == {"50", "90", "99"}
   assert 0 <= st["share_candidates_unrelated_to_history"] <= 1
+  assert json.loads((d1 / "vocab" / "item_id.json").read_text()) == list(range(1, 12))  # movie k has id k
+  assert json.loads((d1 / "stats.json").read_text()) == st
   # Cached: a second call reuses the data set; a changed input file rebuilds it.
   stamp = (d1 / "meta.json").stat().st_mtime_ns
   d2, _ = movielens.build(str(folder), _params(), str(cache))
@@ -156,7 +144,7 @@ def test_ml_1m_layout(tmp_path):
   s = movielens.samples(raw, _params())
   assert s["raw_item"][s["test"]].tolist() == [30, 40]  # the last rating of each user
   assert s["cols"]["item_id"][s["test"]].tolist() == [0, 0]  # neither movie is rated in training
-  test = _decode_all(d, meta, "test")
+  test = decode_split(d, meta, "test")
   assert sorted(test["label"].tolist()) == [1.0, 1.0] and test["hist_len"].tolist() == [2, 2]
 
 
@@ -184,10 +172,7 @@ def test_tiny_training_run(tmp_path):
              for u in range(1, 41) for k, m in enumerate(rng.choice(np.arange(1, 61), 30, replace=False))]
   users = [f"{u}|{20 + u}|{'MF'[u % 2]}|job{u % 5}|{u % 10}0000" for u in range(1, 41)]
   folder = write_100k(tmp_path / "ml", ratings, users, range(1, 61))
-  cmd = [sys.executable, str(ROOT / "launch.py"), "--experiment", "movielens:tiny", "--workdir", str(tmp_path / "w"),
-         "--set", f"data.dir={folder}", "--set", "train.steps=10"]
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "MIAN_JAX_CACHE": str(tmp_path / "cache")}
-  run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  run = launch(tmp_path, "movielens:tiny", f"data.dir={folder}", "train.steps=10")
   assert run.returncode == 0, run.stderr
   last = run.stdout.strip().splitlines()[-1]
   assert last.startswith("final test auc=") and "gauc=" in last and "bayes" not in last

@@ -7,14 +7,14 @@ import optax
 from mian_jax import models
 from mian_jax.config import ModelConfig
 from mian_jax.data import pipeline
-from mian_jax.train import partition, state as state_lib, step as step_lib
+from mian_jax.train import optim, partition, state as state_lib, step as step_lib
 
 
 def _train(source, devices, steps=3):
   mesh = partition.make_mesh(devices)
   cfg = ModelConfig(embed_dim=4, gim_dim=8, mlp=(16, 8))
   model = models.get("mian", cfg)
-  tx = optax.sgd(0.5)  # plain SGD: Adam would magnify float-summation-order noise in near-zero gradients
+  tx = optim.Optimizer(optax.sgd(0.5), None, optax.constant_schedule(0.5))  # plain SGD: Adam would magnify float-summation-order noise in near-zero gradients
   init = state_lib.make_init(model, source.schema, cfg.embed_dim, tx)
   state = partition.jit_init(init, mesh)(jax.random.key_data(jax.random.key(0)))
   train_step = partition.jit_train_step(step_lib.make_train_step(model, source.schema, tx), mesh)

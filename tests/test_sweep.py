@@ -3,7 +3,7 @@ trials not run again, the paper's table written; and the GIM figure from a train
 
 import csv
 from mian_jax import sweep
-from tests.test_e2e import ROOT, _launch
+from tests.test_e2e import _launch
 
 
 def test_sweep_runs_trials_reports_failures_and_skips_finished(tmp_path, data_root, capsys, monkeypatch):

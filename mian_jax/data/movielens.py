@@ -25,20 +25,23 @@ the remainder (< one block) is dropped. Test rows are written in user / time ord
 The converted data set is cached under `<cache root>/movielens-<layout>-<hash>/`, the hash covering the
 parameters and the input files' path, size and mtime (a changed input file means a rebuild). Cache
 root: $MIAN_JAX_CACHE if set, else `data_cache/` in the working directory (never the data folder,
-which may be shared or read-only).
+which may be shared or read-only). Vocabularies are written as `vocab/<name>.json` (value k has id
+k + 1) and statistics as `stats.json`. The files (ml-1m's ratings are 24 MB) are read whole.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from mian_jax.data import pipeline, records, shards
+from mian_jax.data import records, shards
+from mian_jax.data.errors import DataError
 from mian_jax.schema import Feature, FeatureSchema
 
 VERSION = "movielens/1"
@@ -68,10 +71,10 @@ def find_layout(folder: str | os.PathLike) -> tuple[str, dict[str, Path]]:
     if (d / names[0]).is_file():
       missing = [n for n in names if not (d / n).is_file()]
       if missing:
-        raise pipeline.DataError(f"{d}: MovieLens {layout} layout ({names[0]} found) but {', '.join(missing)} "
+        raise DataError(f"{d}: MovieLens {layout} layout ({names[0]} found) but {', '.join(missing)} "
                                  f"is missing; expected {', '.join(names)}")
       return layout, dict(zip(("ratings", "users", "movies"), (d / n for n in names)))
-  raise pipeline.DataError(
+  raise DataError(
       f"{d}: no MovieLens files found; expected ml-100k's {', '.join(LAYOUTS['100k'])} or ml-1m's "
       f"{', '.join(LAYOUTS['1m'])} (download ml-100k or ml-1m from {DOWNLOAD} and set data.dir to the folder)")
 
@@ -86,9 +89,9 @@ def _lines(path: Path, sep: str, fields: int | None, min_fields: int | None = No
         continue
       parts = line.split(sep)
       if fields is not None and len(parts) != fields:
-        raise pipeline.DataError(f"{path.name} line {number}: expected {fields} {word}-separated fields, got {len(parts)}")
+        raise DataError(f"{path.name} line {number}: expected {fields} {word}-separated fields, got {len(parts)}")
       if min_fields is not None and len(parts) < min_fields:
-        raise pipeline.DataError(
+        raise DataError(
             f"{path.name} line {number}: expected at least {min_fields} {word}-separated fields, got {len(parts)}")
       yield number, parts
 
@@ -97,7 +100,7 @@ def _int(path: Path, number: int, what: str, text: str) -> int:
   try:
     return int(text.strip())
   except ValueError:
-    raise pipeline.DataError(f"{path.name} line {number}: {what} {text!r} is not an integer") from None
+    raise DataError(f"{path.name} line {number}: {what} {text!r} is not an integer") from None
 
 
 def age_bucket(age: int) -> int:
@@ -137,7 +140,7 @@ def read_raw(layout: str, files: dict[str, Path]) -> dict[str, Any]:
       movies[_int(path, number, "movie id", parts[0])] = parts[-1].split("|")[0].strip() or "(none)"
   user, item, rating, time = (np.asarray(c, np.int64) for c in cols)
   if len(user) == 0:
-    raise pipeline.DataError(f"{files['ratings']}: no ratings")
+    raise DataError(f"{files['ratings']}: no ratings")
   return {"user": user, "item": item, "rating": rating, "time": time, "users": users, "movies": movies}
 
 
@@ -296,6 +299,9 @@ def build(folder: str, p: Params, cache_root: str | None = None) -> tuple[Path, 
   try:
     s = _converted(layout, key, p)
     schema = make_schema(s["vocabs"], p.max_len)
+    (directory / "vocab").mkdir(parents=True, exist_ok=True)
+    for name, vocab in s["vocabs"].items():  # value k of the list has id k + 1, as tabular writes them
+      shards.write_text(directory / "vocab" / f"{name}.json", json.dumps(sorted(vocab, key=vocab.get)))
     meta = shards.build(directory, schema, params, 1, functools.partial(_write_shard, layout, key, p, directory),
                         lambda stats: stats[0]["summary"], desc=f"converting MovieLens {layout} ({folder})")
   finally:

@@ -22,11 +22,8 @@ import grain
 import numpy as np
 
 from mian_jax.data import records
+from mian_jax.data.errors import DataError  # noqa: F401  (re-exported: pipeline.DataError)
 from mian_jax.schema import FeatureSchema
-
-
-class DataError(ValueError):
-  """Unusable data on disk; the message names the file or record and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)

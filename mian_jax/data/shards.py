@@ -10,6 +10,7 @@ no file that looks finished; a rerun redoes only the shards that are missing.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -51,6 +52,32 @@ def load_meta(directory: Path) -> dict[str, Any] | None:
   return json.loads(path.read_text())
 
 
+def write_text(path: Path, text: str) -> None:
+  """Writes `text` to `path` atomically (temporary file, then rename)."""
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], desc: str, unit: str = "part") -> list[Any]:
+  """[fn(x) for x in items] in worker processes, with a progress bar. Spawned, not forked: the parent
+  may already hold JAX's threads; `fn` must be picklable (a module-level function or a partial of one)."""
+  out: list[Any] = [None] * len(items)
+  workers = min(len(items), os.cpu_count() or 1)
+  with tqdm(total=len(items), desc=desc, unit=unit, disable=None) as bar:
+    if workers <= 1:
+      for i, x in enumerate(items):
+        out[i] = fn(x)
+        bar.update()
+      return out
+    with futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+      jobs = {pool.submit(fn, x): i for i, x in enumerate(items)}
+      for job in futures.as_completed(jobs):
+        out[jobs[job]] = job.result()
+        bar.update()
+  return out
+
+
 def _run_shard(shard_fn: Callable[[int], dict[str, Any]], directory: Path, index: int) -> dict[str, Any]:
   """Runs one shard unless an earlier run finished it (its statistics file is written last)."""
   done = directory / f"shard-{index:05d}.stats.json"
@@ -80,26 +107,13 @@ def build(directory: Path, schema: FeatureSchema, params: dict[str, Any], num_sh
   directory.mkdir(parents=True, exist_ok=True)
   for leftover in directory.glob("*.tmp"):
     leftover.unlink()
-  workers = min(num_shards, os.cpu_count() or 1)
-  stats: list[dict] = [{}] * num_shards
-  with tqdm(total=num_shards, desc=desc, unit="shard", disable=None) as bar:
-    if workers <= 1:
-      for i in range(num_shards):
-        stats[i] = _run_shard(shard_fn, directory, i)
-        bar.update()
-    else:
-      # spawn, not fork: the parent may already hold JAX's threads.
-      ctx = multiprocessing.get_context("spawn")
-      with futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        jobs = {pool.submit(_run_shard, shard_fn, directory, i): i for i in range(num_shards)}
-        for job in futures.as_completed(jobs):
-          stats[jobs[job]] = job.result()
-          bar.update()
-  files = {s: [shard_path(directory, s, i, num_shards).name for i in range(num_shards)] for s in SPLITS}
+  stats = parallel_map(functools.partial(_run_shard, shard_fn, directory), range(num_shards), desc, unit="shard")
+  # A shard with no block of a split writes no file for it.
+  files = {s: [shard_path(directory, s, i, num_shards).name for i in range(num_shards) if stats[i]["blocks"][s]]
+           for s in SPLITS}
   blocks = {s: [n for st in stats for n in st["blocks"][s]] for s in SPLITS}
   meta = {"params": params, "schema": schema.to_dict(), "files": files, "blocks": blocks,
           "stats": finish(stats)}
-  tmp = directory / "meta.json.tmp"
-  tmp.write_text(json.dumps(meta, indent=1))
-  os.replace(tmp, directory / "meta.json")
+  write_text(directory / "stats.json", json.dumps(meta["stats"], indent=1))
+  write_text(directory / "meta.json", json.dumps(meta, indent=1))
   return meta

@@ -105,3 +105,37 @@ def embed(tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], schem
             else jnp.zeros(item.shape[:1] + (0,), item.dtype))
   return Groups(item=item, behaviour=beh, mask=mask, user=stack("user"), context=stack("context"),
                 behaviour_ids=jnp.where(mask, batch[first_behaviour], 0), linear=linear)
+
+
+def unique_rows(tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], schema: FeatureSchema
+                ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
+  """(ids, rows, local batch): the rows of every table the batch touches, for row-sparse training.
+
+  ids[k]   [N_k] the unique ids of table k in the batch (N_k = how many ids its features hold, a static
+           capacity), padded with the out-of-range id V_k;
+  rows[k]  [N_k, width] those rows (zeros at padding): differentiate with respect to these;
+  local    the batch with every id replaced by its position in ids[k], so that
+           `embed(rows, local, schema)` equals `embed(tables, batch, schema)`.
+  A first-order table `linear:<t>` shares the ids of table t; a numeric field's [1, D] vector is row 0.
+  """
+  by_table: dict[str, list[str]] = {}
+  for f in schema.features:
+    if f.kind != "numeric" and f.embed:
+      by_table.setdefault(f.table_name, []).append(f.name)
+  local = dict(batch)
+  uniq: dict[str, jax.Array] = {}
+  for t, names in by_table.items():
+    flat = jnp.concatenate([batch[n].reshape(-1) for n in names])
+    u, inverse = jnp.unique(flat, size=flat.size, fill_value=tables[t].shape[0], return_inverse=True)
+    uniq[t] = u.astype(jnp.int32)
+    offset = 0
+    for n in names:
+      size = batch[n].size
+      local[n] = inverse.reshape(-1)[offset:offset + size].reshape(batch[n].shape).astype(jnp.int32)
+      offset += size
+  ids, rows = {}, {}
+  for k, table in tables.items():
+    base = k.removeprefix("linear:")
+    ids[k] = jnp.zeros((1,), jnp.int32) if base.startswith("numeric:") else uniq[base]
+    rows[k] = jnp.take(table, ids[k], axis=0, mode="fill", fill_value=0)
+  return ids, rows, local

@@ -8,9 +8,7 @@ stops at once (the last complete checkpoint stays valid).
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import shutil
 import signal
 import sys
@@ -20,15 +18,14 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 from tqdm import tqdm
 
 from mian_jax import data as data_lib
 from mian_jax import metrics as metrics_lib
 from mian_jax import models
-from mian_jax.config import Config, TrainConfig
+from mian_jax.config import Config
 from mian_jax.data import pipeline
-from mian_jax.train import partition, state as state_lib, step as step_lib
+from mian_jax.train import optim, partition, state as state_lib, step as step_lib
 from mian_jax.train.checkpoint import Checkpoints, abstract
 
 EXIT_PREEMPTED = 75  # interrupted by a signal after saving a checkpoint; rerun to resume
@@ -92,13 +89,7 @@ def resolve_scale(config: Config, quiet: bool = False) -> None:
       config.data.scale = 1.0
 
 
-def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-  """Adam (AdamW when weight_decay > 0, on the dense network only) with a constant or cosine schedule."""
-  lr = (optax.cosine_decay_schedule(cfg.learning_rate, max(1, total_steps)) if cfg.lr_schedule == "cosine"
-        else cfg.learning_rate)
-  mask = lambda params: {"tables": jax.tree.map(lambda _: False, params["tables"]),
-                         "dense": jax.tree.map(lambda _: True, params["dense"])}
-  return optax.adamw(lr, weight_decay=cfg.weight_decay, mask=mask) if cfg.weight_decay else optax.adam(lr)
+make_optimizer = optim.make_optimizer  # kept here: tests and tools build the trainer from loop's pieces
 
 
 def evaluate(eval_step, params, src: pipeline.Source, config: Config, mesh) -> dict[str, float]:

@@ -15,6 +15,7 @@ import optax
 
 from mian_jax.layers import embedding
 from mian_jax.schema import FeatureSchema
+from mian_jax.train.optim import Optimizer
 from mian_jax.train.state import TrainState
 
 
@@ -33,22 +34,39 @@ def weighted_bce(logit: jax.Array, label: jax.Array, weight: jax.Array) -> jax.A
   return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def make_train_step(model: nn.Module, schema: FeatureSchema, tx: optax.GradientTransformation,
-                    aux_weight: float = 1.0) -> Callable:
+def make_train_step(model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux_weight: float = 1.0) -> Callable:
+  """(state, batch) -> (state, {loss, grad_norm}). With a row-sparse table optimizer (`opt.rows`) the
+  loss is differentiated with respect to the unique rows the batch looks up, and only those rows (and
+  their optimizer slots) are written; otherwise one optax update covers every parameter."""
+
+  def loss_of(params, batch, rng):
+    logit, extras = forward(model, schema, params, batch, True, rng)
+    loss = weighted_bce(logit, batch["label"], batch["weight"])
+    if "aux_loss" in extras:  # e.g. DIEN's interest-extractor loss, weighted by model.aux_loss_weight
+      loss = loss + aux_weight * extras["aux_loss"].astype(jnp.float32)
+    return loss
+
+  def dense_step(state: TrainState, batch, rng):
+    loss, grads = jax.value_and_grad(loss_of)(state.params, batch, rng)
+    updates, opt_state = opt.dense.update(grads, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), opt_state, loss, optax.global_norm(grads)
+
+  def sparse_step(state: TrainState, batch, rng):
+    ids, rows, local = embedding.unique_rows(state.params["tables"], batch, schema)
+    dense = state.params["dense"]
+    loss, (g_dense, g_rows) = jax.value_and_grad(
+        lambda d, r: loss_of({"tables": r, "dense": d}, local, rng), argnums=(0, 1))(dense, rows)
+    updates, dense_state = opt.dense.update(g_dense, state.opt_state["dense"], dense)
+    count = state.opt_state["count"]
+    tables, table_state = opt.rows.update(state.params["tables"], state.opt_state["tables"], ids, g_rows,
+                                          opt.lr(count), count)
+    params = {"tables": tables, "dense": optax.apply_updates(dense, updates)}
+    opt_state = {"dense": dense_state, "tables": table_state, "count": count + 1}
+    return params, opt_state, loss, optax.global_norm((g_dense, g_rows))
+
   def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(state.rng, state.step)
-
-    def loss_fn(params):
-      logit, extras = forward(model, schema, params, batch, True, rng)
-      loss = weighted_bce(logit, batch["label"], batch["weight"])
-      if "aux_loss" in extras:  # e.g. DIEN's interest-extractor loss, weighted by model.aux_loss_weight
-        loss = loss + aux_weight * extras["aux_loss"].astype(jnp.float32)
-      return loss
-
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    params, opt_state, loss, grad_norm = (dense_step if opt.rows is None else sparse_step)(state, batch, rng)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, {"loss": loss, "grad_norm": grad_norm}
 

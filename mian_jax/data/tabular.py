@@ -1,0 +1,495 @@
+"""Tables of samples (one row = one impression with its history) -> vocabularies -> sharded block records.
+
+The shared converter behind the DIEN and BARS Amazon layouts and the user's own CSV / Parquet files.
+A `Spec` maps input columns to the four feature groups; `build` streams the inputs twice, both times
+in parallel worker processes over parts of the files (`delimited.Part`):
+  1. the training parts: value counts per vocabulary, mean / std of numeric columns;
+  2. every part: rows -> ids (vectorised with pyarrow.compute), written as one shard per group of parts.
+Vocabularies come from the training split (or are given, e.g. DIEN's pickles): ids 1..n by falling
+frequency (ties by value), 0 = padding and out of vocabulary (a value unseen in training). They are
+written as `vocab/<name>.json` (the list of values; value k has id k + 1) beside the shards.
+Numeric columns: optional log1p, then standardised by the training mean / std; a missing, NaN or
+infinite value becomes 0 (the mean) and is counted. Sequences keep their most recent `max_len` entries,
+stored oldest first. Training rows are shuffled inside each shard (seed `data.seed`) and cut into whole
+blocks (the remainder, under one block per shard, is dropped and counted); test rows keep file order.
+`stats.json` (also meta["stats"]) reports rows, vocabulary sizes, label rates, history-length
+percentiles, candidates unrelated to their history, OOV counts and skipped bad rows.
+A data set is cached under <cache root>/<name>-<hash>: the hash covers the spec, the parameters and the
+inputs' path, size and mtime, so an unchanged second run reuses the shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mian_jax.data import delimited, records, shards
+from mian_jax.data.errors import DataError
+from mian_jax.schema import Feature, FeatureSchema
+
+VERSION = "tabular/1"
+LABEL_PATTERN = r"^\s*[01](\.0*)?\s*$"
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """The data.* settings every tabular converter takes."""
+  max_len: int
+  block_size: int
+  seed: int
+  max_bad_rows: int
+  part_bytes: int
+  embed_user_id: bool
+
+  @classmethod
+  def from_config(cls, cfg) -> "Options":
+    if cfg.max_bad_rows < 0:
+      raise DataError(f"data.max_bad_rows={cfg.max_bad_rows} must be >= 0")
+    if cfg.part_mb <= 0:
+      raise DataError(f"data.part_mb={cfg.part_mb} must be > 0")
+    return cls(cfg.max_len, cfg.block_size, cfg.seed, cfg.max_bad_rows, max(1, int(cfg.part_mb * (1 << 20))),
+               cfg.embed_user_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+  source: str  # the input column ("" = a constant, for data without user ids)
+  feature: str  # the schema feature it becomes ("label" for the label)
+  group: str  # item | behaviour | user | context | label
+  kind: str  # categorical | numeric | sequence | label
+  vocab: str = ""  # vocabulary and embedding table; columns naming the same one share ids
+  separator: str = ""  # sequence columns: the separator between entries
+  newest_first: bool = False  # sequence columns: entries are stored most recent first
+  log1p: bool = False  # numeric columns: log(1 + max(x, 0)) before standardising
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  name: str  # names the cache directory
+  columns: tuple[Column, ...]
+  user_key: str  # the feature that identifies a user (gAUC)
+  max_len: int
+  block_size: int
+  seed: int
+  max_bad_rows: int
+  fmt: delimited.TextFormat | None  # None: Parquet
+  given_vocabs: tuple[tuple[str, str], ...] = ()  # (vocab, JSON file of values in id order) used as is
+
+  def features(self, kind: str | None = None) -> list[Column]:
+    return [c for c in self.columns if c.kind != "label" and (kind is None or c.kind == kind)]
+
+  @property
+  def label(self) -> Column:
+    return next(c for c in self.columns if c.kind == "label")
+
+  def vocabs(self) -> list[str]:
+    return sorted({c.vocab for c in self.columns if c.kind in ("categorical", "sequence")})
+
+
+# ----------------------------------------------------------------------------------------------- rows
+
+
+def _column(chunk: delimited.Chunk, name: str) -> pa.Array:
+  """Column `name` of the chunk; the source "" is a constant (the single user of data without user ids)."""
+  if not name:
+    return pa.array(np.full(chunk.table.num_rows, "all", object), pa.string())
+  return chunk.table.column(name).combine_chunks()
+
+
+def _strings(array: pa.Array) -> pa.Array:
+  """Categorical values as strings (Parquet integers too), surrounding blanks removed."""
+  if pa.types.is_dictionary(array.type):
+    array = array.dictionary_decode()
+  if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+    array = pc.cast(array, pa.string())
+  return pc.utf8_trim_whitespace(array)
+
+
+def _tokens(array: pa.Array, separator: str) -> pa.Array:
+  """A sequence column as a list array of strings ("" and null = an empty history)."""
+  if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+    return pa.ListArray.from_arrays(_offsets(array), _strings(pc.list_flatten(array)))
+  array = _strings(array)
+  array = pc.if_else(pc.equal(array, ""), pa.scalar(None, pa.string()), array)
+  return pc.split_pattern(array, separator)
+
+
+def _offsets(array: pa.Array) -> pa.Array:
+  lengths = np.asarray(pc.fill_null(pc.list_value_length(array), 0), np.int32)
+  return pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+
+
+def _lengths(lists: pa.Array) -> np.ndarray:
+  return np.asarray(pc.fill_null(pc.list_value_length(lists), 0), np.int64)
+
+
+def validate(chunk: delimited.Chunk, spec: Spec, bad: delimited.BadRows) -> delimited.Chunk:
+  """Drops (or raises on) rows with a label other than 0/1 or sequences of unequal lengths."""
+  unit = "row" if spec.fmt is None else "line"
+  keep = np.ones(chunk.table.num_rows, bool)
+  label = _column(chunk, spec.label.source)
+  if pa.types.is_boolean(label.type):
+    label = pc.cast(label, pa.int8())
+  if pa.types.is_integer(label.type) or pa.types.is_floating(label.type):
+    ok = np.asarray(pc.fill_null(pc.is_in(label, value_set=pa.array([0, 1], label.type)), False))
+  else:
+    ok = np.asarray(pc.fill_null(pc.match_substring_regex(label, LABEL_PATTERN), False))
+  for i in np.flatnonzero(~ok):
+    value = label[int(i)].as_py()
+    bad.add(chunk.path, int(chunk.lines[i]), f"{spec.label.source}={value!r} is not a 0/1 label", unit)
+  keep &= ok
+  groups: dict[tuple[str, bool], list[Column]] = {}
+  for c in spec.features("sequence"):
+    groups.setdefault((c.separator, c.newest_first), []).append(c)
+  seqs = spec.features("sequence")
+  if len(seqs) > 1:
+    lengths = {c.source: _lengths(_tokens(_column(chunk, c.source), c.separator)) for c in seqs}
+    first = seqs[0].source
+    for c in seqs[1:]:
+      for i in np.flatnonzero(keep & (lengths[c.source] != lengths[first])):
+        bad.add(chunk.path, int(chunk.lines[i]), f"{c.source} has {lengths[c.source][i]} entries but {first} has "
+                f"{lengths[first][i]}; the behaviour sequences must line up", unit)
+      keep &= lengths[c.source] == lengths[first]
+  if keep.all():
+    return chunk
+  index = pa.array(np.flatnonzero(keep))
+  return delimited.Chunk(chunk.table.take(index), chunk.lines[keep], chunk.path)
+
+
+def _numeric(chunk: delimited.Chunk, c: Column, bad: delimited.BadRows, unit: str) -> tuple[np.ndarray, np.ndarray]:
+  """(values float64 with NaN for missing / non-finite, ok mask); a non-numeric text is a bad row."""
+  array = _column(chunk, c.source)
+  if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+    array = pc.utf8_trim_whitespace(array)
+    array = pc.if_else(pc.equal(array, ""), pa.scalar(None, pa.string()), array)
+    try:
+      values = np.asarray(pc.fill_null(pc.cast(array, pa.float64()), np.nan), np.float64)
+      ok = np.ones(len(values), bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+      values, ok = np.full(len(array), np.nan), np.ones(len(array), bool)
+      for i, v in enumerate(array.to_pylist()):
+        try:
+          values[i] = float(v) if v is not None else np.nan
+        except ValueError:
+          ok[i] = False
+          bad.add(chunk.path, int(chunk.lines[i]), f"{c.source}={v!r} is not a number", unit)
+  else:
+    values = np.asarray(pc.fill_null(pc.cast(array, pa.float64()), np.nan), np.float64)
+    ok = np.ones(len(values), bool)
+  if c.log1p:
+    values = np.log1p(np.maximum(values, 0.0))
+  return np.where(np.isfinite(values), values, np.nan), ok
+
+
+def chunks(spec: Spec, part: delimited.Part, bad: delimited.BadRows) -> Iterable[delimited.Chunk]:
+  """Valid rows of one part, numeric columns checked (their non-numeric rows dropped or raised)."""
+  needed = tuple(dict.fromkeys(c.source for c in spec.columns if c.source))
+  unit = "row" if spec.fmt is None else "line"
+  for chunk in delimited.read(part, spec.fmt, bad, needed):
+    missing = [n for n in needed if n not in chunk.table.column_names]
+    if missing:
+      raise DataError(f"{Path(part.path).name}: column {missing[0]!r} is missing; it has "
+                      f"{', '.join(chunk.table.column_names)}")
+    chunk = validate(chunk, spec, bad)
+    keep = np.ones(chunk.table.num_rows, bool)
+    for c in spec.features("numeric"):
+      keep &= _numeric(chunk, c, bad, unit)[1]
+    if not keep.all():
+      chunk = delimited.Chunk(chunk.table.take(pa.array(np.flatnonzero(keep))), chunk.lines[keep], chunk.path)
+    yield chunk
+
+
+# ----------------------------------------------------------------------------------------- pass 1
+
+
+def count_part(spec: Spec, part: delimited.Part) -> dict[str, Any]:
+  """Value counts per vocabulary and numeric sums of one training part."""
+  counts: dict[str, dict[str, int]] = {v: {} for v in spec.vocabs()}
+  sums = {c.feature: [0, 0.0, 0.0] for c in spec.features("numeric")}
+  rows = 0
+  bad = delimited.BadRows(spec.max_bad_rows)
+  unit = "row" if spec.fmt is None else "line"
+  for chunk in chunks(spec, part, bad):
+    rows += chunk.table.num_rows
+    for c in spec.features():
+      if c.kind == "numeric":
+        values = _numeric(chunk, c, bad, unit)[0]
+        finite = values[np.isfinite(values)]
+        s = sums[c.feature]
+        s[0], s[1], s[2] = s[0] + len(finite), s[1] + float(finite.sum()), s[2] + float((finite ** 2).sum())
+        continue
+      array = _column(chunk, c.source)
+      values = pc.list_flatten(_tokens(array, c.separator)) if c.kind == "sequence" else _strings(array)
+      vc = pc.value_counts(values.filter(pc.not_equal(values, "")))
+      target = counts[c.vocab]
+      for value, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
+        target[value] = target.get(value, 0) + n
+  return {"counts": counts, "sums": sums, "rows": rows}
+
+
+def merge_counts(results: list[dict[str, Any]], spec: Spec) -> tuple[dict[str, list[str]], dict[str, tuple]]:
+  vocabs: dict[str, list[str]] = {}
+  for v in spec.vocabs():
+    total: dict[str, int] = {}
+    for r in results:
+      for value, n in r["counts"][v].items():
+        total[value] = total.get(value, 0) + n
+    vocabs[v] = sorted(total, key=lambda value: (-total[value], value))
+  numeric = {}
+  for c in spec.features("numeric"):
+    n, s, s2 = (sum(r["sums"][c.feature][i] for r in results) for i in range(3))
+    mean = s / n if n else 0.0
+    std = math.sqrt(max(s2 / n - mean * mean, 0.0)) if n else 1.0
+    numeric[c.feature] = (mean, std if std > 1e-12 else 1.0)
+  return vocabs, numeric
+
+
+# ----------------------------------------------------------------------------------------- pass 2
+
+
+@functools.lru_cache(maxsize=4)
+def _vocab_arrays(directory: str, names: tuple[str, ...]) -> dict[str, pa.Array]:
+  return {n: pa.array(json.loads((Path(directory) / "vocab" / f"{n}.json").read_text()), pa.string()) for n in names}
+
+
+def _ids(values: pa.Array, vocab: pa.Array) -> np.ndarray:
+  return np.asarray(pc.fill_null(pc.index_in(values, value_set=vocab), -1), np.int64) + 1
+
+
+def schema_of(spec: Spec, sizes: dict[str, int], embed_user_id: bool) -> FeatureSchema:
+  feats = []
+  for c in spec.features():
+    embed = embed_user_id if c.feature == spec.user_key else True
+    if c.kind == "numeric":
+      feats.append(Feature(c.feature, c.group, "numeric", embed=embed))
+    else:
+      feats.append(Feature(c.feature, c.group, c.kind, max(2, sizes[c.vocab] + 1), c.vocab, embed=embed))
+  return FeatureSchema(tuple(feats), user_key=spec.user_key, max_len=spec.max_len)
+
+
+def _encode_chunk(spec: Spec, chunk: delimited.Chunk, vocabs: dict[str, pa.Array], numeric: dict[str, tuple],
+                  bad: delimited.BadRows, acc: dict[str, list]) -> None:
+  unit = "row" if spec.fmt is None else "line"
+  n = chunk.table.num_rows
+  label = _column(chunk, spec.label.source)
+  if pa.types.is_string(label.type) or pa.types.is_large_string(label.type):
+    acc["label"].append(np.asarray(pc.starts_with(pc.utf8_trim_whitespace(label), "1"), np.uint8))
+  else:
+    acc["label"].append(np.asarray(pc.cast(pc.cast(label, pa.float64()), pa.int64()), np.uint8))
+  lengths = None
+  for c in spec.features():
+    array = _column(chunk, c.source)
+    if c.kind == "numeric":
+      values = _numeric(chunk, c, bad, unit)[0]
+      acc["_nonfinite:" + c.feature].append(int(np.isnan(values).sum()))
+      mean, std = numeric[c.feature]
+      acc[c.feature].append(np.where(np.isnan(values), 0.0, (values - mean) / std).astype(np.float32))
+    elif c.kind == "categorical":
+      strings = _strings(array)
+      ids = _ids(strings, vocabs[c.vocab])
+      acc["_oov:" + c.feature].append(int(((ids == 0) & np.asarray(pc.not_equal(strings, ""))).sum()))
+      acc[c.feature].append(ids)
+    else:
+      lists = _tokens(array, c.separator)
+      full = _lengths(lists)
+      flat = pc.list_flatten(lists)
+      ids = _ids(flat, vocabs[c.vocab])
+      acc["_oov:" + c.feature].append(int(((ids == 0) & np.asarray(pc.not_equal(flat, ""))).sum()))
+      keep = np.minimum(full, spec.max_len)
+      ends = np.cumsum(full)
+      starts = ends - full
+      pos = np.arange(spec.max_len)[None, :]
+      valid = pos < keep[:, None]
+      if c.newest_first:  # entries 0..keep-1 are the most recent; store them oldest first
+        index = starts[:, None] + (keep[:, None] - 1 - pos)
+      else:
+        index = (ends - keep)[:, None] + pos
+      mat = np.where(valid, ids[np.clip(index, 0, max(len(ids) - 1, 0))] if len(ids) else 0, 0)
+      acc[c.feature].append(mat.astype(np.int64))
+      lengths = full
+  acc["_hist_full"].append(lengths if lengths is not None else np.zeros(n, np.int64))
+  acc["_lines"].append(chunk.lines)
+
+
+def _stack(acc: dict[str, list], spec: Spec) -> dict[str, np.ndarray]:
+  out = {}
+  for c in spec.features():
+    parts = acc[c.feature]
+    width = (spec.max_len,) if c.kind == "sequence" else ()
+    out[c.feature] = np.concatenate(parts) if parts else np.zeros((0,) + width, np.int64)
+  out["label"] = np.concatenate(acc["label"]) if acc["label"] else np.zeros(0, np.uint8)
+  full = np.concatenate(acc["_hist_full"]) if acc["_hist_full"] else np.zeros(0, np.int64)
+  out["hist_len"] = np.minimum(full, spec.max_len)
+  out["_hist_full"] = full
+  return out
+
+
+def _related(spec: Spec, cols: dict[str, np.ndarray]) -> tuple[int, int]:
+  """(rows whose candidate shares no aligned value with its kept history, rows whose first item field
+  (the item id) is in its history), known values only."""
+  items = [c for c in spec.features("categorical") if c.group == "item"]
+  seqs = {c.vocab: c for c in spec.features("sequence")}
+  pairs = [(i, seqs[i.vocab]) for i in items if i.vocab in seqs]
+  n = len(cols["label"])
+  if not pairs or not n:
+    return 0, 0
+  related = np.zeros(n, bool)
+  first = None
+  for item, seq in pairs:
+    hit = ((cols[seq.feature] == cols[item.feature][:, None]) & (cols[item.feature][:, None] > 0)).any(1)
+    related |= hit
+    first = hit if first is None else first
+  return int((~related).sum()), int(first.sum())
+
+
+def write_shard(spec: Spec, plan: list[dict[str, list[delimited.Part]]], directory: Path,
+                numeric: dict[str, tuple], index: int) -> dict[str, Any]:
+  """Shard `index`: its parts of every split -> ids -> blocks; returns the shard's statistics."""
+  vocabs = _vocab_arrays(str(directory), tuple(spec.vocabs()))
+  bad = delimited.BadRows(spec.max_bad_rows)
+  schema = schema_of(spec, {k: len(v) for k, v in vocabs.items()}, True)
+  out: dict[str, Any] = {"blocks": {}, "rows": {}, "positives": {}, "oov": {}, "nonfinite": {}, "unrelated": 0,
+                         "candidate_in_history": 0, "dropped_train_rows": 0, "hist_hist": [0]}
+  hist_counts = np.zeros(0, np.int64)
+  for split in shards.SPLITS:
+    acc: dict[str, list] = {k: [] for k in ["label", "_hist_full", "_lines"] + [c.feature for c in spec.features()]}
+    acc.update({f"_oov:{c.feature}": [] for c in spec.features() if c.kind != "numeric"})
+    acc.update({f"_nonfinite:{c.feature}": [] for c in spec.features("numeric")})
+    for part in plan[index].get(split, []):
+      for chunk in chunks(spec, part, bad):
+        _encode_chunk(spec, chunk, vocabs, numeric, bad, acc)
+    cols = _stack(acc, spec)
+    n = len(cols["label"])
+    order = np.arange(n)
+    if split == "train":
+      order = np.random.default_rng([spec.seed, index, 314]).permutation(n)
+      out["dropped_train_rows"] = n % spec.block_size
+      order = order[:n - n % spec.block_size]
+    blocks = []
+    for start in range(0, len(order), spec.block_size):
+      rows = order[start:start + spec.block_size]
+      blocks.append(records.encode_block(schema, {k: v[rows] for k, v in cols.items() if not k.startswith("_")}))
+    if blocks:
+      shards.write_records(shards.shard_path(directory, split, index, len(plan)), blocks)
+    out["blocks"][split] = [min(spec.block_size, len(order) - s) for s in range(0, len(order), spec.block_size)]
+    out["rows"][split] = int(len(order))
+    out["positives"][split] = int(cols["label"][order].sum())
+    out["oov"][split] = {k[5:]: int(sum(v)) for k, v in acc.items() if k.startswith("_oov:")}
+    out["nonfinite"][split] = {k[11:]: int(sum(v)) for k, v in acc.items() if k.startswith("_nonfinite:")}
+    unrelated, inside = _related(spec, {k: v[order] for k, v in cols.items()})
+    out["unrelated"] += unrelated
+    out["candidate_in_history"] += inside
+    full = cols["_hist_full"][order]
+    counts = np.bincount(full, minlength=len(hist_counts))
+    hist_counts = np.pad(hist_counts, (0, len(counts) - len(hist_counts))) + counts
+    out["longer"] = out.get("longer", 0) + int((full > spec.max_len).sum())
+  out["hist_hist"] = hist_counts.tolist()
+  out["bad_rows"] = {"count": bad.count, "examples": bad.examples}
+  return out
+
+
+def _percentile(hist: np.ndarray, q: float) -> float:
+  if hist.sum() == 0:
+    return 0.0
+  cdf = np.cumsum(hist) / hist.sum()
+  return float(np.searchsorted(cdf, q / 100.0))
+
+
+def summarize(spec: Spec, vocabs: dict[str, list[str]], numeric: dict[str, tuple], stats: list[dict]) -> dict:
+  rows = {s: sum(st["rows"][s] for st in stats) for s in shards.SPLITS}
+  positives = {s: sum(st["positives"][s] for st in stats) for s in shards.SPLITS}
+  width = max(len(st["hist_hist"]) for st in stats)
+  hist = sum(np.pad(np.asarray(st["hist_hist"], np.int64), (0, width - len(st["hist_hist"]))) for st in stats)
+  total = max(1, sum(rows.values()))
+  bad_count = sum(st["bad_rows"]["count"] for st in stats)
+  summary = {
+      "rows": rows,
+      "vocabularies": {v: len(values) for v, values in vocabs.items()},
+      "label_rate": {s: positives[s] / max(1, rows[s]) for s in shards.SPLITS},
+      "history_length_percentiles": {str(q): _percentile(hist, q) for q in (50, 90, 99)},
+      "share_histories_longer_than_max_len": sum(st["longer"] for st in stats) / total,
+      "share_candidates_unrelated_to_history": sum(st["unrelated"] for st in stats) / total,
+      "share_candidates_in_history": sum(st["candidate_in_history"] for st in stats) / total,
+      "oov": {s: {k: sum(st["oov"][s][k] for st in stats) for k in stats[0]["oov"][s]} for s in shards.SPLITS},
+      "nonfinite_numeric": {s: {k: sum(st["nonfinite"][s][k] for st in stats) for k in stats[0]["nonfinite"][s]}
+                            for s in shards.SPLITS},
+      "numeric_standardisation": {k: {"mean": m, "std": sd} for k, (m, sd) in numeric.items()},
+      "dropped_train_rows": sum(st["dropped_train_rows"] for st in stats),
+      "bad_rows": {"count": bad_count, "examples": [e for st in stats for e in st["bad_rows"]["examples"]][:10]},
+  }
+  if bad_count > spec.max_bad_rows:  # each worker allows max_bad_rows: the total decides
+    raise DataError(f"{bad_count} bad rows, more than data.max_bad_rows={spec.max_bad_rows}; first: "
+                    f"{summary['bad_rows']['examples'][0]}; {delimited.SKIP_HINT}")
+  return summary
+
+
+# ------------------------------------------------------------------------------------------ build
+
+
+def plan_shards(parts: dict[str, list[delimited.Part]]) -> list[dict[str, list[delimited.Part]]]:
+  """One shard per training part; test parts dealt round robin (at least one shard)."""
+  count = max(1, len(parts.get("train", [])))
+  plan: list[dict[str, list[delimited.Part]]] = [{s: [] for s in shards.SPLITS} for _ in range(count)]
+  for split in shards.SPLITS:
+    for i, part in enumerate(parts.get(split, [])):
+      plan[i % count][split].append(part)
+  return plan
+
+
+def stamp(paths: Iterable[str | os.PathLike]) -> list[list]:
+  return [[str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in paths]
+
+
+def build(spec: Spec, inputs: dict[str, list[str]], cache_root: str, part_bytes: int, embed_user_id: bool,
+          extra: dict[str, Any] | None = None, desc: str = "converting") -> tuple[Path, dict[str, Any]]:
+  """Converts (or reuses) `inputs` {split: [files]}; returns the data set directory and its meta."""
+  if not inputs.get("train"):
+    raise DataError(f"{spec.name}: no training files")
+  params = {"converter": VERSION, "spec": dataclasses.asdict(spec), "inputs": {s: stamp(inputs.get(s, []))
+                                                                              for s in shards.SPLITS},
+            "part_bytes": part_bytes, **(extra or {})}
+  params = json.loads(json.dumps(params))  # as meta.json will hold it (tuples become lists)
+  directory = shards.dataset_dir(cache_root, spec.name, params)
+  meta = shards.load_meta(directory)
+  if meta is None or meta.get("params") != params:
+    parts = {s: [p for f in inputs.get(s, []) for p in
+                 (delimited.parquet_parts(f) if spec.fmt is None else delimited.text_parts(f, spec.fmt, part_bytes))]
+             for s in shards.SPLITS}
+    if not parts["train"]:
+      raise DataError(f"{', '.join(inputs['train'])}: no training rows")
+    given = dict(spec.given_vocabs)
+    numeric_spec = dataclasses.replace(spec, columns=tuple(c for c in spec.columns
+                                                           if c.kind in ("label", "numeric") or c.vocab not in given))
+    counted = shards.parallel_map(functools.partial(count_part, numeric_spec), parts["train"],
+                                  desc=f"{desc}: vocabularies")
+    vocabs, numeric = merge_counts(counted, numeric_spec)
+    for v, path in given.items():
+      vocabs[v] = json.loads(Path(path).read_text())
+    if sum(r["rows"] for r in counted) == 0:
+      raise DataError(f"{', '.join(inputs['train'])}: no valid training rows")
+    (directory / "vocab").mkdir(parents=True, exist_ok=True)
+    for v, values in vocabs.items():
+      shards.write_text(directory / "vocab" / f"{v}.json", json.dumps(values))
+    _vocab_arrays.cache_clear()
+    schema = schema_of(spec, {k: len(v) for k, v in vocabs.items()}, True)
+    plan = plan_shards(parts)
+    meta = shards.build(directory, schema, params, len(plan),
+                        functools.partial(write_shard, spec, plan, directory, numeric),
+                        lambda stats: summarize(spec, vocabs, numeric, stats), desc=f"{desc}: shards")
+  schema = schema_of(spec, meta["stats"]["vocabularies"], embed_user_id)
+  return directory, {**meta, "schema": schema.to_dict()}
+
+
+def default_cache_root() -> str:
+  """$MIAN_JAX_CACHE, else `data_cache` in the working directory (never the data folder: it may be
+  shared or read-only)."""
+  return os.environ.get("MIAN_JAX_CACHE") or "data_cache"

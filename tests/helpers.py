@@ -1,0 +1,60 @@
+"""Helpers the tests share: read back every record of a converted split; train a model briefly through
+the trainer's own pieces (state from shapes, the jitted step, the grain pipeline, evaluate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from mian_jax.data import records
+from mian_jax.schema import FeatureSchema
+
+
+def decode_split(directory: Path, meta: dict, split: str) -> dict[str, np.ndarray]:
+  from array_record.python import array_record_module
+
+  schema = FeatureSchema.from_dict(meta["schema"])
+  blocks = []
+  for name in meta["files"][split]:
+    reader = array_record_module.ArrayRecordReader(str(Path(directory) / name))
+    blocks += [records.decode_block(schema, r) for r in reader.read_all()]
+    reader.close()
+  return records.concat(blocks)
+
+
+def train_briefly(name: str, config, source, steps: int) -> tuple[list[float], dict]:
+  """(losses, test metrics) after `steps` steps of model `name` on one device."""
+  from mian_jax import models
+  from mian_jax.train import loop, partition, state as state_lib, step as step_lib
+
+  mesh = partition.make_mesh(jax.devices()[:1])
+  model = models.get(name, config.model)
+  tx = loop.make_optimizer(config.train, steps)
+  init = state_lib.make_init(model, source.schema, config.model.embed_dim, tx)
+  state = partition.jit_init(init, mesh)(jax.random.key_data(jax.random.key(0)))
+  train_step = partition.jit_train_step(
+      step_lib.make_train_step(model, source.schema, tx, config.model.aux_loss_weight), mesh)
+  it = loop.pipeline.train_iterator(source, batch_per_process=config.train.batch_size, seed=0,
+                                    max_len=config.data.max_len)
+  losses = []
+  for _ in range(steps):
+    state, metrics = train_step(state, partition.to_global(next(it), mesh))
+    losses.append(float(metrics["loss"]))
+  eval_step = partition.jit_eval_step(step_lib.make_eval_step(model, source.schema), mesh)
+  return losses, loop.evaluate(eval_step, state.params, source, config, mesh)
+
+
+def launch(tmp_path: Path, experiment: str, *sets: str):
+  """`python launch.py --experiment EXPERIMENT --workdir tmp/w --set ...` on one CPU device, with its
+  converted data cached under tmp/cache."""
+  import os
+  import subprocess
+  import sys
+
+  root = Path(__file__).resolve().parents[1]
+  cmd = [sys.executable, str(root / "launch.py"), "--experiment", experiment, "--workdir", str(tmp_path / "w")]
+  cmd += [a for s in sets for a in ("--set", s)]
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "MIAN_JAX_CACHE": str(tmp_path / "cache")}
+  return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
