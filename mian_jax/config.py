@@ -71,6 +71,10 @@ class TrainConfig:
   # How the embedding tables learn: adam = dense Adam over the whole table (the reference); lazy_adam /
   # adagrad / sgd update only the rows a batch touches (mian_jax/train/optim.py).
   embedding_optimizer: Literal["adam", "lazy_adam", "adagrad", "sgd"] = "adam"
+  # bfloat16: the forward and backward pass compute in bf16; parameters, optimizer state, attention
+  # softmaxes and the loss stay float32.
+  compute_dtype: Literal["float32", "bfloat16"] = "float32"
+  mesh: str = ""  # "" = data parallel over every device; "data=N,model=M": tables split by rows over `model`
   eval_every: int = 0  # steps between test evaluations; 0 = once per epoch (and always at the end)
   checkpoint_every: int = 200  # steps between checkpoints (also at every eval and at the end)
   log_every: int = 50  # steps between training-metric fetches

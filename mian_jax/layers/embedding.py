@@ -42,22 +42,27 @@ class Groups:
   linear: jax.Array  # [B, F] (F = 0 without linear tables)
 
 
-def table_shapes(schema: FeatureSchema, dim: int, linear: bool = False) -> dict[str, tuple[int, int]]:
+def table_shapes(schema: FeatureSchema, dim: int, linear: bool = False, row_multiple: int = 1
+                 ) -> dict[str, tuple[int, int]]:
+  """{table: (rows, width)}; rows rounded up to a multiple of `row_multiple` (tables split over a
+  `model` mesh axis need it; the extra rows are never looked up)."""
   item_width = dim * len(schema.group("item"))
-  shapes = {name: (rows, dim) for name, rows in schema.tables.items()}
+  pad = lambda rows: -(-rows // row_multiple) * row_multiple
+  shapes = {name: (pad(rows), dim) for name, rows in schema.tables.items()}
   for f in schema.side_behaviours():
-    shapes[f.table_name] = (schema.tables[f.table_name], item_width)
+    shapes[f.table_name] = (pad(schema.tables[f.table_name]), item_width)
   for f in schema.numeric:
-    shapes[f"numeric:{f.name}"] = (1, dim)
+    shapes[f"numeric:{f.name}"] = (pad(1), dim)
   if linear:
-    shapes.update({f"linear:{name}": (rows, 1) for name, rows in schema.tables.items()})
-    shapes.update({f"linear:numeric:{f.name}": (1, 1) for f in schema.numeric})
+    shapes.update({f"linear:{name}": (pad(rows), 1) for name, rows in schema.tables.items()})
+    shapes.update({f"linear:numeric:{f.name}": (pad(1), 1) for f in schema.numeric})
   return dict(sorted(shapes.items()))
 
 
-def init_tables(rng: jax.Array, schema: FeatureSchema, dim: int, linear: bool = False) -> dict[str, jax.Array]:
+def init_tables(rng: jax.Array, schema: FeatureSchema, dim: int, linear: bool = False,
+                row_multiple: int = 1) -> dict[str, jax.Array]:
   """Embeddings ~ N(0, INIT_STDDEV); first-order (linear:*) weights start at 0, as logistic regression does."""
-  shapes = table_shapes(schema, dim, linear)
+  shapes = table_shapes(schema, dim, linear, row_multiple)
   keys = jax.random.split(rng, len(shapes))
   return {name: (jnp.zeros(shape, jnp.float32) if name.startswith("linear:")
                  else INIT_STDDEV * jax.random.normal(k, shape, jnp.float32))

@@ -20,7 +20,8 @@ class EncoderBlock(nn.Module):
   def __call__(self, x_bte: jax.Array, mask_bt: jax.Array) -> jax.Array:
     e = x_bte.shape[-1]
     attn_mask = nn.make_attention_mask(mask_bt, mask_bt)  # [B, 1, T, T]
-    mha = nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=e, out_features=e, name="mha")
+    mha = nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=e, out_features=e, name="mha",
+                                          force_fp32_for_softmax=True)
     ffn = nn.Sequential([nn.Dense(self.ffn_mult * e, name="ffn_in"), nn.relu, nn.Dense(e, name="ffn_out")])
     ln1, ln2 = nn.LayerNorm(name="ln_attn"), nn.LayerNorm(name="ln_ffn")
     if self.pre_ln:

@@ -63,6 +63,6 @@ class Checkpoints:
     self._manager.close()
 
 
-def abstract(state: Any, sharding: jax.sharding.Sharding) -> Any:
-  """ShapeDtypeStructs of `state` (from jax.eval_shape) placed with `sharding`."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
+def abstract(state: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs of `state` (from jax.eval_shape) placed with `shardings` (a tree like `state`)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)

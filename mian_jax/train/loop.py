@@ -23,7 +23,7 @@ from tqdm import tqdm
 from mian_jax import data as data_lib
 from mian_jax import metrics as metrics_lib
 from mian_jax import models
-from mian_jax.config import Config
+from mian_jax.config import Config, ConfigError
 from mian_jax.data import pipeline
 from mian_jax.train import optim, partition, state as state_lib, step as step_lib
 from mian_jax.train.checkpoint import Checkpoints, abstract
@@ -108,22 +108,31 @@ def evaluate(eval_step, params, src: pipeline.Source, config: Config, mesh) -> d
   return metrics_lib.evaluate(cat["y"][real], cat["p"][real], cat["u"][real])
 
 
+def make_mesh(config: Config):
+  """The run's mesh (train.mesh); a bad spec is a ConfigError."""
+  try:
+    return partition.make_mesh(spec=config.train.mesh)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
 def restore_best(config: Config, workdir: str | Path):
   """(model, source, params, mesh) from the best checkpoint in `workdir` (the latest when none was
   evaluated): for evaluation, prediction and plots after training."""
   workdir = Path(workdir)
   resolve_scale(config, quiet=True)
   src = data_lib.open_source(config.data)
-  mesh = partition.make_mesh()
+  mesh = make_mesh(config)
   model = models.get(config.model.name, config.model)
-  init = state_lib.make_init(model, src.schema, config.model.embed_dim, make_optimizer(config.train, 1))
+  init = state_lib.make_init(model, src.schema, config.model.embed_dim, make_optimizer(config.train, 1),
+                             partition.model_size(mesh))
   shapes = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
   ckpt = Checkpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
   step = ckpt.best_step()
   step = ckpt.latest_step() if step is None else step
   if step is None:
     raise TrainingError(f"no checkpoint in {workdir / 'checkpoints'}; train first (same command without this flag)")
-  state, _, _ = ckpt.restore(step, abstract(shapes, partition.replicated(mesh)))
+  state, _, _ = ckpt.restore(step, abstract(shapes, partition.state_shardings(shapes, mesh)))
   ckpt.close()
   return model, src, state.params, mesh
 
@@ -135,7 +144,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
   # ---------------------------------------------------------------- data
   resolve_scale(config)
   src = data_lib.open_source(config.data)
-  mesh = partition.make_mesh()
+  mesh = make_mesh(config)
   batch_local = partition.per_process_batch(config.train.batch_size, mesh)
   per_epoch = pipeline.steps_per_epoch(src, batch_local, jax.process_count())
   total = config.train.steps or config.train.epochs * per_epoch
@@ -143,10 +152,13 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
   # ---------------------------------------------------------------- model and state
   model = models.get(config.model.name, config.model)
   tx = make_optimizer(config.train, total)
-  init = state_lib.make_init(model, src.schema, config.model.embed_dim, tx)
+  init = state_lib.make_init(model, src.schema, config.model.embed_dim, tx, partition.model_size(mesh))
   shapes = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
-  train_step = partition.jit_train_step(step_lib.make_train_step(model, src.schema, tx, config.model.aux_loss_weight), mesh)
-  eval_step = partition.jit_eval_step(step_lib.make_eval_step(model, src.schema), mesh)
+  shardings = partition.state_shardings(shapes, mesh)
+  dtype = config.train.compute_dtype
+  train_step = partition.jit_train_step(
+      step_lib.make_train_step(model, src.schema, tx, config.model.aux_loss_weight, dtype), mesh, shardings)
+  eval_step = partition.jit_eval_step(step_lib.make_eval_step(model, src.schema, dtype), mesh, shardings.params)
   # ---------------------------------------------------------------- restore or start
   if fresh and lead and workdir.exists():
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
@@ -164,7 +176,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
     start = 0
     state = partition.jit_init(init, mesh)(jax.random.key_data(jax.random.key(config.train.seed)))
   else:
-    state, data_state, _ = ckpt.restore(start, abstract(shapes, partition.replicated(mesh)))
+    state, data_state, _ = ckpt.restore(start, abstract(shapes, shardings))
     data_it.set_state(data_state)
     _say(f"resumed from step {start} ({workdir / 'checkpoints'})")
   if lead:

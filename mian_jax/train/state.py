@@ -13,7 +13,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from mian_jax.layers import embedding
 from mian_jax.schema import FeatureSchema
@@ -38,12 +37,14 @@ def dummy_batch(schema: FeatureSchema, rows: int = 2) -> dict[str, np.ndarray]:
   return batch
 
 
-def make_init(model: nn.Module, schema: FeatureSchema, embed_dim: int, tx: optax.GradientTransformation):
-  """Returns init(seed_key) -> TrainState; pure, so it can be jitted with output shardings."""
+def make_init(model: nn.Module, schema: FeatureSchema, embed_dim: int, tx, row_multiple: int = 1):
+  """Returns init(seed_key) -> TrainState; pure, so it can be jitted with output shardings. `tx` is an
+  optim.Optimizer (or any object with init(params)); table rows are padded to `row_multiple`."""
 
   def init(key: jax.Array) -> TrainState:
     k_tables, k_dense, k_run = jax.random.split(key, 3)
-    tables = embedding.init_tables(k_tables, schema, embed_dim, linear=getattr(model, "linear_terms", False))
+    tables = embedding.init_tables(k_tables, schema, embed_dim, linear=getattr(model, "linear_terms", False),
+                                   row_multiple=row_multiple)
     groups = embedding.embed(tables, dummy_batch(schema), schema)
     dense = model.init({"params": k_dense}, groups, False)["params"]
     params = {"tables": tables, "dense": dense}

@@ -20,11 +20,19 @@ from mian_jax.train.state import TrainState
 
 
 def forward(model: nn.Module, schema: FeatureSchema, params: dict[str, Any], batch: dict[str, jax.Array],
-            train: bool, rng: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(logit [B], extras) for a batch; extras may hold an `aux_loss` (DIEN) and attention weights."""
+            train: bool, rng: jax.Array | None = None, compute_dtype: str = "float32"
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(logit [B], extras) for a batch; extras may hold an `aux_loss` (DIEN) and attention weights.
+  With compute_dtype bfloat16 the embeddings and the dense parameters are cast to bf16 for the pass
+  (the casts are differentiated, so the gradients reach the float32 parameters)."""
   groups = embedding.embed(params["tables"], batch, schema)
+  dense = params["dense"]
+  if compute_dtype != "float32":
+    dtype = jnp.dtype(compute_dtype)
+    cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    groups, dense = jax.tree.map(cast, groups), jax.tree.map(cast, dense)
   rngs = {"dropout": rng, "negatives": jax.random.fold_in(rng, 1)} if rng is not None else {}
-  logit, extras = model.apply({"params": params["dense"]}, groups, train, rngs=rngs)
+  logit, extras = model.apply({"params": dense}, groups, train, rngs=rngs)
   return logit.astype(jnp.float32), extras
 
 
@@ -34,13 +42,14 @@ def weighted_bce(logit: jax.Array, label: jax.Array, weight: jax.Array) -> jax.A
   return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def make_train_step(model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux_weight: float = 1.0) -> Callable:
+def make_train_step(model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux_weight: float = 1.0,
+                    compute_dtype: str = "float32") -> Callable:
   """(state, batch) -> (state, {loss, grad_norm}). With a row-sparse table optimizer (`opt.rows`) the
   loss is differentiated with respect to the unique rows the batch looks up, and only those rows (and
   their optimizer slots) are written; otherwise one optax update covers every parameter."""
 
   def loss_of(params, batch, rng):
-    logit, extras = forward(model, schema, params, batch, True, rng)
+    logit, extras = forward(model, schema, params, batch, True, rng, compute_dtype)
     loss = weighted_bce(logit, batch["label"], batch["weight"])
     if "aux_loss" in extras:  # e.g. DIEN's interest-extractor loss, weighted by model.aux_loss_weight
       loss = loss + aux_weight * extras["aux_loss"].astype(jnp.float32)
@@ -73,8 +82,8 @@ def make_train_step(model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux
   return train_step
 
 
-def make_eval_step(model: nn.Module, schema: FeatureSchema) -> Callable:
+def make_eval_step(model: nn.Module, schema: FeatureSchema, compute_dtype: str = "float32") -> Callable:
   def eval_step(params: dict[str, Any], batch: dict[str, jax.Array]) -> jax.Array:
-    return jax.nn.sigmoid(forward(model, schema, params, batch, False)[0])
+    return jax.nn.sigmoid(forward(model, schema, params, batch, False, None, compute_dtype)[0])
 
   return eval_step

@@ -1,0 +1,41 @@
+"""Benchmarks 1 and 2: train-step throughput of every model (batch 1024, history 50, embedding 18, on
+synthetic batches, one device) and each step's share of this machine's matmul roofline.
+
+    python benchmarks/step_throughput.py [--models mian,din] [--batch 1024] [--dtype bfloat16]
+"""
+
+import argparse
+
+from common import batch, jax, matmul_flops_per_s, models, partition, report, schema, step_flops, time_step, train_step
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser()
+  p.add_argument("--models", default=",".join(models.names()))
+  p.add_argument("--batch", type=int, default=1024)
+  p.add_argument("--history", type=int, default=50)
+  p.add_argument("--dtype", default="float32")
+  p.add_argument("--repeats", type=int, default=20)
+  args = p.parse_args(argv)
+  peak = matmul_flops_per_s()
+  s = schema(history=args.history)
+  rows = []
+  for name in args.models.split(","):
+    step, state, mesh = train_step(name, s, compute_dtype=args.dtype)
+    batches = [partition.to_global(batch(s, args.batch, seed=i), mesh) for i in range(4)]
+    flops = step_flops(step, state, batches[0])
+    t = time_step(step, state, batches, repeats=args.repeats)
+    achieved = flops / t["median_s"]
+    rows.append({"model": name, "samples_per_s": args.batch / t["median_s"], "step_ms": 1e3 * t["median_s"],
+                 "compile_s": t["compile_s"], "mflop_per_sample": flops / args.batch / 1e6,
+                 "gflop_per_s": achieved / 1e9, "roofline_share": achieved / peak})
+    del state
+  report(f"step_throughput_{args.dtype}", rows,
+         ["model", "samples_per_s", "step_ms", "compile_s", "mflop_per_sample", "gflop_per_s", "roofline_share"],
+         {"matmul_gflop_per_s": peak / 1e9, "batch": args.batch, "history": args.history,
+          "device": jax.devices()[0].device_kind})
+  print(f"matmul roofline: {peak / 1e9:,.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+  main()
