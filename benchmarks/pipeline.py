@@ -38,7 +38,7 @@ def main(argv=None):
   step, state, mesh = train_step(args.model, src.schema)
   it = pipeline.train_iterator(src, batch_per_process=args.batch, seed=0, max_len=src.schema.max_len)
   fixed = [partition.to_global(next(it), mesh) for _ in range(3)]
-  alone = time_step(step, state, fixed, repeats=20)
+  alone, state = time_step(step, state, fixed, repeats=20)
   state, metrics = step(state, fixed[0])
   n = 30
   t = time.perf_counter()

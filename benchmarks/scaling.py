@@ -13,7 +13,7 @@ def measure(model: str, users: int, history: int, rows: int, opt: str, repeats: 
   s = schema(users=users, history=history)
   step, state, mesh = train_step(model, s, embedding_optimizer=opt)
   batches = [partition.to_global(batch(s, rows, seed=i), mesh) for i in range(3)]
-  t = time_step(step, state, batches, repeats=repeats)
+  t, _ = time_step(step, state, batches, repeats=repeats)
   return {"users": users, "history": history, "batch": rows, "embedding_optimizer": opt,
           "step_ms": 1e3 * t["median_s"], "samples_per_s": rows / t["median_s"]}
 

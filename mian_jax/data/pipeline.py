@@ -84,10 +84,18 @@ def train_iterator(src: Source, *, batch_per_process: int, seed: int, max_len: i
   ds = ds.batch(k, drop_remainder=True, batch_fn=functools.partial(_decode_many, src.schema, max_len))
   ds = ds.map_with_index(functools.partial(_permute, seed))
   if workers > 0:
+    _absl_flags_parsed()  # grain's worker processes read absl flags, which a plain script never parses
     it_ds = ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   else:
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
   return iter(it_ds)
+
+
+def _absl_flags_parsed() -> None:
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
 
 
 def eval_batches(src: Source, split: str, *, rows_per_process: int, max_len: int, process_index: int = 0,
