@@ -14,6 +14,7 @@ def main():
   p.add_argument("--quick", action="store_true", help="fewer models, points and repeats (a smoke run)")
   args = p.parse_args()
   runs = [["step_throughput.py"] + (["--models", "mian,din,deepfm", "--repeats", "5"] if args.quick else []),
+          ["step_throughput.py", "--models", "mian", "--dtype", "bfloat16"] + (["--repeats", "5"] if args.quick else []),
           ["pipeline.py"] + (["--scale", "0.002", "--batches", "30"] if args.quick else []),
           ["scaling.py"] + (["--quick"] if args.quick else []),
           ["eval_auc.py"] + (["--n", "1000000"] if args.quick else [])]

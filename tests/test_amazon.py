@@ -221,15 +221,15 @@ def test_raw_2014_dumps_prepare_the_dien_layout(tmp_path):
   assert meta["params"]["layout"] == "dien" and meta["stats"]["rows"]["test"] == 2 * len(by_user)
 
 
-def test_converted_data_trains_mian(tmp_path):
-  """BARS-converted data (decoded equal to the DIEN layout's above) trains MIAN to the planted signal."""
+def test_converted_data_trains(tmp_path):
+  """BARS-converted data (decoded equal to the DIEN layout's above) trains DIN to the planted signal."""
   config = experiments.get_config("books:tiny")
   config.train.learning_rate = 1e-2
   folder = write_bars(tmp_path / "bars", samples(60), samples(20, seed=1))
   d, meta = amazon.build(str(folder), params(max_len=config.data.max_len, block_size=config.data.block_size),
                          str(tmp_path / "cache"))
   source = pipeline.Source(d, FeatureSchema.from_dict(meta["schema"]), meta)
-  losses, result = train_briefly("mian", config, source, 150)
+  losses, result = train_briefly("din", config, source, 150)  # (launch.py trains MIAN on the raw dumps below)
   assert np.mean(losses[-30:]) < np.mean(losses[:30]), losses
   assert result["auc"] > 0.7, result  # the candidate's category matches the history's: learned
 

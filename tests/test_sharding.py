@@ -11,10 +11,10 @@ from mian_jax.data import pipeline
 from mian_jax.train import optim, partition, state as state_lib, step as step_lib
 
 
-def _train(source, devices, steps=3, spec="", rows=None):
+def _train(source, devices, steps=3, spec="", rows=None, name="mian"):
   mesh = partition.make_mesh(devices, spec)
   cfg = ModelConfig(embed_dim=4, gim_dim=8, mlp=(16, 8))
-  model = models.get("mian", cfg)
+  model = models.get(name, cfg)
   # plain SGD: Adam would magnify float-summation-order noise in near-zero gradients
   tx = optim.Optimizer(optax.sgd(0.5), rows, optax.constant_schedule(0.5))
   init = state_lib.make_init(model, source.schema, cfg.embed_dim, tx, partition.model_size(mesh))
@@ -44,9 +44,10 @@ def test_eight_devices_match_one(tiny_source):
 
 
 def test_tables_split_over_a_model_axis_match_one_device(tiny_source):
-  one, loss1 = _train(tiny_source, jax.devices()[:1])
+  """DeepFM (every table, first-order ones too; cheap to compile twice) on a data=4,model=2 mesh."""
+  one, loss1 = _train(tiny_source, jax.devices()[:1], name="deepfm")
   for rows in (None, optim.RowOptimizer("sgd")):
-    split, loss_split = _train(tiny_source, jax.devices(), spec="data=4,model=2", rows=rows)
+    split, loss_split = _train(tiny_source, jax.devices(), spec="data=4,model=2", rows=rows, name="deepfm")
     table = split.params["tables"]["item"]
     assert table.sharding.spec == jax.sharding.PartitionSpec("model", None)
     assert {s.data.shape[0] for s in table.addressable_shards} == {table.shape[0] // 2}  # half the rows each
