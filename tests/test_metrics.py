@@ -39,3 +39,14 @@ def test_logloss():
   p = np.array([0.9, 0.2, 0.6])
   expected = -np.mean([np.log(0.9), np.log(0.8), np.log(0.6)])
   assert abs(metrics.logloss(y, p) - expected) < 1e-12
+
+
+def test_float32_fast_paths_match_the_definitions_with_ties_and_negative_scores():
+  """float32 scores take the sort-negatives / 64-bit-key paths; they agree with the pairwise counts."""
+  rng = np.random.default_rng(2)
+  u = rng.integers(0, 40, 1500)
+  y = rng.integers(0, 2, 1500)
+  s = (np.round(rng.normal(size=1500) + 0.3 * y, 1)).astype(np.float32)  # ties, scores below 0, -0.0 and 0.0
+  assert abs(metrics.auc(y, s) - _pairwise_auc(y, s.astype(np.float64))) < 1e-12
+  assert abs(metrics.gauc(y, s, u) - metrics.gauc(y, s.astype(np.float64), u)) < 1e-12  # lexsort path
+  assert abs(metrics.gauc(y, s, u + 2 ** 40) - metrics.gauc(y, s, u)) < 1e-12  # ids beyond 31 bits: lexsort

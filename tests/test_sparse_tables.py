@@ -44,9 +44,12 @@ def test_unique_rows_give_the_same_embeddings():
   local_ids = np.asarray(ids["item"])[np.asarray(sparse.behaviour_ids)]
   np.testing.assert_array_equal(np.where(np.asarray(full.mask), local_ids, 0), np.asarray(full.behaviour_ids))
   used = np.unique(np.concatenate([b["item_id"], b["hist_item_id"].ravel()]))
-  assert np.asarray(ids["item"])[:len(used)].tolist() == used.tolist()
-  assert np.all(np.asarray(ids["item"])[len(used):] == V)  # padding: the out-of-range id
-  assert np.all(np.asarray(rows["item"])[len(used):] == 0)
+  got = np.asarray(ids["item"])  # V = 30 rows <= 40 ids in the batch: the scatter-of-flags layout
+  assert sorted(got[got < V].tolist()) == used.tolist() and np.all(got[np.isin(got, used, invert=True)] == V)
+  assert np.all(np.asarray(rows["item"])[got == V] == 0)  # padding reads zeros
+  user = np.asarray(ids["user_id"])  # 10 rows > 8 ids: the sorted-unique layout
+  assert user[:len(np.unique(b["user_id"]))].tolist() == np.unique(b["user_id"]).tolist()
+  assert np.all(user[len(np.unique(b["user_id"])):] == 10)
   assert ids["linear:item"] is ids["item"]
 
 

@@ -116,8 +116,10 @@ def unique_rows(tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
                 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
   """(ids, rows, local batch): the rows of every table the batch touches, for row-sparse training.
 
-  ids[k]   [N_k] the unique ids of table k in the batch (N_k = how many ids its features hold, a static
-           capacity), padded with the out-of-range id V_k;
+  ids[k]   [N_k] the ids of table k the batch touches, each once, padded with the out-of-range id V_k:
+           a table with more rows than the batch holds ids gets a sorted unique of capacity N_k = how
+           many ids its features hold; a smaller table gets N_k = V_k slots, slot v holding v when row
+           v is touched (no sort: a scatter of flags);
   rows[k]  [N_k, width] those rows (zeros at padding): differentiate with respect to these;
   local    the batch with every id replaced by its position in ids[k], so that
            `embed(rows, local, schema)` equals `embed(tables, batch, schema)`.
@@ -131,7 +133,12 @@ def unique_rows(tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
   uniq: dict[str, jax.Array] = {}
   for t, names in by_table.items():
     flat = jnp.concatenate([batch[n].reshape(-1) for n in names])
-    u, inverse = jnp.unique(flat, size=flat.size, fill_value=tables[t].shape[0], return_inverse=True)
+    rows_t = tables[t].shape[0]
+    if rows_t <= flat.size:  # small table: every row has a slot; untouched slots hold the padding id
+      touched = jnp.zeros((rows_t,), bool).at[flat].set(True)
+      uniq[t] = jnp.where(touched, jnp.arange(rows_t, dtype=jnp.int32), rows_t)
+      continue  # local ids = the ids themselves
+    u, inverse = jnp.unique(flat, size=flat.size, fill_value=rows_t, return_inverse=True)
     uniq[t] = u.astype(jnp.int32)
     offset = 0
     for n in names:
