@@ -11,9 +11,9 @@ from mian_jax.data import pipeline
 from mian_jax.train import optim, partition, state as state_lib, step as step_lib
 
 
-def _train(source, devices, steps=3, spec="", rows=None, name="mian"):
+def _train(source, devices, steps=3, spec="", rows=None, name="din"):
   mesh = partition.make_mesh(devices, spec)
-  cfg = ModelConfig(embed_dim=4, gim_dim=8, mlp=(16, 8))
+  cfg = ModelConfig(embed_dim=4, gim_dim=8, mlp=(16, 8), attention_mlp=(8, 4))
   model = models.get(name, cfg)
   # plain SGD: Adam would magnify float-summation-order noise in near-zero gradients
   tx = optim.Optimizer(optax.sgd(0.5), rows, optax.constant_schedule(0.5))
@@ -32,9 +32,10 @@ def _train(source, devices, steps=3, spec="", rows=None, name="mian"):
 
 
 def test_eight_devices_match_one(tiny_source):
+  """DIN: its Dice activations normalise with the moments of the whole (sharded) batch."""
   assert jax.device_count() == 8
-  one, loss1 = _train(tiny_source, jax.devices()[:1])
-  eight, loss8 = _train(tiny_source, jax.devices())
+  one, loss1 = _train(tiny_source, jax.devices()[:1], name="din")
+  eight, loss8 = _train(tiny_source, jax.devices(), name="din")
   batch_leaf = jax.tree.leaves(eight.params)[0]
   assert len(batch_leaf.sharding.device_set) == 8
   np.testing.assert_allclose(loss1, loss8, rtol=1e-5)
