@@ -108,6 +108,16 @@ def evaluate(eval_step, params, src: pipeline.Source, config: Config, mesh) -> d
   return metrics_lib.evaluate(cat["y"][real], cat["p"][real], cat["u"][real])
 
 
+def _open_source_once(config: Config):
+  """Process 0 generates or converts the data set; the others wait, then open the cached result."""
+  if jax.process_index() != 0:
+    partition.barrier("data set ready")
+  src = data_lib.open_source(config.data)
+  if jax.process_index() == 0:
+    partition.barrier("data set ready")
+  return src
+
+
 def make_mesh(config: Config):
   """The run's mesh (train.mesh); a bad spec is a ConfigError."""
   try:
@@ -143,7 +153,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
   lead = jax.process_index() == 0
   # ---------------------------------------------------------------- data
   resolve_scale(config)
-  src = data_lib.open_source(config.data)
+  src = _open_source_once(config)
   mesh = make_mesh(config)
   batch_local = partition.per_process_batch(config.train.batch_size, mesh)
   per_epoch = pipeline.steps_per_epoch(src, batch_local, jax.process_count())

@@ -100,6 +100,12 @@ def jit_eval_step(eval_fn: Callable, mesh: Mesh, shardings: Any = None) -> Calla
   return jax.jit(eval_fn, in_shardings=(rep if shardings is None else shardings, data), out_shardings=data)
 
 
+def barrier(name: str) -> None:
+  """Every process waits here until all have arrived (nothing with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 def gather(tree: Any) -> Any:
   """Global arrays -> full numpy arrays on every process (each row once)."""
   if jax.process_count() == 1:
