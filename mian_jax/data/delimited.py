@@ -159,7 +159,7 @@ def _parse(data: bytes, line: int, path: str, fmt: TextFormat, bad: BadRows) -> 
     if table.num_rows == newlines:
       return Chunk(table, np.arange(line, line + newlines, dtype=np.int64), path)
   except (pa.ArrowInvalid, pa.ArrowTypeError):
-    pass
+    pass  # a bad row somewhere in the chunk: the line-by-line reader below names it (or skips it)
   return _parse_slowly(data, line, path, fmt, bad)
 
 
