@@ -24,25 +24,12 @@ def _parser(experiment_names: list[str], model_names: list[str], sweep_names: li
   p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints in the workdir and start over")
   p.add_argument("--sweep", metavar="NAME", help="run a sweep (experiments/sweeps.py): one trial per setting, then a table")
   p.add_argument("--plot", choices=["gim"], help="draw from the run's best checkpoint instead of training (gim: Figure 6)")
-  p.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: process 0's address (jax.distributed)")
+  p.add_argument("--coordinator", metavar="HOST:PORT",
+                 help="multi-host: process 0's address (jax.distributed); without it, JAX_COORDINATOR_ADDRESS / "
+                      "JAX_NUM_PROCESSES / JAX_PROCESS_ID or a Slurm, Open MPI or Cloud TPU cluster is used when present")
   p.add_argument("--num-processes", type=int, help="multi-host: how many processes (one per host)")
   p.add_argument("--process-id", type=int, help="multi-host: this process's index, 0 .. num-processes-1")
   return p
-
-
-def _distributed(args) -> None:
-  """jax.distributed over the given coordinator (CPU collectives through gloo when there is no
-  accelerator); nothing without --coordinator."""
-  if args.coordinator is None:
-    if args.num_processes is not None or args.process_id is not None:
-      raise ValueError("--num-processes / --process-id need --coordinator HOST:PORT")
-    return
-  if args.num_processes is None or args.process_id is None or not 0 <= args.process_id < args.num_processes:
-    raise ValueError("--coordinator needs --num-processes N and --process-id I with 0 <= I < N")
-  import jax
-
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # concerns CPU devices only
-  jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
       return _sweep(args, config, sweeps)
     workdir = args.workdir or f"runs/{config.experiment}/{config.model.name}"
+    from mian_jax import distributed
     try:
-      _distributed(args)
+      distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     except ValueError as e:
       raise ConfigError(str(e)) from None
 

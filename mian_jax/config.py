@@ -80,6 +80,9 @@ class TrainConfig:
   log_every: int = 50  # steps between training-metric fetches
   keep_checkpoints: int = 3  # latest checkpoints kept (the best by test AUC is kept as well)
   eval_batch_size: int = 4096
+  # Resume the data order from its beginning instead of the checkpoint's position (needed only when the
+  # position cannot be mapped to this run's batch size; see pipeline.resume_from).
+  reset_data_position: bool = False
 
 
 @dataclasses.dataclass

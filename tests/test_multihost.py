@@ -1,5 +1,7 @@
 """Two launch.py processes over loopback (CPU collectives through gloo), 4 fake CPU devices each, train
-a tiny run to the same final parameters and test metrics as one process with 8 devices."""
+a tiny run to the same final parameters and test metrics as one process with 8 devices (process 0 joins
+through the flags, process 1 through the JAX_* environment variables); a data set process 0 fails to
+build stops the other process with its error."""
 
 import os
 import socket
@@ -26,10 +28,11 @@ def _cmd(workdir, data_root, *extra):
 def test_two_processes_match_one_process_with_eight_devices(tmp_path, data_root):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   port = _free_port()
-  procs = [subprocess.Popen(_cmd(tmp_path / "two", data_root, "--coordinator", f"127.0.0.1:{port}",
-                                 "--num-processes", "2", "--process-id", str(i)),
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+  by_flags = _cmd(tmp_path / "two", data_root, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                  "--process-id", "0")
+  by_env = {**env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+  procs = [subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for cmd, e in ((by_flags, env), (_cmd(tmp_path / "two", data_root), by_env))]
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
@@ -61,3 +64,30 @@ def _restore_on_one_device(workdir, like):
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like)
   with ocp.CheckpointManager(ckpt_dir.absolute(), item_names=("state",)) as m:
     return step, m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+
+
+def test_process_zero_failing_to_build_the_data_stops_the_others(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  port = _free_port()
+  cmd = lambda i: [sys.executable, str(ROOT / "launch.py"), "--experiment", "movielens:tiny", "--workdir",
+                   str(tmp_path / "w"), "--set", f"data.dir={tmp_path / 'missing'}", "--coordinator",
+                   f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
+  procs = [subprocess.Popen(cmd(i), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  errs = [p.communicate(timeout=300)[1] for p in procs]
+  assert [p.returncode for p in procs] == [2, 2]
+  last = [e.strip().splitlines()[-1] for e in errs]
+  assert last[0].startswith("error: ") and "no MovieLens files found" in last[0]
+  assert last[1].startswith("error: process 0 failed while building the data set: ") and "no MovieLens files" in last[1]
+
+
+def test_cluster_environments_are_recognised():
+  from mian_jax.distributed import cluster_detected
+
+  assert cluster_detected({}) is None
+  slurm = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}
+  assert cluster_detected(slurm) is None  # one task: nothing to join
+  assert cluster_detected({**slurm, "SLURM_NTASKS": "4"}) == "Slurm"
+  assert cluster_detected({"OMPI_MCA_orte_hnp_uri": "1.2@tcp://10.0.0.1:5", "OMPI_COMM_WORLD_SIZE": "2"}) == "Open MPI"
+  assert cluster_detected({"TPU_WORKER_HOSTNAMES": "host-a,host-b"}) == "Cloud TPU"
+  assert cluster_detected({"TPU_WORKER_HOSTNAMES": "host-a"}) is None

@@ -1,6 +1,7 @@
 """grain pipelines on real ArrayRecord shards: determinism, disjoint process slices, resumable state."""
 
 import numpy as np
+import pytest
 
 from mian_jax.data import pipeline
 
@@ -47,12 +48,36 @@ def test_iterator_state_resumes_exactly(tiny_source):
   it = pipeline.train_iterator(tiny_source, **kw)
   _take(it, 3)
   state = it.get_state()
+  assert state == {"batches": 3, "blocks_per_batch": 64 // tiny_source.block_size()}
   expected = _take(it, 2)
-  resumed = pipeline.train_iterator(tiny_source, **kw)
-  resumed.set_state(state)
+  resumed = pipeline.train_iterator(tiny_source, start=pipeline.resume_from(state, state["blocks_per_batch"]), **kw)
   for x, y in zip(expected, _take(resumed, 2)):
-    np.testing.assert_array_equal(x["item_id"], y["item_id"])
-    np.testing.assert_array_equal(x["hist_item_id"], y["hist_item_id"])
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_a_position_maps_to_another_process_count_and_batch_size(tiny_source):
+  """Global batch s holds the same samples whatever the number of processes; a position written by 2
+  processes resumes on 1 (and at a batch twice as large) with no sample skipped or repeated."""
+  block = tiny_source.block_size()
+  kw = dict(max_len=10, seed=5)
+  one = pipeline.train_iterator(tiny_source, batch_per_process=4 * block, **kw)
+  two = [pipeline.train_iterator(tiny_source, batch_per_process=2 * block, process_index=i, process_count=2, **kw)
+         for i in range(2)]
+  for _ in range(4):
+    assert _rows(next(one)) == _rows(next(two[0])) | _rows(next(two[1]))
+  state = two[0].get_state()  # 4 global batches of 4 blocks
+  assert state == {"batches": 4, "blocks_per_batch": 4}
+  seen = set().union(*(_rows(b) for b in _take(pipeline.train_iterator(tiny_source, batch_per_process=8 * block, **kw), 2)))
+  wide = pipeline.train_iterator(tiny_source, batch_per_process=8 * block, start=pipeline.resume_from(state, 8), **kw)
+  assert pipeline.resume_from(state, 8) == 2
+  resumed = _rows(next(wide))
+  assert not resumed & seen  # the first 16 blocks were consumed before the checkpoint
+  expected = _rows(next(one)) | _rows(next(one))  # blocks 16..23 in the 4-block order
+  assert resumed == expected
+  with pytest.raises(pipeline.DataError, match="reset_data_position=true"):
+    pipeline.resume_from({"batches": 3, "blocks_per_batch": 4}, 8)
+  assert pipeline.resume_from({"batches": 3, "blocks_per_batch": 4}, 8, reset=True) == 0
 
 
 def test_eval_batches_cover_every_row_once_across_processes(tiny_source):

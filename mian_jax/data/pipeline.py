@@ -5,9 +5,13 @@ Training:  ArrayRecordDataSource (one record = one block of samples)
         -> slice [process_index::process_count] (processes read disjoint blocks)
         -> batch k blocks and decode them together (one read call per block, vectorised decode)
         -> seeded permutation of the samples inside the batch (a shuffle buffer of k blocks)
-        -> to_iter_dataset with prefetch threads, or `mp_prefetch` worker processes.
-Its iterator is a grain `DatasetIterator`, so `get_state()` / `set_state()` give the exact position
-that checkpoints store. Evaluation reads every block of a split once, in order, padding the last
+        -> [start:] when resuming, then to_iter_dataset with prefetch threads, or `mp_prefetch` workers.
+The position checkpoints store is the number of batches consumed and the global batch in blocks
+(`TrainIterator.get_state()`). Because processes read the shuffled blocks round robin and each takes k
+consecutive ones of its slice, global batch s is blocks [s*K, (s+1)*K) of the shuffled stream whatever
+the number of processes: a position carries over to another process or device count unchanged, and to
+another global batch when the blocks consumed are a whole number of new batches (`resume_from`).
+Evaluation reads every block of a split once, in order, padding the last
 batch with weight-0 rows; every process runs the same number of evaluation batches.
 """
 
@@ -68,9 +72,48 @@ def steps_per_epoch(src: Source, batch_per_process: int, process_count: int) -> 
   return len(src.blocks("train")) // process_count // blocks_per_batch
 
 
+class TrainIterator:
+  """Per-process training batches; `get_state()` is the position a checkpoint stores."""
+
+  def __init__(self, it: Iterator[dict[str, np.ndarray]], start: int, blocks_per_batch: int):
+    self._it, self.batches, self.blocks_per_batch = it, start, blocks_per_batch
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._it)
+    self.batches += 1
+    return batch
+
+  def get_state(self) -> dict[str, int]:
+    return {"batches": self.batches, "blocks_per_batch": self.blocks_per_batch}
+
+
+def resume_from(state: dict[str, Any] | None, blocks_per_batch: int, reset: bool = False) -> int:
+  """The batch to resume at, given a checkpoint's data position and this run's global batch in blocks.
+
+  Same batch: the same index (any number of processes or devices). Another batch size: the blocks
+  consumed must be a whole number of new batches, else DataError (no sample is skipped or repeated
+  silently); `reset` starts the data order from its beginning instead.
+  """
+  if reset or not state:
+    return 0
+  if "batches" not in state:  # a grain iterator state (next_index) from before positions were mapped
+    return int(state["next_index"])
+  consumed = state["batches"] * state["blocks_per_batch"]
+  if consumed % blocks_per_batch:
+    raise DataError(
+        f"the checkpoint's data position ({state['batches']} batches of {state['blocks_per_batch']} blocks) is not a "
+        f"whole number of this run's batches of {blocks_per_batch} blocks, so resuming would skip or repeat samples; "
+        f"use the checkpoint's train.batch_size and data.block_size, or --set train.reset_data_position=true "
+        f"to restart the data order")
+  return consumed // blocks_per_batch
+
+
 def train_iterator(src: Source, *, batch_per_process: int, seed: int, max_len: int, process_index: int = 0,
-                   process_count: int = 1, workers: int = 0, prefetch: int = 4) -> grain.DatasetIterator:
-  """An endless, checkpointable iterator of per-process training batches (numpy dicts)."""
+                   process_count: int = 1, workers: int = 0, prefetch: int = 4, start: int = 0) -> TrainIterator:
+  """An endless iterator of per-process training batches (numpy dicts), from global batch `start`."""
   block = src.block_size()
   if batch_per_process % block:
     raise DataError(f"per-process batch {batch_per_process} is not a multiple of the data's block size {block}; "
@@ -82,13 +125,15 @@ def train_iterator(src: Source, *, batch_per_process: int, seed: int, max_len: i
   ds = grain.MapDataset.source(_source(src, "train")).shuffle(seed=seed).repeat(None)
   ds = ds[process_index::process_count]
   ds = ds.batch(k, drop_remainder=True, batch_fn=functools.partial(_decode_many, src.schema, max_len))
-  ds = ds.map_with_index(functools.partial(_permute, seed))
+  ds = ds.map_with_index(functools.partial(_permute, seed))  # the index: the global batch number
+  if start:
+    ds = ds[start:]
   if workers > 0:
     _absl_flags_parsed()  # grain's worker processes read absl flags, which a plain script never parses
     it_ds = ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   else:
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
-  return iter(it_ds)
+  return TrainIterator(iter(it_ds), start, k * process_count)
 
 
 def _absl_flags_parsed() -> None:

@@ -4,6 +4,11 @@ renames it when complete; a half-written one is never restored and is cleaned up
 
 Kept: the latest `keep` checkpoints and the best by test AUC (checkpoints saved at an evaluation carry
 its metrics).
+
+Restoring places every array with the shardings of the current run, so a checkpoint written on N
+devices restores on M. Embedding tables padded for another `model` axis (rows rounded up to its size)
+are restored at their stored row count and cut or zero-padded to this run's (padding rows are never
+looked up); any other difference from the expected state raises CheckpointMismatch, naming it.
 """
 
 from __future__ import annotations
@@ -12,8 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec as P
 from orbax.checkpoint import checkpoint_managers as cm
+
+
+class CheckpointMismatch(ValueError):
+  """The checkpoint does not hold the state this run expects (another model, schema or data set)."""
+
+
+def _name(path) -> str:
+  return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 def _auc(metrics: dict[str, float]) -> float:
@@ -29,8 +44,10 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, best_fn=_auc, best_mode="max", cleanup_tmp_directories=True,
         enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(Path(directory).absolute(), options=options,
-                                          item_names=("state", "data", "config"))
+    self._manager = ocp.CheckpointManager(
+        Path(directory).absolute(), options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -51,9 +68,30 @@ class Checkpoints:
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Restores `step` into the shapes and shardings of `abstract_state` (jax.ShapeDtypeStruct tree)."""
+    stored = {_name(p): leaf.shape for p, leaf in
+              jax.tree_util.tree_leaves_with_path(self._manager.item_metadata(step).state)}
+    wanted = {_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
+    missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
+    if missing or extra:
+      raise CheckpointMismatch(f"checkpoint step {step} holds other arrays than this model: "
+                               + "; ".join(f"{what} {', '.join(names[:3])}" + (" ..." if len(names) > 3 else "")
+                                           for what, names in (("missing", missing), ("unexpected", extra)) if names))
+    resized = {}
+    for name, x in wanted.items():
+      have = tuple(stored[name])
+      if have == tuple(x.shape):
+        continue
+      if ".tables." not in f".{name}." or have[1:] != tuple(x.shape[1:]):
+        raise CheckpointMismatch(f"checkpoint step {step}: {name} has shape {have}, this model expects {tuple(x.shape)}")
+      resized[name] = jax.ShapeDtypeStruct(have, x.dtype, sharding=NamedSharding(x.sharding.mesh, P()))
+    target = jax.tree_util.tree_map_with_path(lambda p, x: resized.get(_name(p), x), abstract_state)
     out = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
-    return out.state, out.data, out.config
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+    state = out.state
+    if resized:
+      state = jax.tree_util.tree_map_with_path(
+          lambda p, a, x: _resize_rows(a, x) if _name(p) in resized else a, state, abstract_state)
+    return state, out.data, out.config
 
   def read_config(self, step: int) -> dict[str, Any]:
     return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
@@ -66,3 +104,14 @@ class Checkpoints:
 def abstract(state: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs of `state` (from jax.eval_shape) placed with `shardings` (a tree like `state`)."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+def _resize_rows(array: jax.Array, like: jax.ShapeDtypeStruct) -> jax.Array:
+  """`array` cut or zero-padded along its rows to `like`'s row count, placed with `like`'s sharding."""
+  rows = like.shape[0]
+
+  def fit(a):
+    a = a[:rows]
+    return jnp.pad(a, [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
+
+  return jax.jit(fit, out_shardings=like.sharding)(array)

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mian_jax import data as data_lib
+from mian_jax import distributed
 from mian_jax import metrics as metrics_lib
 from mian_jax import models
 from mian_jax.config import Config, ConfigError
@@ -109,13 +110,12 @@ def evaluate(eval_step, params, src: pipeline.Source, config: Config, mesh) -> d
 
 
 def _open_source_once(config: Config):
-  """Process 0 generates or converts the data set; the others wait, then open the cached result."""
-  if jax.process_index() != 0:
-    partition.barrier("data set ready")
-  src = data_lib.open_source(config.data)
-  if jax.process_index() == 0:
-    partition.barrier("data set ready")
-  return src
+  """Process 0 generates or converts the data set; the others wait for it, then open the cached result
+  (or stop with process 0's error)."""
+  try:
+    return distributed.process_zero_first("building the data set", lambda: data_lib.open_source(config.data))
+  except distributed.ProcessZeroFailed as e:
+    raise TrainingError(str(e)) from None
 
 
 def make_mesh(config: Config):
@@ -178,17 +178,19 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = Checkpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
   start = ckpt.latest_step()
-  data_it = pipeline.train_iterator(
-      src, batch_per_process=batch_local, seed=config.train.seed, max_len=config.data.max_len,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      workers=config.data.workers, prefetch=config.data.prefetch)
+  data_state = None
   if start is None:
     start = 0
     state = partition.jit_init(init, mesh)(jax.random.key_data(jax.random.key(config.train.seed)))
   else:
     state, data_state, _ = ckpt.restore(start, abstract(shapes, shardings))
-    data_it.set_state(data_state)
     _say(f"resumed from step {start} ({workdir / 'checkpoints'})")
+  blocks_per_batch = config.train.batch_size // src.block_size()
+  data_it = pipeline.train_iterator(
+      src, batch_per_process=batch_local, seed=config.train.seed, max_len=config.data.max_len,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      workers=config.data.workers, prefetch=config.data.prefetch,
+      start=pipeline.resume_from(data_state, blocks_per_batch, config.train.reset_data_position))
   if lead:
     (workdir / "config.json").write_text(config.to_json())
   log = _Log(workdir / "metrics.jsonl", start)
