@@ -1,7 +1,7 @@
 """Command line: flags -> config -> one call into the library.
 
   python launch.py --experiment commercial [--model NAME] [--workdir DIR] [--set KEY=VALUE ...] [--fresh]
-  python launch.py --experiment commercial --sweep paper_table     # every trial, then the table
+  python launch.py --experiment commercial --sweep paper_table     # every trial, then results.md / .csv / .png
   python launch.py --experiment commercial --model mian --plot gim  # the paper's Figure 6
 """
 
@@ -22,7 +22,8 @@ def _parser(experiment_names: list[str], model_names: list[str], sweep_names: li
   p.add_argument("--workdir", help="run directory (default runs/<experiment>/<model>)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.batch_size=512")
   p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints in the workdir and start over")
-  p.add_argument("--sweep", metavar="NAME", help="run a sweep (experiments/sweeps.py): one trial per setting, then a table")
+  p.add_argument("--sweep", metavar="NAME", help="run a sweep (experiments/sweeps.py): one process per trial, in parallel on disjoint device groups "
+                      "(sweep.devices_per_trial), then results.csv / .md / .png")
   p.add_argument("--plot", choices=["gim"], help="draw from the run's best checkpoint instead of training (gim: Figure 6)")
   p.add_argument("--coordinator", metavar="HOST:PORT",
                  help="multi-host: process 0's address (jax.distributed); without it, JAX_COORDINATOR_ADDRESS / "
@@ -82,25 +83,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sweep(args, config, sweeps) -> int:
-  """Runs every trial of the sweep (each its own launch.py process), then writes the summary tables."""
+  """Runs the sweep's trials (each its own launch.py process, in parallel on disjoint device groups), then
+  prints and writes the summary."""
   from pathlib import Path
 
   from mian_jax import sweep
   from mian_jax.config import ConfigError, apply_overrides
 
   try:
-    trials = sweeps.trials(args.sweep)
+    trials = sweeps.trials(args.sweep, config.sweep.seeds)
   except KeyError:
     raise ConfigError(f"--sweep {args.sweep}: unknown; valid: {', '.join(sweeps.names())}") from None
   if args.model or args.plot:
     raise ConfigError("--sweep chooses the models itself; drop --model / --plot (use --set for common overrides)")
+  if args.coordinator:
+    raise ConfigError("--sweep runs on one host; run a multi-host trial as a plain launch.py run")
   for overrides in trials:  # every trial's overrides must be valid before anything runs
     apply_overrides(config, [f"{k}={v}" for k, v in overrides.items()])
   root = Path(args.workdir or f"runs/{config.experiment}/sweeps/{args.sweep}")
-  root.mkdir(parents=True, exist_ok=True)
-  rows = sweep.run(args.experiment, args.sweep, trials, root, args.set, fresh=args.fresh)
-  print(sweep.paper_table(root, args.sweep, rows))
-  print(f"wrote {root / 'results.csv'} and {root / (args.sweep + '.md')}")
+  try:
+    rows = sweep.run(args.experiment, trials, root, args.set, config.sweep.devices_per_trial, fresh=args.fresh)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  print((root / "results.md").read_text())
+  print(f"wrote {root / 'results.csv'}, {root / 'results.md'} and {root / 'results.png'}")
+  if any(r["status"] == "interrupted" for r in rows):
+    print("interrupted: run the same command again to resume", flush=True)
+    return sweep.EXIT_PREEMPTED
   return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

@@ -1,26 +1,38 @@
 """Sweeps by name: each is a list of trials, a trial being the `--set` overrides it adds to the experiment.
 
-  python launch.py --experiment EXP --sweep NAME [--set KEY=VALUE ...]
+  python launch.py --experiment EXP --sweep NAME [--set KEY=VALUE ...] [--set sweep.seeds=3]
 
-Every trial runs in `runs/<EXP>/sweeps/<NAME>/<trial id>/` (under `--workdir DIR` when given); the id
-is made from the overrides (stable: the same trial always gets the same id).
+`grid(...)` is the product of its axes (first axis outermost), `+` joins lists. Every trial runs in
+`runs/<EXP>/sweeps/<NAME>/<trial id>/` (under `--workdir DIR` when given); the id is made from the
+overrides (`name=din,seed=1`), so the same trial always gets the same id and directory.
+`--set sweep.seeds=N` repeats every trial that does not set `train.seed` with seeds 0..N-1, and
+`results.md` reports each setting as mean ± std over them.
 """
 
 from __future__ import annotations
 
+import itertools
+from typing import Any, Callable, Iterable
+
 from mian_jax.models import ABLATIONS, BASELINES
 
 
-def _models(*names: str) -> list[dict[str, str]]:
-  return [{"model.name": n} for n in names]
+def grid(axes: dict[str, Iterable[Any]]) -> list[dict[str, str]]:
+  """Every combination of the axes' values, e.g. grid({"model.name": ["din", "mian"], "train.seed": [0, 1]})."""
+  keys = list(axes)
+  return [dict(zip(keys, map(str, values))) for values in itertools.product(*(list(axes[k]) for k in keys))]
 
 
-SWEEPS = {
+SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
     # The paper's Table 2: the seven baselines and MIAN.
-    "paper_table": lambda: _models(*BASELINES, "mian"),
+    "paper_table": lambda: grid({"model.name": [*BASELINES, "mian"]}),
     # The paper's ablations: MIAN, each module removed, and the IBIM encoder variants.
-    "ablations": lambda: _models("mian", *ABLATIONS) + [{"model.name": "mian", "model.ibim_encoder": e}
-                                                        for e in ("post_ln", "none")],
+    "ablations": lambda: grid({"model.name": ["mian", *ABLATIONS]})
+                         + grid({"model.name": ["mian"], "model.ibim_encoder": ["post_ln", "none"]}),
+    # Embedding width for MIAN and DIN, three seeds each (mean ± std in results.md).
+    "embed_dim": lambda: grid({"model.name": ["din", "mian"], "model.embed_dim": [8, 18, 32], "train.seed": [0, 1, 2]}),
+    # A minute-long check of a machine: two fast models, two seeds.
+    "smoke": lambda: grid({"model.name": ["lr", "deepfm"], "train.seed": [0, 1]}),
 }
 
 
@@ -28,7 +40,11 @@ def names() -> list[str]:
   return sorted(SWEEPS)
 
 
-def trials(name: str) -> list[dict[str, str]]:
+def trials(name: str, seeds: int = 0) -> list[dict[str, str]]:
+  """The sweep's trials; with `seeds` > 0, each trial without its own train.seed once per seed 0..seeds-1."""
   if name not in SWEEPS:
     raise KeyError(name)
-  return SWEEPS[name]()
+  out = []
+  for t in SWEEPS[name]():
+    out += [t] if seeds <= 0 or "train.seed" in t else [{**t, "train.seed": str(s)} for s in range(seeds)]
+  return out

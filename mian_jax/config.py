@@ -86,11 +86,20 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class SweepConfig:
+  # Devices each trial of `--sweep` gets (its own process sees only those): 0 = one per trial on GPUs and
+  # TPUs, all of them (trials one after another) on CPU. Trials run in parallel on disjoint groups.
+  devices_per_trial: int = 0
+  seeds: int = 0  # > 0: every trial that does not set train.seed runs with seeds 0..seeds-1
+
+
+@dataclasses.dataclass
 class Config:
   experiment: str = ""
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -183,6 +192,8 @@ def validate(config: Config) -> None:
       (m.embed_dim >= 1, "model.embed_dim must be >= 1"),
       (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
       (0 <= t.seed < 2**31, "train.seed must be in 0..2^31-1"),
+      (config.sweep.devices_per_trial >= 0, "sweep.devices_per_trial must be >= 0 (0 = automatic)"),
+      (config.sweep.seeds >= 0, "sweep.seeds must be >= 0"),
   ]
   for ok, message in checks:
     if not ok:

@@ -1,4 +1,4 @@
-"""Pictures of a trained run (matplotlib, headless): the paper's Figure 6 (GIM attention heatmap)."""
+"""Pictures (matplotlib, headless): the paper's Figure 6 (GIM attention heatmap) and a sweep's AUC comparison."""
 
 from __future__ import annotations
 
@@ -54,5 +54,31 @@ def gim_heatmap(weights: np.ndarray, path: str | Path) -> Path:
   fig.tight_layout()
   path = Path(path)
   fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def sweep_auc(groups: list[dict], path: str | Path, title: str = "") -> Path:
+  """A sweep's test AUC per setting: a bar at the mean over seeds, a line for ± std, a dot per trial."""
+  groups = [g for g in groups if g["n"]]
+  fig, ax = plt.subplots(figsize=(7, 0.45 * max(1, len(groups)) + 1.3))
+  for y, g in enumerate(groups):
+    mean, std = g["auc"]
+    ax.barh(y, mean, color="#4c72b0", alpha=0.6)
+    if std is not None:
+      ax.errorbar(mean, y, xerr=std, color="black", capsize=3)
+    ax.plot([r["auc"] for r in g["ok"]], [y] * g["n"], "o", color="black", markersize=3)
+    ax.text(max([mean + (std or 0.0)] + [r["auc"] for r in g["ok"]]), y, f"  {mean:.4f}", va="center", fontsize=8)
+  ax.set_yticks(range(len(groups)), [g["label"] for g in groups])
+  aucs = [r["auc"] for g in groups for r in g["ok"]]
+  if aucs:
+    span = max(aucs) - min(aucs)
+    ax.set_xlim(max(0.0, min(aucs) - max(0.02, span)), min(1.0, max(aucs) + max(0.03, 0.6 * span)))
+  ax.invert_yaxis()
+  ax.set_xlabel("test AUC (bar: mean over seeds, line: ± std, dots: trials)")
+  ax.set_title(f"sweep {title}" if title else "sweep")
+  fig.tight_layout()
+  path = Path(path)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
   return path

@@ -1,9 +1,14 @@
-"""Runs a sweep: one `launch.py` process per trial, one after another, then the summary tables.
+"""Runs a sweep: one `launch.py` process per trial, in parallel on disjoint device groups, then the
+summary (results.csv, results.md, results.png).
 
-Each trial is its own process (a crash or an error in one does not stop the others, and every trial
-starts from a clean JAX runtime); a trial whose workdir holds `result.json` is finished and is not run
-again, an interrupted one resumes from its checkpoints. The sweep root gets `results.csv` (one row
-per trial) and, for the paper's sweeps, `<sweep>.md` / `<sweep>.csv` laid out as the paper's Table 2.
+- Every trial is its own process that sees only its devices (CUDA_VISIBLE_DEVICES / HIP_VISIBLE_DEVICES
+  on GPUs, TPU_VISIBLE_CHIPS and its companions on TPUs, a number of fake host devices on CPU), so a
+  crash in one does not touch the others and each starts from a clean JAX runtime.
+- A trial whose workdir holds `result.json` written for the same overrides (`trial.json`) is finished
+  and not run again; any other resumes from its own checkpoints (launch.py does that by itself).
+- SIGTERM / SIGINT to the sweep are passed on to the running trials, which save a checkpoint and stop;
+  the summary marks them `interrupted` and the sweep exits with loop.EXIT_PREEMPTED.
+- One sweep runs on one host; a multi-host trial is a plain multi-host `launch.py` run.
 """
 
 from __future__ import annotations
@@ -11,53 +16,184 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULT_KEYS = ("auc", "gauc", "logloss", "best_step", "step", "samples_per_s", "wall_s")
+RESULT_KEYS = ("best_step", "step", "auc", "gauc", "logloss", "samples_per_s", "wall_s")
+EXIT_PREEMPTED = 75  # as mian_jax.train.loop.EXIT_PREEMPTED (not imported: this module does not load JAX)
+_TPU_BOUNDS = {1: "1,1,1", 2: "1,2,1", 4: "2,2,1"}
 
 
-def trial_id(overrides: dict[str, str]) -> str:
-  """Readable and stable: `name=din`, `name=mian,ibim_encoder=none`."""
-  return ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items())
+def trial_ids(trials: list[dict[str, str]]) -> list[str]:
+  """Readable, stable ids: `name=mian,ibim_encoder=none` (the last part of each key, the whole key
+  where two keys end alike; characters other than letters, digits and `.+-` become `_`)."""
+  keys = [k for t in trials for k in t]
+  short = {k: k.rsplit(".", 1)[-1] for k in keys}
+  clash = {s for s in short.values() if len({k for k in keys if short[k] == s}) > 1}
+  clean = lambda v: re.sub(r"[^A-Za-z0-9.+\-]", "_", v)
+  ids = [",".join(f"{short[k] if short[k] not in clash else k}={clean(v)}" for k, v in t.items()) or "default"
+         for t in trials]
+  repeated = sorted({i for i in ids if ids.count(i) > 1})
+  if repeated:
+    raise ValueError(f"the sweep lists trial {repeated[0]} more than once")
+  return ids
 
 
-def run(experiment: str, sweep: str, trials: list[dict[str, str]], root: Path, base_sets: list[str],
-        fresh: bool = False) -> list[dict[str, Any]]:
-  rows = []
-  for i, overrides in enumerate(trials):
-    tid = trial_id(overrides)
-    workdir = root / tid
-    done = workdir / "result.json"
-    if done.exists() and not fresh:
+def probe_devices(env: dict[str, str]) -> tuple[str, int, str]:
+  """(platform, device count, platform version) as a trial process would see them, asked in a short-lived
+  process so that this one never holds an accelerator."""
+  code = "import jax; d = jax.devices(); print(d[0].platform, len(d), d[0].client.platform_version)"
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+  if out.returncode:
+    raise RuntimeError(f"could not list the devices: {out.stderr.strip().splitlines()[-1:]}")
+  platform, count, version = out.stdout.strip().splitlines()[-1].split(" ", 2)
+  return platform, int(count), version
+
+
+def device_groups(platform: str, count: int, per_trial: int, env: dict[str, str],
+                  version: str = "") -> list[tuple[str, dict[str, str]]]:
+  """Disjoint device groups as (label, environment of a trial process on that group).
+
+  per_trial 0 = one device per trial on accelerators, every device (one trial at a time) on CPU."""
+  per_trial = per_trial or (count if platform == "cpu" else 1)
+  if per_trial > count:
+    raise ValueError(f"sweep.devices_per_trial={per_trial}, but there are only {count} {platform} device(s)")
+  groups = []
+  for g in range(count // per_trial):
+    ids = list(range(g * per_trial, (g + 1) * per_trial))
+    label = f"{platform}:{ids[0]}" + (f"-{ids[-1]}" if len(ids) > 1 else "")
+    if platform == "cpu":
+      flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
+      extra = {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={per_trial}".strip()}
+    elif platform == "gpu":
+      var = "HIP_VISIBLE_DEVICES" if "rocm" in version.lower() else "CUDA_VISIBLE_DEVICES"
+      visible = [v for v in env.get(var, "").split(",") if v.strip()] or [str(i) for i in range(count)]
+      extra = {var: ",".join(visible[i] for i in ids)}
+    elif platform == "tpu":
+      if per_trial not in _TPU_BOUNDS and per_trial != count:
+        raise ValueError(f"sweep.devices_per_trial={per_trial} on TPU: use 1, 2, 4 or all {count} chips")
+      extra = {} if per_trial == count else {
+          "TPU_VISIBLE_CHIPS": ",".join(map(str, ids)), "TPU_CHIPS_PER_PROCESS_BOUNDS": _TPU_BOUNDS[per_trial],
+          "TPU_PROCESS_BOUNDS": "1,1,1", "TPU_PROCESS_PORT": str(8476 + g),
+          "TPU_PROCESS_ADDRESSES": f"localhost:{8476 + g}", "CLOUD_TPU_TASK_ID": "0"}
+    else:
+      raise ValueError(f"sweep.devices_per_trial on {platform}: only cpu, gpu and tpu devices can be split")
+    groups.append((label, {**env, **extra}))
+  return groups
+
+
+def _command(experiment: str, workdir: Path, sets: list[str], fresh: bool) -> list[str]:
+  cmd = [sys.executable, str(ROOT / "launch.py"), "--experiment", experiment, "--workdir", str(workdir)]
+  for assignment in sets:
+    cmd += ["--set", assignment]
+  return cmd + (["--fresh"] if fresh else [])
+
+
+def _finished(workdir: Path, sets: list[str]) -> bool:
+  try:
+    return (workdir / "result.json").exists() and json.loads((workdir / "trial.json").read_text())["sets"] == sets
+  except (OSError, ValueError, KeyError):
+    return False
+
+
+def _row(tid: str, overrides: dict[str, str], workdir: Path, code: int | None, device: str) -> dict[str, Any]:
+  row: dict[str, Any] = {"trial": tid, **overrides, "devices": device}
+  done = workdir / "result.json"
+  if code in (None, 0) and done.exists():
+    result = json.loads(done.read_text())
+    return {**row, **{k: result.get(k) for k in RESULT_KEYS}, "status": "ok"}
+  if code == EXIT_PREEMPTED:
+    return {**row, "status": "interrupted"}
+  log = (workdir / "log.txt").read_text().strip().splitlines() if (workdir / "log.txt").exists() else []
+  errors = [l for l in log if l.startswith("error:")] or log[-1:] or ["no output"]
+  return {**row, "status": f"failed: {errors[-1]}"}
+
+
+def run(experiment: str, trials: list[dict[str, str]], root: Path, base_sets: list[str], devices_per_trial: int = 0,
+        fresh: bool = False, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+  """Runs every unfinished trial (each `base_sets` + its overrides) and returns one row per trial, in
+  the sweep's order; writes results.csv / results.md / results.png in `root`."""
+  env = dict(os.environ if env is None else env)
+  root = Path(root)
+  root.mkdir(parents=True, exist_ok=True)
+  ids = trial_ids(trials)
+  sets = [base_sets + [f"{k}={v}" for k, v in t.items()] for t in trials]
+  rows: dict[int, dict[str, Any]] = {}
+  todo = []
+  for i, (tid, t) in enumerate(zip(ids, trials)):
+    if not fresh and _finished(root / tid, sets[i]):
       print(f"[{i + 1}/{len(trials)}] {tid}: finished before, not run again", flush=True)
+      rows[i] = _row(tid, t, root / tid, None, "")
     else:
-      print(f"[{i + 1}/{len(trials)}] {tid}: training in {workdir}", flush=True)
-      cmd = [sys.executable, str(ROOT / "launch.py"), "--experiment", experiment, "--workdir", str(workdir)]
-      for assignment in base_sets + [f"{k}={v}" for k, v in overrides.items()]:
-        cmd += ["--set", assignment]
-      if fresh:
-        cmd.append("--fresh")
-      proc = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-      workdir.mkdir(parents=True, exist_ok=True)
-      (workdir / "log.txt").write_text(proc.stdout)
-      lines = proc.stdout.strip().splitlines()
-      print(f"    {lines[-1] if lines else '(no output)'}", flush=True)
-    row: dict[str, Any] = {"trial": tid, **overrides}
-    if done.exists():
-      result = json.loads(done.read_text())
-      row.update({k: result.get(k) for k in RESULT_KEYS}, status="ok")
-    else:
-      log = (workdir / "log.txt").read_text().strip().splitlines() if (workdir / "log.txt").exists() else []
-      errors = [l for l in log if l.startswith("error:")] or log[-1:] or ["no output"]
-      row["status"] = f"failed: {errors[-1]}"
-    rows.append(row)
-  _write_csv(root / "results.csv", rows)
+      todo.append(i)
+  if todo:
+    platform, count, version = probe_devices(env)
+    groups = device_groups(platform, count, devices_per_trial, env, version)
+    print(f"{len(todo)} trial(s) to run, {len(groups)} at a time on {platform} "
+          f"({', '.join(label for label, _ in groups)})", flush=True)
+    rows.update(_run_parallel(experiment, todo, ids, trials, sets, root, groups, fresh))
+  ordered = [rows[i] for i in range(len(trials))]
+  summarize(root, ordered)
+  return ordered
+
+
+def _run_parallel(experiment, todo, ids, trials, sets, root, groups, fresh) -> dict[int, dict[str, Any]]:
+  free = list(range(len(groups)))
+  running: dict[int, tuple[subprocess.Popen, int, Any, float]] = {}  # trial -> (process, group, log, start)
+  rows: dict[int, dict[str, Any]] = {}
+  stop: list[int] = []
+  stopping = False
+  old = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    queue = list(todo)
+    while queue or running:
+      while queue and free and not stopping:
+        i, g = queue.pop(0), free.pop(0)
+        workdir = root / ids[i]
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "trial.json").write_text(json.dumps({"overrides": trials[i], "sets": sets[i]}, indent=2) + "\n")
+        log = (workdir / "log.txt").open("a")
+        log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} on {groups[g][0]}\n")
+        log.flush()
+        print(f"[{i + 1}/{len(trials)}] {ids[i]}: training on {groups[g][0]} in {workdir}", flush=True)
+        proc = subprocess.Popen(_command(experiment, workdir, sets[i], fresh), cwd=ROOT, env=groups[g][1],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        running[i] = (proc, g, log, time.time())
+      if stop and not stopping:
+        stopping = True
+        queue.clear()
+        for proc, *_ in running.values():
+          if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # once: the trial saves a checkpoint and exits
+      for i, (proc, g, log, start) in list(running.items()):
+        code = proc.poll()
+        if code is None:
+          continue
+        log.close()
+        del running[i]
+        free.append(g)
+        rows[i] = _row(ids[i], trials[i], root / ids[i], code, groups[g][0])
+        last = (root / ids[i] / "log.txt").read_text().strip().splitlines()
+        print(f"[{i + 1}/{len(trials)}] {ids[i]}: {rows[i]['status']} after {time.time() - start:.0f} s"
+              f"{' - ' + last[-1] if last and rows[i]['status'] == 'ok' else ''}", flush=True)
+      time.sleep(0.2)
+  finally:
+    for s, handler in old.items():
+      signal.signal(s, handler)
+  for i in todo:  # never started because the sweep was stopped
+    rows.setdefault(i, {"trial": ids[i], **trials[i], "devices": "", "status": "interrupted"})
   return rows
+
+
+# ------------------------------------------------------------------------------------------ summary
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -75,26 +211,63 @@ def rela_impr(auc: float, base: float) -> float:
   return ((auc - 0.5) / (base - 0.5) - 1) * 100
 
 
-def paper_table(root: Path, name: str, rows: list[dict[str, Any]], reference: str = "mian") -> str:
-  """Table 2 of the paper: AUC / logloss (and gAUC) per model, best in bold, MIAN's gain over the best
-  other model. Writes `<name>.md` and `<name>.csv` in `root`; returns the markdown."""
-  ok = [r for r in rows if r["status"] == "ok"]
-  label = lambda r: r["trial"].replace("name=", "").replace(",ibim_encoder=", " / encoder ")
-  best = {k: (max if k != "logloss" else min)(r[k] for r in ok) for k in ("auc", "gauc", "logloss")} if ok else {}
-  fmt = lambda r, k: f"**{r[k]:.4f}**" if r[k] == best[k] else f"{r[k]:.4f}"
-  lines = ["| model | AUC | logloss | gAUC |", "|---|---|---|---|"]
-  lines += [f"| {label(r)} | {fmt(r, 'auc')} | {fmt(r, 'logloss')} | {fmt(r, 'gauc')} |" for r in ok]
-  lines += [f"| {label(r)} | {r['status']} | | |" for r in rows if r["status"] != "ok"]
-  ref = [r for r in ok if r["trial"] == f"name={reference}"]
-  others = [r for r in ok if r["trial"] != f"name={reference}"]
+def groups_over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Trials that differ only in train.seed, together: label, n, mean and std (ddof 1) per metric."""
+  out: dict[str, dict[str, Any]] = {}
+  for r in rows:
+    keys = [k for k in r if "." in k and k != "train.seed"]
+    label = ", ".join(f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in keys) or "default"
+    g = out.setdefault(label, {"label": label, "overrides": {k: r[k] for k in keys}, "ok": [], "failed": 0})
+    if r["status"] == "ok":
+      g["ok"].append(r)
+    else:
+      g["failed"] += 1
+  for g in out.values():
+    for k in ("auc", "gauc", "logloss", "samples_per_s"):
+      values = np.array([r[k] for r in g["ok"] if r.get(k) is not None], float)
+      g[k] = (float(values.mean()) if len(values) else None, float(values.std(ddof=1)) if len(values) > 1 else None)
+    g["n"] = len(g["ok"])
+  return list(out.values())
+
+
+def _cell(mean_std: tuple[float | None, float | None], digits: int = 4) -> str:
+  mean, std = mean_std
+  if mean is None:
+    return "-"
+  return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def results_markdown(rows: list[dict[str, Any]], reference: str = "mian") -> str:
+  """Settings (mean ± std over seeds; best AUC, gAUC and logloss in bold), the reference model's gain over
+  the best other model when the settings differ by model only, then every trial's status."""
+  groups = groups_over_seeds(rows)
+  scored = [g for g in groups if g["n"]]
+  best = {k: (max if k != "logloss" else min)(g[k][0] for g in scored) for k in ("auc", "gauc", "logloss")} if scored else {}
+  bold = lambda g, k: f"**{_cell(g[k])}**" if g["n"] and g[k][0] == best[k] else _cell(g[k])
+  lines = ["| setting | n | AUC | gAUC | logloss | samples/s | failed |", "|---|---|---|---|---|---|---|"]
+  lines += [f"| {g['label']} | {g['n']} | {bold(g, 'auc')} | {bold(g, 'gauc')} | {bold(g, 'logloss')} | "
+            f"{_cell(g['samples_per_s'], 0)} | {g['failed']} |" for g in groups]
+  by_model = [g for g in scored if set(g["overrides"]) == {"model.name"}]
+  ref = [g for g in by_model if g["overrides"]["model.name"] == reference]
+  others = [g for g in by_model if g["overrides"]["model.name"] != reference]
   if ref and others:
-    top = max(others, key=lambda r: r["auc"])
-    lines.append("")
-    lines.append(f"{reference} vs the best other model ({label(top)}): AUC {ref[0]['auc'] - top['auc']:+.4f} "
-                 f"(RelaImpr {rela_impr(ref[0]['auc'], top['auc']):+.2f}%), logloss "
-                 f"{ref[0]['logloss'] - top['logloss']:+.4f}")
-  text = "\n".join(lines) + "\n"
-  (root / f"{name}.md").write_text(text)
-  _write_csv(root / f"{name}.csv", [{"model": label(r), **{k: r.get(k) for k in ("auc", "logloss", "gauc", "status")}}
-                                    for r in rows])
+    top = max(others, key=lambda g: g["auc"][0])
+    lines += ["", f"{reference} vs the best other model ({top['label']}): AUC {ref[0]['auc'][0] - top['auc'][0]:+.4f} "
+                  f"(RelaImpr {rela_impr(ref[0]['auc'][0], top['auc'][0]):+.2f}%), logloss "
+                  f"{ref[0]['logloss'][0] - top['logloss'][0]:+.4f}"]
+  lines += ["", "| trial | status | AUC | best step | wall s |", "|---|---|---|---|---|"]
+  fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"
+  lines += [f"| {r['trial']} | {r['status']} | {fmt(r.get('auc'), '.4f')} | {fmt(r.get('best_step'), 'd')} | "
+            f"{fmt(r.get('wall_s'), '.0f')} |" for r in rows]
+  return "\n".join(lines) + "\n"
+
+
+def summarize(root: Path, rows: list[dict[str, Any]]) -> str:
+  """Writes results.csv, results.md and results.png in `root`; returns the markdown."""
+  from mian_jax import plots
+
+  _write_csv(root / "results.csv", rows)
+  text = results_markdown(rows)
+  (root / "results.md").write_text(text)
+  plots.sweep_auc(groups_over_seeds(rows), root / "results.png", title=root.name)
   return text

@@ -27,7 +27,7 @@ def test_help_lists_experiments_and_models():
     (["--experiment", "commercial", "--set", "model.ibim_encoder=lstm"], "must be one of pre_ln, post_ln, none"),
     (["--experiment", "commercial", "--set", "train.steps"], "expected KEY=VALUE"),
     (["--experiment", "commercial", "--set", "train.epochs=0"], "train.epochs must be >= 1"),
-    (["--experiment", "commercial", "--sweep", "nope"], "--sweep nope: unknown; valid: ablations, paper_table"),
+    (["--experiment", "commercial", "--sweep", "nope"], "--sweep nope: unknown; valid: ablations, embed_dim, paper_table, smoke"),
 ])
 def test_user_mistakes_are_one_error_line(args, needle):
   out = _run(*args)
