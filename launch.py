@@ -3,12 +3,20 @@
   python launch.py --experiment commercial [--model NAME] [--workdir DIR] [--set KEY=VALUE ...] [--fresh]
   python launch.py --experiment commercial --sweep paper_table     # every trial, then results.md / .csv / .png
   python launch.py --experiment commercial --model mian --plot gim  # the paper's Figure 6
+  python launch.py --experiment commercial --eval | --predict PATH --out FILE | --export DIR
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+
+# Exit codes (README "When things go wrong"): 0 done; 1 a sweep with failed trials; 2 an `error:` line
+# about the input, the configuration or the workdir; 3 diverged (non-finite loss, train.on_nonfinite=stop);
+# 75 interrupted by SIGTERM / Ctrl-C after saving a checkpoint (rerun to resume); 130 a second Ctrl-C.
+EXIT_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_KILLED = 2, 3, 75, 130
 
 
 def _parser(experiment_names: list[str], model_names: list[str], sweep_names: list[str]) -> argparse.ArgumentParser:
@@ -25,6 +33,12 @@ def _parser(experiment_names: list[str], model_names: list[str], sweep_names: li
   p.add_argument("--sweep", metavar="NAME", help="run a sweep (experiments/sweeps.py): one process per trial, in parallel on disjoint device groups "
                       "(sweep.devices_per_trial), then results.csv / .md / .png")
   p.add_argument("--plot", choices=["gim"], help="draw from the run's best checkpoint instead of training (gim: Figure 6)")
+  p.add_argument("--eval", action="store_true", help="evaluate the run's best checkpoint on the test split (no training)")
+  p.add_argument("--predict", metavar="PATH", help="score every record of a data set folder (meta.json + shards) with "
+                                                  "the best checkpoint, in input order; needs --out")
+  p.add_argument("--out", metavar="FILE", help="--predict: the CSV to write (row, probability)")
+  p.add_argument("--export", metavar="DIR", help="write the best checkpoint's inference function (jax.export, any "
+                                                 "batch size) with its schema and vocabularies to DIR (mian_jax.serving)")
   p.add_argument("--coordinator", metavar="HOST:PORT",
                  help="multi-host: process 0's address (jax.distributed); without it, JAX_COORDINATOR_ADDRESS / "
                       "JAX_NUM_PROCESSES / JAX_PROCESS_ID or a Slurm, Open MPI or Cloud TPU cluster is used when present")
@@ -37,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
   import absl.logging
 
   absl.logging.set_verbosity(absl.logging.ERROR)  # Orbax's info / warning chatter
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # a failed checkpoint write's stray futures
   import experiments
   from experiments import sweeps
   from mian_jax import models
@@ -55,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     apply_overrides(config, args.set)
     if config.model.name not in models.names():
       raise ConfigError(f"model {config.model.name!r} is unknown; valid: {', '.join(models.names())}")
+    modes = [flag for flag, on in (("--sweep", args.sweep), ("--plot", args.plot), ("--eval", args.eval),
+                                   ("--predict", args.predict), ("--export", args.export)) if on]
+    if len(modes) > 1:
+      raise ConfigError(f"{' and '.join(modes)} cannot be combined; give one")
+    if args.predict and not args.out:
+      raise ConfigError("--predict PATH needs --out FILE (the CSV of probabilities to write)")
     if args.sweep:
       return _sweep(args, config, sweeps)
     workdir = args.workdir or f"runs/{config.experiment}/{config.model.name}"
@@ -72,13 +93,41 @@ def main(argv: list[str] | None = None) -> int:
         from mian_jax import plots
         path = plots.gim_heatmap(plots.gim_weights(config, workdir), f"{workdir}/gim_attention.png")
         print(f"wrote {path}")
+      elif args.eval:
+        from mian_jax import predict
+        step, m = predict.evaluate_best(config, workdir)
+        print(f"final test auc={m['auc']:.4f} gauc={m['gauc']:.4f} logloss={m['logloss']:.4f} (checkpoint step {step})")
+      elif args.predict:
+        from mian_jax import predict
+        n = predict.predict(config, workdir, args.predict, args.out)
+        print(f"wrote {n:,} probabilities to {args.out}")
+      elif args.export:
+        from mian_jax import export
+        print(f"exported to {export.export(config, workdir, args.export)}")
       else:
         loop.train_and_evaluate(config, workdir, fresh=args.fresh)
+    except loop.Diverged as e:
+      print(f"error: {e}", file=sys.stderr)
+      return EXIT_DIVERGED
+    except loop.CheckpointNotWritten as e:
+      # Out at once: the failed writer's pending futures would otherwise print tracebacks at shutdown
+      # after this line. Nothing is left to save (the complete checkpoints are on disk).
+      sys.stdout.flush()
+      print(f"error: {e}", file=sys.__stderr__, flush=True)
+      os._exit(EXIT_ERROR)
     except (DataError, RecordError, loop.TrainingError) as e:
       raise ConfigError(str(e)) from None
+    except OSError as e:  # e.g. a full disk or a read-only directory while writing logs or results
+      where = f" {e.filename}" if e.filename else ""
+      raise ConfigError(f"cannot write{where}: {e.strerror or e}; free space or fix the directory's permissions, "
+                        f"then rerun (training resumes from the last complete checkpoint)") from None
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return EXIT_ERROR
+  except KeyboardInterrupt:  # Ctrl-C before the trainer took over the signals (e.g. while building data)
+    print("error: stopped by Ctrl-C before training started; rerun to go on (finished data shards are kept)",
+          file=sys.stderr)
+    return EXIT_KILLED
   return 0
 
 

@@ -37,6 +37,9 @@ class DataConfig:
   max_bad_rows: int = 0  # converters: bad input rows skipped (counted, reported) before an error stops the run
   part_mb: float = 64.0  # converters: input MB per parallel part (one shard file per training part)
   schema: str = ""  # custom: the schema file (TOML) mapping the columns of the user's files to features
+  # Ids outside a feature's vocabulary and non-finite numeric values met while reading shards: map = read
+  # them as OOV id 0 / 0.0 and count them (reported at the end of the run); error = stop, naming them.
+  oov: Literal["map", "error"] = "map"
 
 
 @dataclasses.dataclass
@@ -83,6 +86,9 @@ class TrainConfig:
   # Resume the data order from its beginning instead of the checkpoint's position (needed only when the
   # position cannot be mapped to this run's batch size; see pipeline.resume_from).
   reset_data_position: bool = False
+  # A step whose loss or gradients are not finite is never applied; stop = end the run naming the step and
+  # its batch's shard records (the last checkpoint is kept); skip_batch = go on, counting such batches.
+  on_nonfinite: Literal["stop", "skip_batch"] = "stop"
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""Pictures (matplotlib, headless): the paper's Figure 6 (GIM attention heatmap) and a sweep's AUC comparison."""
+"""Pictures (matplotlib, headless): the paper's Figure 6 (GIM attention heatmap), a run's training curves and a
+sweep's AUC comparison."""
 
 from __future__ import annotations
 
@@ -77,6 +78,30 @@ def sweep_auc(groups: list[dict], path: str | Path, title: str = "") -> Path:
   ax.invert_yaxis()
   ax.set_xlabel("test AUC (bar: mean over seeds, line: ± std, dots: trials)")
   ax.set_title(f"sweep {title}" if title else "sweep")
+  fig.tight_layout()
+  path = Path(path)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def training_curves(metrics_jsonl: str | Path, path: str | Path, title: str = "") -> Path:
+  """The run's curves from metrics.jsonl: training loss, and test AUC / logloss, by step."""
+  import json
+
+  events = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+  train = [e for e in events if e.get("split") == "train" and e.get("loss") is not None]
+  test = [e for e in events if e.get("split") == "test"]
+  fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+  panels = ((axes[0], train, "loss", "training loss"), (axes[1], test, "auc", "test AUC"),
+            (axes[2], test, "logloss", "test logloss"))
+  for ax, rows, key, label in panels:
+    ax.plot([e["step"] for e in rows], [e[key] for e in rows], "-o" if len(rows) < 30 else "-", markersize=3)
+    ax.set_xlabel("step")
+    ax.set_title(label)
+    ax.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title)
   fig.tight_layout()
   path = Path(path)
   fig.savefig(path, dpi=110)

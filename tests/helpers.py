@@ -58,3 +58,27 @@ def launch(tmp_path: Path, experiment: str, *sets: str):
   cmd += [a for s in sets for a in ("--set", s)]
   env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "MIAN_JAX_CACHE": str(tmp_path / "cache")}
   return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+
+def plant(src: Path, target: Path, split: str, record: int, edit) -> Path:
+  """A copy of the data set `src` (same cache name, under `target`) whose `split` shard 0 has block
+  `record` edited: `edit(block)` changes the decoded block in place, or returns the bytes to store."""
+  import json
+  import shutil
+
+  from array_record.python import array_record_module
+
+  from mian_jax.data import shards
+
+  shutil.copytree(src, target / src.name)
+  meta = json.loads((src / "meta.json").read_text())
+  schema = FeatureSchema.from_dict(meta["schema"])
+  path = target / src.name / meta["files"][split][0]
+  reader = array_record_module.ArrayRecordReader(str(path))
+  blobs = reader.read_all()
+  reader.close()
+  block = records.decode_block(schema, blobs[record])
+  raw = edit(block)
+  blobs[record] = raw if raw is not None else records.encode_block(schema, block)
+  shards.write_records(path, blobs)
+  return path

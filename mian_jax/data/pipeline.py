@@ -50,8 +50,97 @@ class Source:
     return max(self.blocks("train"))
 
 
-def _decode_many(schema: FeatureSchema, max_len: int, blobs: Sequence[bytes]) -> dict[str, np.ndarray]:
-  return records.concat([records.decode_block(schema, b, max_len) for b in blobs])
+class _Located:
+  """The records of a split's shard files as one random-access source (what grain reads), each record
+  returned with its index so that a failure can name the shard file and record; a file that cannot be
+  opened or a record that cannot be read is a DataError saying which and how to fix it."""
+
+  def __init__(self, src: Source, split: str):
+    from array_record.python import array_record_module
+
+    self.paths, counts = src.paths(split), []
+    missing = [p for p in self.paths if not Path(p).exists()]
+    if missing:
+      raise DataError(f"{missing[0]} is missing; delete {src.directory} and rerun to regenerate the data")
+    for path in self.paths:
+      try:
+        reader = array_record_module.ArrayRecordReader(path)
+        counts.append(reader.num_records())
+        reader.close()
+      except Exception as e:
+        raise DataError(f"{path}: cannot be opened ({_first_line(e)}); the shard is truncated or corrupt: delete "
+                        f"{src.directory} and rerun to regenerate the data") from None
+    self.ends = np.cumsum(counts)
+    self.directory = src.directory
+    self._source = grain.sources.ArrayRecordDataSource(self.paths)
+
+  def __len__(self) -> int:
+    return int(self.ends[-1]) if len(self.ends) else 0
+
+  def where(self, index: int) -> tuple[str, int]:
+    """(shard file, record in it) of global record `index`."""
+    f = int(np.searchsorted(self.ends, index, side="right"))
+    return self.paths[f], int(index - (self.ends[f - 1] if f else 0))
+
+  def _fail(self, index: int, e: Exception) -> DataError:
+    path, record = self.where(index)
+    return DataError(f"{path} record {record}: cannot be read ({_first_line(e)}); the shard is truncated or corrupt: "
+                     f"delete {self.directory} and rerun to regenerate the data")
+
+  def __getitem__(self, index: int) -> tuple[int, bytes]:
+    try:
+      return index, self._source[index]
+    except Exception as e:
+      raise self._fail(index, e) from None
+
+  def __getitems__(self, indices: Sequence[int]) -> list[tuple[int, bytes]]:
+    try:
+      return list(zip(indices, self._source.__getitems__(list(indices))))
+    except Exception:
+      return [self[i] for i in indices]  # one by one, so the error names the record that failed
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+MAPPED = "__mapped__"  # batch key: [OOV ids, non-finite numeric values] read as 0 under data.oov=map
+
+
+def _decode_checked(schema: FeatureSchema, max_len: int | None, oov: str, located: _Located,
+                    item: tuple[int, bytes]) -> dict[str, np.ndarray]:
+  """Decodes one block; ids outside their vocabulary and non-finite numeric values become 0 and are
+  counted (oov=map) or stop the run naming the shard file, record and feature (oov=error)."""
+  index, blob = item
+  try:
+    block = records.decode_block(schema, blob, max_len)
+  except records.RecordError as e:
+    path, record = located.where(index)
+    raise DataError(f"{path} record {record}: {e}; the shard does not match this data set's schema: delete "
+                    f"{located.directory} and rerun to regenerate the data") from None
+  counts = np.zeros(2, np.int32)
+  for f in schema.features:
+    values = block[f.name]
+    bad = ~np.isfinite(values) if f.kind == "numeric" else (values < 0) | (values >= f.vocab_size)
+    if not bad.any():
+      continue
+    if oov == "error":
+      path, record = located.where(index)
+      value = values[bad][0]
+      what = (f"the non-finite value {value}" if f.kind == "numeric"
+              else f"id {value} outside its vocabulary 0..{f.vocab_size - 1}")
+      raise DataError(f"{path} record {record}: feature {f.name} holds {what}; regenerate the data, or set "
+                      f"data.oov=map to read such values as OOV id 0 / 0.0 (counted)")
+    block[f.name] = np.where(bad, 0, values).astype(values.dtype)
+    counts[int(f.kind == "numeric")] += int(bad.sum())
+  block[MAPPED] = np.broadcast_to(counts, (len(block["label"]), 2)) * (np.arange(len(block["label"])) == 0)[:, None]
+  return block
+
+
+def _decode_many(schema: FeatureSchema, max_len: int, oov: str, located: _Located,
+                 items: Sequence[tuple[int, bytes]]) -> dict[str, np.ndarray]:
+  return records.concat([_decode_checked(schema, max_len, oov, located, item) for item in items])
 
 
 def _permute(seed: int, index: int, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -59,12 +148,15 @@ def _permute(seed: int, index: int, batch: dict[str, np.ndarray]) -> dict[str, n
   return {k: v[perm] for k, v in batch.items()}
 
 
-def _source(src: Source, split: str) -> grain.sources.ArrayRecordDataSource:
-  paths = src.paths(split)
-  missing = [p for p in paths if not Path(p).exists()]
-  if missing:
-    raise DataError(f"{missing[0]} is missing; delete {src.directory} and rerun to regenerate the data")
-  return grain.sources.ArrayRecordDataSource(paths)
+def take_mapped(batch: dict[str, np.ndarray], into: dict[str, int]) -> dict[str, np.ndarray]:
+  """Removes the batch's count of values read as 0 (data.oov=map) and adds it to `into`."""
+  counts = batch.pop(MAPPED, None)
+  if counts is not None:
+    total = np.asarray(counts).sum(axis=0)
+    for name, n in zip(("ids outside their vocabulary", "non-finite numeric values"), total):
+      if n:
+        into[name] = into.get(name, 0) + int(n)
+  return batch
 
 
 def steps_per_epoch(src: Source, batch_per_process: int, process_count: int) -> int:
@@ -77,17 +169,22 @@ class TrainIterator:
 
   def __init__(self, it: Iterator[dict[str, np.ndarray]], start: int, blocks_per_batch: int):
     self._it, self.batches, self.blocks_per_batch = it, start, blocks_per_batch
+    self._mapped: dict[str, int] = {}
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self._it)
+    batch = take_mapped(next(self._it), self._mapped)
     self.batches += 1
     return batch
 
   def get_state(self) -> dict[str, int]:
     return {"batches": self.batches, "blocks_per_batch": self.blocks_per_batch}
+
+  def bad_values(self) -> dict[str, int]:
+    """How many values this iterator read as 0 under data.oov=map, by kind."""
+    return dict(self._mapped)
 
 
 def resume_from(state: dict[str, Any] | None, blocks_per_batch: int, reset: bool = False) -> int:
@@ -112,7 +209,8 @@ def resume_from(state: dict[str, Any] | None, blocks_per_batch: int, reset: bool
 
 
 def train_iterator(src: Source, *, batch_per_process: int, seed: int, max_len: int, process_index: int = 0,
-                   process_count: int = 1, workers: int = 0, prefetch: int = 4, start: int = 0) -> TrainIterator:
+                   process_count: int = 1, workers: int = 0, prefetch: int = 4, start: int = 0,
+                   oov: str = "map") -> TrainIterator:
   """An endless iterator of per-process training batches (numpy dicts), from global batch `start`."""
   block = src.block_size()
   if batch_per_process % block:
@@ -122,9 +220,10 @@ def train_iterator(src: Source, *, batch_per_process: int, seed: int, max_len: i
   if len(src.blocks("train")) < k * process_count:
     raise DataError(f"{src.directory} holds {src.rows('train')} training samples, fewer than one batch; "
                     f"lower train.batch_size or raise data.scale")
-  ds = grain.MapDataset.source(_source(src, "train")).shuffle(seed=seed).repeat(None)
+  located = _Located(src, "train")
+  ds = grain.MapDataset.source(located).shuffle(seed=seed).repeat(None)
   ds = ds[process_index::process_count]
-  ds = ds.batch(k, drop_remainder=True, batch_fn=functools.partial(_decode_many, src.schema, max_len))
+  ds = ds.batch(k, drop_remainder=True, batch_fn=functools.partial(_decode_many, src.schema, max_len, oov, located))
   ds = ds.map_with_index(functools.partial(_permute, seed))  # the index: the global batch number
   if start:
     ds = ds[start:]
@@ -143,35 +242,46 @@ def _absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+def batch_sources(src: Source, seed: int, batch_index: int, blocks_per_batch: int) -> list[tuple[str, int]]:
+  """(shard file, record) of every block in global training batch `batch_index` (any process count)."""
+  located = _Located(src, "train")
+  order = grain.MapDataset.range(len(located)).shuffle(seed=seed).repeat(None)
+  return [located.where(int(order[batch_index * blocks_per_batch + j])) for j in range(blocks_per_batch)]
+
+
 def eval_batches(src: Source, split: str, *, rows_per_process: int, max_len: int, process_index: int = 0,
-                 process_count: int = 1) -> tuple[int, Iterator[dict[str, np.ndarray]]]:
+                 process_count: int = 1, oov: str = "map", mapped: dict[str, int] | None = None
+                 ) -> tuple[int, Iterator[dict[str, np.ndarray]]]:
   """(number of batches, iterator) over every row of `split` held by this process, in order.
 
-  Blocks are dealt to processes round robin; each process pads to the same number of batches.
+  Blocks are dealt to processes round robin; each process pads to the same number of batches. Values
+  read as 0 under data.oov=map are counted into `mapped`.
   """
   sizes = src.blocks(split)
   mine = list(range(process_index, len(sizes), process_count))
   counts = [sum(sizes[i::process_count]) for i in range(process_count)]
   num_batches = max(1, -(-max(counts) // rows_per_process))
-  source = _source(src, split)
+  source = _Located(src, split)
+  decode = functools.partial(_decode_checked, src.schema, max_len, oov, source)
+  counted = {} if mapped is None else mapped
 
   def gen() -> Iterator[dict[str, np.ndarray]]:
     pending: list[dict[str, np.ndarray]] = []
     have, emitted = 0, 0
     for start in range(0, len(mine), 64):  # one read call for 64 blocks
-      for blob in source.__getitems__(mine[start:start + 64]):
-        pending.append(records.decode_block(src.schema, blob, max_len))
+      for item in source.__getitems__(mine[start:start + 64]):
+        pending.append(decode(item))
         have += len(pending[-1]["label"])
         while have >= rows_per_process:
           merged = records.concat(pending)
-          yield {k: v[:rows_per_process] for k, v in merged.items()}
+          yield take_mapped({k: v[:rows_per_process] for k, v in merged.items()}, counted)
           emitted += 1
           pending = [{k: v[rows_per_process:] for k, v in merged.items()}]
           have -= rows_per_process
-    template = records.decode_block(src.schema, source[0], max_len)
+    template = decode(source[0])
     empty = {k: v[:0] for k, v in template.items()}
     while emitted < num_batches:
-      yield records.pad_rows(records.concat(pending + [empty]), rows_per_process)
+      yield take_mapped(records.pad_rows(records.concat(pending + [empty]), rows_per_process), counted)
       pending, emitted = [], emitted + 1
 
   return num_batches, gen()

@@ -4,7 +4,9 @@ A data set lives in `<data.dir>/<name>-<hash of its parameters>/`:
     meta.json                      written last; its presence means the data set is complete
     train-00000-of-00004.array_record, test-00000-of-00004.array_record, ...
 Every shard is written under a temporary name and renamed when complete, so a killed writer leaves
-no file that looks finished; a rerun redoes only the shards that are missing.
+no file that looks finished; a rerun redoes only the shards that are missing. A write that fails (a full
+disk, a file size limit, permissions) removes its temporary file and is a DataError naming the file;
+finished shards and any other data set in data.dir stay as they were.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import functools
 import hashlib
 import json
 import multiprocessing
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,6 +24,7 @@ from typing import Any, Callable, Sequence
 from array_record.python import array_record_module
 from tqdm import tqdm
 
+from mian_jax.data.errors import DataError
 from mian_jax.schema import FeatureSchema
 
 SPLITS = ("train", "test")
@@ -35,14 +39,31 @@ def shard_path(directory: Path, split: str, index: int, count: int) -> Path:
   return directory / f"{split}-{index:05d}-of-{count:05d}.array_record"
 
 
+@contextlib.contextmanager
+def _atomic(path: Path):
+  """Yields a temporary path next to `path`, renamed to `path` when the block succeeds; on any failure
+  the temporary file is removed and the error becomes a one-line DataError naming `path`."""
+  tmp = path.with_name(path.name + ".tmp")
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  except DataError:
+    raise
+  except Exception as e:
+    with contextlib.suppress(OSError):
+      tmp.unlink()
+    reason = getattr(e, "strerror", None) or str(e).split(";")[0].strip() or type(e).__name__
+    raise DataError(f"cannot write {path}: {reason}; free space in {path.parent.parent} (or choose another "
+                    f"data.dir), then rerun: finished shards are kept") from None
+
+
 def write_records(path: Path, records: Sequence[bytes]) -> None:
   """Writes records to `path` atomically (temporary file, then rename)."""
-  tmp = path.with_name(path.name + ".tmp")
-  writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1")
-  for record in records:
-    writer.write(record)
-  writer.close()
-  os.replace(tmp, path)
+  with _atomic(path) as tmp:
+    writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1")
+    for record in records:
+      writer.write(record)
+    writer.close()
 
 
 def load_meta(directory: Path) -> dict[str, Any] | None:
@@ -54,9 +75,8 @@ def load_meta(directory: Path) -> dict[str, Any] | None:
 
 def write_text(path: Path, text: str) -> None:
   """Writes `text` to `path` atomically (temporary file, then rename)."""
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+  with _atomic(path) as tmp:
+    tmp.write_text(text)
 
 
 def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], desc: str, unit: str = "part") -> list[Any]:
@@ -84,9 +104,7 @@ def _run_shard(shard_fn: Callable[[int], dict[str, Any]], directory: Path, index
   if done.exists():
     return json.loads(done.read_text())
   stats = shard_fn(index)
-  tmp = done.with_name(done.name + ".tmp")
-  tmp.write_text(json.dumps(stats))
-  os.replace(tmp, done)
+  write_text(done, json.dumps(stats))
   return stats
 
 

@@ -8,7 +8,8 @@ J user fields, K context fields, D = embed_dim, Di = item width (item fields x D
 - e_b  [B, T, Di]  behaviour t: the behaviour fields aligned with the item fields, concatenated in the
                    same order (shared tables), plus the side behaviour fields (e.g. the age of the
                    behaviour) each embedded at width Di and added, like a position encoding.
-- mask [B, T]      True at real behaviours (t < hist_len).
+- mask [B, T]      True at real behaviours (t < hist_len); e_b is exactly 0 elsewhere, whatever ids the
+                   padded positions hold.
 - e_u  [B, J, D], e_c [B, K, D]: one vector per field; a numeric field is value x a learned [D] vector.
 - behaviour_ids [B, T]  the ids of the first aligned behaviour field (the behaviour's item id), for
                    models that compare behaviours (DIEN's negatives); 0 at padding.
@@ -84,8 +85,8 @@ def _linear(tables: Mapping[str, jax.Array], schema: FeatureSchema, batch: Mappi
   for group in ("item", "behaviour", "user", "context"):
     for f in schema.group(group):
       w = _field(tables, schema, f.name, batch, prefix="linear:")[..., 0]
-      if f.kind == "sequence":
-        w = (w * mask_bt).sum(1) / jnp.maximum(mask_bt.sum(1), 1)
+      if f.kind == "sequence":  # where, not a product: see `embed` (an empty history gives 0)
+        w = jnp.where(mask_bt, w, 0.0).sum(1) / jnp.maximum(mask_bt.sum(1), 1)
       cols.append(w)
   return jnp.stack(cols, axis=1)
 
@@ -97,7 +98,11 @@ def embed(tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], schem
     beh = beh + _field(tables, schema, f.name, batch)
   t = beh.shape[1]
   mask = jnp.arange(t)[None, :] < batch["hist_len"][:, None]
-  beh = beh * mask[..., None]
+  # Padding is zeroed with a select, not multiplied by the mask: an id past the end of its table (e.g.
+  # padding written as the vocabulary size) is looked up as NaN, and NaN x 0 = NaN would leak into every
+  # model's output; with the select whatever the padded positions hold never reaches the result or the
+  # gradient (the select sends them a zero gradient, and a lookup past the end drops its scatter).
+  beh = jnp.where(mask[..., None], beh, 0.0)
 
   def stack(group: str) -> jax.Array:
     fields = [_field(tables, schema, f.name, batch) for f in schema.group(group)]

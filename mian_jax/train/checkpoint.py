@@ -13,11 +13,16 @@ looked up); any other difference from the expected state raises CheckpointMismat
 
 from __future__ import annotations
 
+import io
+import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from absl import logging as absl_logging
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 from orbax.checkpoint import checkpoint_managers as cm
@@ -25,6 +30,15 @@ from orbax.checkpoint import checkpoint_managers as cm
 
 class CheckpointMismatch(ValueError):
   """The checkpoint does not hold the state this run expects (another model, schema or data set)."""
+
+
+class CheckpointWriteError(RuntimeError):
+  """Writing a checkpoint failed; the complete ones are untouched, the half-written one is removed on
+  the next start."""
+
+  def __init__(self, step: int, cause: Exception):
+    super().__init__(str(cause))
+    self.step, self.cause = step, cause
 
 
 def _name(path) -> str:
@@ -62,9 +76,30 @@ class Checkpoints:
            metrics: dict[str, float] | None = None) -> None:
     if step in self._manager.all_steps():  # e.g. a final save right after a periodic one
       return
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config)),
-        metrics=metrics, force=True)
+    # While Orbax writes, Python-level stderr goes to a buffer: a write that fails (a full disk) makes
+    # its threads and futures print hundreds of tracebacks, which the caller replaces with one line. On
+    # success the buffer (normally empty) is passed on; after a failure stderr and logging stay silenced,
+    # as the run is about to stop and reports the failure on sys.__stderr__.
+    buffer, stderr = io.StringIO(), sys.stderr
+    sys.stderr = buffer
+    logging.disable(logging.ERROR)  # handlers bound to the real stderr (e.g. basicConfig's) as well
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config)),
+          metrics=metrics, force=True)
+    except Exception as e:
+      sys.stderr = open(os.devnull, "w")
+      logging.disable(logging.CRITICAL)
+      absl_logging.set_verbosity(absl_logging.FATAL)
+      try:
+        self._manager.wait_until_finished()
+      except Exception:
+        pass
+      raise CheckpointWriteError(step, e) from e
+    sys.stderr = stderr
+    logging.disable(logging.NOTSET)
+    if buffer.getvalue():
+      stderr.write(buffer.getvalue())
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Restores `step` into the shapes and shardings of `abstract_state` (jax.ShapeDtypeStruct tree)."""

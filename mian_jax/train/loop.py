@@ -3,12 +3,14 @@
 Sections: data -> mesh -> model and state (from shapes) -> jitted steps -> restore -> loop (train,
 log, evaluate, checkpoint) -> final evaluation. Metrics stay on device until a log step. SIGTERM /
 SIGINT finish the current step, save a checkpoint and exit with EXIT_PREEMPTED; a second Ctrl-C
-stops at once (the last complete checkpoint stays valid).
+stops at once with EXIT_KILLED (the last complete checkpoint stays valid).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import signal
 import sys
@@ -26,18 +28,31 @@ from mian_jax import metrics as metrics_lib
 from mian_jax import models
 from mian_jax.config import Config, ConfigError
 from mian_jax.data import pipeline
-from mian_jax.train import optim, partition, state as state_lib, step as step_lib
-from mian_jax.train.checkpoint import Checkpoints, abstract
+from mian_jax.train import optim, partition, state as state_lib, step as step_lib, workdir as workdir_lib
+from mian_jax.train.checkpoint import CheckpointMismatch, Checkpoints, CheckpointWriteError, abstract
 
 EXIT_PREEMPTED = 75  # interrupted by a signal after saving a checkpoint; rerun to resume
+EXIT_KILLED = 130  # a second Ctrl-C: out at once
 
 
 class TrainingError(RuntimeError):
-  """The run cannot go on (e.g. a non-finite loss); the message says at which step and what to do."""
+  """The run cannot go on; the message says where and what to do (launch.py: exit 2)."""
+
+
+class CheckpointNotWritten(TrainingError):
+  """A checkpoint could not be written (launch.py: exit 2 at once, without the writer's shutdown noise)."""
+
+
+class Diverged(TrainingError):
+  """A non-finite loss or gradient with train.on_nonfinite=stop (launch.py: exit 3)."""
 
 
 class _Interrupts:
-  """SIGTERM / SIGINT set a flag checked after every step; a second SIGINT raises at once."""
+  """SIGTERM / SIGINT set a flag checked after every step (the loop then saves and exits with
+  EXIT_PREEMPTED); a second SIGINT ends the process at once with EXIT_KILLED. Orbax renames a checkpoint
+  into place only when it is complete, so the last complete one stays valid, and a half-written one is
+  removed on the next start. After a signal the handlers stay installed until the process ends, so a
+  late second Ctrl-C during shutdown also ends it at once."""
 
   def __init__(self):
     self.signal: int | None = None
@@ -50,28 +65,50 @@ class _Interrupts:
 
   def _handle(self, signum, frame):
     if self.signal is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt
+      sys.stdout.flush()
+      print("error: stopped at once by a second Ctrl-C; the last complete checkpoint is kept, rerun to resume",
+            file=sys.__stderr__, flush=True)
+      os._exit(EXIT_KILLED)
     self.signal = signum
 
   def __exit__(self, *exc):
-    for sig, handler in self._old.items():
-      signal.signal(sig, handler)
+    if self.signal is None:
+      for sig, handler in self._old.items():
+        signal.signal(sig, handler)
 
 
 class _Log:
-  """metrics.jsonl (one JSON object per event), written by process 0 only."""
+  """metrics.jsonl (one JSON object per event) and TensorBoard scalars (`<workdir>/tensorboard`, tags
+  `train/...` and `test/...`), written by process 0 only. On resume, metrics.jsonl drops the events a
+  killed run logged after its last checkpoint; TensorBoard shows those steps twice until it reloads."""
 
-  def __init__(self, path: Path, resume_step: int):
-    self.path = path
+  def __init__(self, workdir: Path, resume_step: int):
+    self.path = workdir / "metrics.jsonl"
     self.enabled = jax.process_index() == 0
-    if self.enabled and path.exists():  # drop events a killed run logged after its last checkpoint
-      kept = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
-      path.write_text("".join(l + "\n" for l in kept))
+    self._tb = None
+    if self.enabled:
+      if self.path.exists():
+        kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
+        self.path.write_text("".join(l + "\n" for l in kept))
+      from mian_jax import summaries
 
-  def write(self, event: dict[str, Any]) -> None:
+      self._tb = summaries.Scalars(workdir / "tensorboard")
+
+  def write(self, event: dict[str, Any], **extra: float) -> None:
     if self.enabled:
       with self.path.open("a") as f:
         f.write(json.dumps(event) + "\n")
+      scalars = {f"{event['split']}/{k}": v for k, v in {**event, **extra}.items() if k not in ("step", "split")}
+      self._tb.write(event["step"], scalars)
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
 
 def _say(message: str) -> None:
@@ -96,8 +133,10 @@ make_optimizer = optim.make_optimizer  # kept here: tests and tools build the tr
 def evaluate(eval_step, params, src: pipeline.Source, config: Config, mesh) -> dict[str, float]:
   """Exact AUC / gAUC / logloss over the whole test split (every row once, padding rows dropped)."""
   rows = partition.per_process_batch(config.train.eval_batch_size, mesh)
+  mapped: dict[str, int] = {}
   num, batches = pipeline.eval_batches(src, "test", rows_per_process=rows, max_len=config.data.max_len,
-                                       process_index=jax.process_index(), process_count=jax.process_count())
+                                       process_index=jax.process_index(), process_count=jax.process_count(),
+                                       oov=config.data.oov, mapped=mapped)
   user_key = src.schema.user_key
   outs = []
   for local in batches:
@@ -106,7 +145,10 @@ def evaluate(eval_step, params, src: pipeline.Source, config: Config, mesh) -> d
     outs.append(partition.gather({"p": probs, "y": batch["label"], "u": batch[user_key], "w": batch["weight"]}))
   cat = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
   real = cat["w"] > 0
-  return metrics_lib.evaluate(cat["y"][real], cat["p"][real], cat["u"][real])
+  out = metrics_lib.evaluate(cat["y"][real], cat["p"][real], cat["u"][real])
+  if mapped:  # this process's count (data.oov=map)
+    out["mapped_values"] = mapped
+  return out
 
 
 def _open_source_once(config: Config):
@@ -126,9 +168,9 @@ def make_mesh(config: Config):
     raise ConfigError(str(e)) from None
 
 
-def restore_best(config: Config, workdir: str | Path):
-  """(model, source, params, mesh) from the best checkpoint in `workdir` (the latest when none was
-  evaluated): for evaluation, prediction and plots after training."""
+def restore_best(config: Config, workdir: str | Path, with_step: bool = False):
+  """(model, source, params, mesh[, step]) from the best checkpoint in `workdir` (the latest when none
+  was evaluated): for evaluation, prediction, export and plots after training."""
   workdir = Path(workdir)
   resolve_scale(config, quiet=True)
   src = data_lib.open_source(config.data)
@@ -142,13 +184,53 @@ def restore_best(config: Config, workdir: str | Path):
   step = ckpt.latest_step() if step is None else step
   if step is None:
     raise TrainingError(f"no checkpoint in {workdir / 'checkpoints'}; train first (same command without this flag)")
-  state, _, _ = ckpt.restore(step, abstract(shapes, partition.state_shardings(shapes, mesh)))
+  identity = workdir_lib.identity(config, src.directory, src.schema.fingerprint())
+  state, _ = _restore(ckpt, step, abstract(shapes, partition.state_shardings(shapes, mesh)), identity, workdir)
   ckpt.close()
-  return model, src, state.params, mesh
+  return (model, src, state.params, mesh, step) if with_step else (model, src, state.params, mesh)
 
 
 def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint unless `fresh`), evaluates, and
+  returns the final metrics (also written to result.json). One run per workdir at a time."""
   workdir = Path(workdir)
+  try:
+    with workdir_lib.Lock(workdir, enabled=jax.process_index() == 0):
+      return _train_and_evaluate(config, workdir, fresh)
+  except workdir_lib.WorkdirBusy as e:
+    raise TrainingError(str(e)) from None
+
+
+def _restore(ckpt: Checkpoints, step: int, target, identity: dict[str, Any], workdir: Path):
+  """(state, data position) of checkpoint `step`, refused when it was made for another model or data."""
+  saved = ckpt.read_config(step).get("identity")
+  diff = workdir_lib.differences(saved, identity) if saved else []
+  try:
+    if not diff:
+      state, data_state, _ = ckpt.restore(step, target)
+      return state, data_state
+  except CheckpointMismatch as e:
+    diff = [str(e)]
+  raise TrainingError(f"{workdir} holds checkpoints of another run ({'; '.join(diff)}); use another --workdir, "
+                      f"or --fresh to delete them and start over")
+
+
+def _os_reason(e: Exception) -> str:
+  """The operating system's words for a failed write ("File too large", "No space left on device"), as
+  Orbax / TensorStore wrap them, else the error's first line."""
+  text = str(e)
+  found = re.search(r"([^:\]\[]+?) \[os_error_code='?\d+'?\]", text)
+  if found:
+    return found.group(1).strip()
+  return getattr(e, "strerror", None) or (text.splitlines()[0][:200] if text else type(e).__name__)
+
+
+def _kept(ckpt: Checkpoints) -> str:
+  step = ckpt.latest_step()
+  return "no checkpoint was written yet" if step is None else f"the last checkpoint (step {step}) is kept"
+
+
+def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str, Any]:
   t_start = time.perf_counter()
   lead = jax.process_index() == 0
   # ---------------------------------------------------------------- data
@@ -177,37 +259,81 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
     (workdir / "result.json").unlink(missing_ok=True)  # written again when this run finishes
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = Checkpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+  identity = workdir_lib.identity(config, src.directory, src.schema.fingerprint())
   start = ckpt.latest_step()
   data_state = None
   if start is None:
     start = 0
     state = partition.jit_init(init, mesh)(jax.random.key_data(jax.random.key(config.train.seed)))
   else:
-    state, data_state, _ = ckpt.restore(start, abstract(shapes, shardings))
+    state, data_state = _restore(ckpt, start, abstract(shapes, shardings), identity, workdir)
     _say(f"resumed from step {start} ({workdir / 'checkpoints'})")
   blocks_per_batch = config.train.batch_size // src.block_size()
+  data_start = pipeline.resume_from(data_state, blocks_per_batch, config.train.reset_data_position)
   data_it = pipeline.train_iterator(
       src, batch_per_process=batch_local, seed=config.train.seed, max_len=config.data.max_len,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      workers=config.data.workers, prefetch=config.data.prefetch,
-      start=pipeline.resume_from(data_state, blocks_per_batch, config.train.reset_data_position))
+      workers=config.data.workers, prefetch=config.data.prefetch, start=data_start, oov=config.data.oov)
   if lead:
     (workdir / "config.json").write_text(config.to_json())
-  log = _Log(workdir / "metrics.jsonl", start)
+  log = _Log(workdir, start)
   n_params = state_lib.num_params(shapes.params)
   _say(f"{config.model.name}: {n_params['tables']:,} embedding + {n_params['dense']:,} dense parameters; "
        f"{src.rows('train'):,} train / {src.rows('test'):,} test samples; {total} steps of {config.train.batch_size} "
        f"on {mesh.devices.size} device(s)")
 
   def save(step: int, metrics: dict[str, float] | None = None) -> None:
-    ckpt.save(step, state, data_it.get_state(), config.to_dict(), metrics)
+    try:
+      ckpt.save(step, state, data_it.get_state(), {**config.to_dict(), "identity": identity}, metrics)
+    except CheckpointWriteError as e:  # a full disk, a lost mount, permissions: the complete checkpoints stay
+      raise CheckpointNotWritten(f"could not write checkpoint step {step} in {workdir / 'checkpoints'} ({_os_reason(e.cause)}); "
+                          f"free space or fix the directory, then rerun: {_kept(ckpt)} and training resumes "
+                          f"from it (the half-written one is removed)") from None
+
+  def batch_position(at_step: int) -> str:
+    """Where the batch of training step `at_step` (1-based) comes from."""
+    index = data_start + (at_step - start - 1)
+    where = pipeline.batch_sources(src, config.train.seed, index, blocks_per_batch)
+    shown = ", ".join(f"{Path(f).name} record {r}" for f, r in where[:8]) + (" ..." if len(where) > 8 else "")
+    return f"data batch {index}: {shown}"
 
   # ---------------------------------------------------------------- loop
   pending: list[dict[str, jax.Array]] = []
   rates: list[float] = []
+  skipped: list[int] = []
   last: dict[str, Any] = {}
   t_log, step = time.perf_counter(), start
   bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not lead or None, dynamic_ncols=True)
+
+  def flush() -> None:
+    """Fetches the pending step metrics: stops at (or counts) non-finite steps, logs the rest."""
+    nonlocal pending, t_log
+    if not pending:
+      return
+    fetched, pending = jax.device_get(pending), []
+    first = step - len(fetched) + 1
+    bad = [first + i for i, m in enumerate(fetched) if not m["finite"]]
+    if bad and config.train.on_nonfinite == "stop":
+      bar.close()
+      raise Diverged(f"non-finite loss or gradients at step {bad[0]} ({batch_position(bad[0])}); that update was "
+                     f"not applied and {_kept(ckpt)}; lower "
+                     f"train.learning_rate, check that data, or set train.on_nonfinite=skip_batch")
+    if bad:
+      skipped.extend(bad)
+      _say(f"skipped step(s) {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''}: non-finite loss or "
+           f"gradients ({batch_position(bad[0])}); {len(skipped)} skipped so far")
+    now = time.perf_counter()
+    rate = len(fetched) * config.train.batch_size / (now - t_log)
+    t_log = now
+    rates.append(rate)
+    good = [m for m in fetched if m["finite"]]
+    event = {"step": step, "split": "train", "samples_per_s": rate, "skipped": len(bad)}
+    if good:
+      event.update(loss=float(np.mean([m["loss"] for m in good])), grad_norm=float(np.mean([m["grad_norm"] for m in good])))
+      bar.set_postfix(loss=f"{event['loss']:.4f}", samples_s=f"{rate:,.0f}")
+    log.write(event, learning_rate=float(tx.lr(step)))
+    bar.update(len(fetched))
+
   with _Interrupts() as interrupts:
     while step < total:
       batch = partition.to_global(next(data_it), mesh)
@@ -215,22 +341,11 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
         state, step_metrics = train_step(state, batch)
       pending.append(step_metrics)
       step += 1
-      if step % config.train.log_every == 0 or step == total:
-        fetched = jax.device_get(pending)
-        losses = np.array([m["loss"] for m in fetched])
-        if not np.all(np.isfinite(losses)):
-          bad = step - len(losses) + int(np.argmax(~np.isfinite(losses))) + 1
-          raise TrainingError(f"non-finite loss at step {bad} (steps {step - len(losses) + 1}..{step}); "
-                              f"lower train.learning_rate or check the data; the last checkpoint is kept")
-        now = time.perf_counter()
-        rate = len(losses) * config.train.batch_size / (now - t_log)
-        t_log, pending = now, []
-        rates.append(rate)
-        log.write({"step": step, "split": "train", "loss": float(losses.mean()), "samples_per_s": rate,
-                   "grad_norm": float(np.mean([m["grad_norm"] for m in fetched]))})
-        bar.set_postfix(loss=f"{losses.mean():.4f}", samples_s=f"{rate:,.0f}")
-        bar.update(len(losses))
-      if step % eval_every == 0 or step == total:
+      evaluating = step % eval_every == 0 or step == total
+      if step % config.train.log_every == 0 or evaluating or step % config.train.checkpoint_every == 0 \
+          or interrupts.signal is not None:
+        flush()  # before any save: a checkpoint is written only after its steps were checked
+      if evaluating:
         last = {"step": step, "split": "test", **evaluate(eval_step, state.params, src, config, mesh)}
         log.write(last)
         _say(f"step {step}: test auc={last['auc']:.4f} gauc={last['gauc']:.4f} logloss={last['logloss']:.4f}")
@@ -248,12 +363,30 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
   if not last or last["step"] != step:  # resumed after the final step: evaluate what was restored
     last = {"step": step, "split": "test", **evaluate(eval_step, state.params, src, config, mesh)}
   save(step, {k: last[k] for k in ("auc", "gauc", "logloss")})
+  bad_values = data_it.bad_values()
   result = {**last, "best_step": ckpt.best_step(), "bayes_auc": src.meta["stats"].get("bayes_auc"),
             "samples_per_s": float(np.median(rates)) if rates else None,
-            "wall_s": time.perf_counter() - t_start, "workdir": str(workdir)}
+            "wall_s": time.perf_counter() - t_start, "workdir": str(workdir), "skipped_steps": len(skipped),
+            "mapped_values": {"train": bad_values, "test": last.get("mapped_values", {})}}
   if lead:  # a finished run: sweeps skip it, summaries read it
     (workdir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    from mian_jax import plots
+
+    curves = plots.training_curves(log.path, workdir / "curves.png", title=f"{config.experiment} / {config.model.name}")
+  log.close()
+  best = ckpt.best_step()
   ckpt.close()
+  if lead:
+    best_auc = [e for e in _events(log.path) if e["split"] == "test" and e["step"] == best]
+    _say(f"best checkpoint: step {best}" + (f" (test auc={best_auc[-1]['auc']:.4f})" if best_auc else "")
+         + f" in {workdir / 'checkpoints' / str(best)}")
+    _say(f"curves: {curves}; TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
+  if skipped:
+    _say(f"skipped {len(skipped)} step(s) with a non-finite loss or gradients (train.on_nonfinite=skip_batch)")
+  for where, counts in (("training data", bad_values), ("test data", last.get("mapped_values"))):
+    if counts:
+      _say(f"read as OOV id 0 / 0.0 in the {where} (data.oov=map): "
+           + ", ".join(f"{n:,} {what}" for what, n in sorted(counts.items())))
   line = f"final test auc={last['auc']:.4f} gauc={last['gauc']:.4f} logloss={last['logloss']:.4f}"
   if result["bayes_auc"] is not None:
     line += f" (bayes auc={result['bayes_auc']:.4f})"

@@ -44,7 +44,7 @@ def weighted_bce(logit: jax.Array, label: jax.Array, weight: jax.Array) -> jax.A
 
 def make_train_step(model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux_weight: float = 1.0,
                     compute_dtype: str = "float32") -> Callable:
-  """(state, batch) -> (state, {loss, grad_norm}). With a row-sparse table optimizer (`opt.rows`) the
+  """(state, batch) -> (state, {loss, grad_norm, finite}). With a row-sparse table optimizer (`opt.rows`) the
   loss is differentiated with respect to the unique rows the batch looks up, and only those rows (and
   their optimizer slots) are written; otherwise one optax update covers every parameter."""
 
@@ -55,29 +55,47 @@ def make_train_step(model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux
       loss = loss + aux_weight * extras["aux_loss"].astype(jnp.float32)
     return loss
 
+  def finite_of(loss, grad_norm):
+    return jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+  def keep_if(finite, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
   def dense_step(state: TrainState, batch, rng):
     loss, grads = jax.value_and_grad(loss_of)(state.params, batch, rng)
+    norm = optax.global_norm(grads)
+    finite = finite_of(loss, norm)
     updates, opt_state = opt.dense.update(grads, state.opt_state, state.params)
-    return optax.apply_updates(state.params, updates), opt_state, loss, optax.global_norm(grads)
+    params = optax.apply_updates(state.params, updates)  # the select below fuses into the update
+    return keep_if(finite, params, state.params), keep_if(finite, opt_state, state.opt_state), loss, norm, finite
 
   def sparse_step(state: TrainState, batch, rng):
     ids, rows, local = embedding.unique_rows(state.params["tables"], batch, schema)
     dense = state.params["dense"]
     loss, (g_dense, g_rows) = jax.value_and_grad(
         lambda d, r: loss_of({"tables": r, "dense": d}, local, rng), argnums=(0, 1))(dense, rows)
+    norm = optax.global_norm((g_dense, g_rows))
+    finite = finite_of(loss, norm)
     updates, dense_state = opt.dense.update(g_dense, state.opt_state["dense"], dense)
     count = state.opt_state["count"]
+    # Not finite: every row id becomes the out-of-range padding id, so every scatter is dropped and
+    # the tables and their slots stay exactly as they were (no pass over the whole tables).
+    ids = {k: jnp.where(finite, i, state.params["tables"][k].shape[0]) for k, i in ids.items()}
     tables, table_state = opt.rows.update(state.params["tables"], state.opt_state["tables"], ids, g_rows,
                                           opt.lr(count), count)
-    params = {"tables": tables, "dense": optax.apply_updates(dense, updates)}
-    opt_state = {"dense": dense_state, "tables": table_state, "count": count + 1}
-    return params, opt_state, loss, optax.global_norm((g_dense, g_rows))
+    params = {"tables": tables, "dense": keep_if(finite, optax.apply_updates(dense, updates), dense)}
+    opt_state = {"dense": keep_if(finite, dense_state, state.opt_state["dense"]), "tables": table_state,
+                 "count": jnp.where(finite, count + 1, count)}
+    return params, opt_state, loss, norm, finite
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(state.rng, state.step)
-    params, opt_state, loss, grad_norm = (dense_step if opt.rows is None else sparse_step)(state, batch, rng)
+    # A non-finite loss or gradient leaves the parameters and optimizer state as they were (the step
+    # counter still moves on, so the data and the RNG stay aligned); the loop stops or counts it
+    # (train.on_nonfinite), and no checkpoint ever holds a non-finite update.
+    params, opt_state, loss, grad_norm, finite = (dense_step if opt.rows is None else sparse_step)(state, batch, rng)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    return new_state, {"loss": loss, "grad_norm": grad_norm}
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
   return train_step
 

@@ -1,0 +1,84 @@
+"""A trained run, used without training: evaluate its best checkpoint, or score records with it.
+
+- `evaluate_best(config, workdir)`: the test-split metrics of the best checkpoint (the latest when
+  none was evaluated), computed exactly as at the end of training.
+- `predict(config, workdir, path, out)`: one probability per record of `path`, in input order, written
+  as CSV (`row,probability`). `path` is a data set in the layout every converter writes (a folder
+  with meta.json and ArrayRecord shards, e.g. a converted test set or the commercial generator's
+  output): every record of its test split, in file order. Its feature schema must be the run's
+  (same features and vocabularies), else it is refused naming the difference. Ids outside a feature's
+  vocabulary and non-finite numbers follow `data.oov` (map: read as 0 and counted; error: refused).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from mian_jax.config import Config
+from mian_jax.data import pipeline
+from mian_jax.data.errors import DataError
+from mian_jax.schema import FeatureSchema
+from mian_jax.train import loop, partition, step as step_lib
+
+
+def evaluate_best(config: Config, workdir: str | Path) -> tuple[int, dict[str, Any]]:
+  """(checkpoint step, metrics) of the best checkpoint on the test split."""
+  model, src, params, mesh, step = loop.restore_best(config, workdir, with_step=True)
+  eval_step = partition.jit_eval_step(step_lib.make_eval_step(model, src.schema, config.train.compute_dtype), mesh)
+  return step, loop.evaluate(eval_step, params, src, config, mesh)
+
+
+def open_records(path: str | Path, schema: FeatureSchema) -> pipeline.Source:
+  """The data set folder at `path`, checked against the run's schema."""
+  path = Path(path)
+  meta_file = path / "meta.json"
+  if not meta_file.exists():
+    raise DataError(f"{path}: no meta.json; --predict reads a data set folder as the converters write it "
+                    f"(meta.json and *.array_record shards)")
+  meta = json.loads(meta_file.read_text())
+  theirs = FeatureSchema.from_dict(meta["schema"])
+  mine = {f.name: f for f in schema.features if f.embed}
+  other = {f.name: f for f in theirs.features}
+  for name, f in mine.items():
+    if name not in other:
+      raise DataError(f"{meta_file}: has no feature {name!r}, which the model reads")
+    if (other[name].kind, other[name].vocab_size) != (f.kind, f.vocab_size):
+      raise DataError(f"{meta_file}: feature {name!r} is {other[name].kind} with vocabulary {other[name].vocab_size}, "
+                      f"the model's is {f.kind} with vocabulary {f.vocab_size}; encode the records with the "
+                      f"training data's vocabularies")
+  if not meta["files"].get("test"):
+    raise DataError(f"{meta_file}: no test split to score")
+  return pipeline.Source(path, schema, meta)
+
+
+def predict(config: Config, workdir: str | Path, path: str | Path, out: str | Path) -> int:
+  """Scores every record of `path` with the best checkpoint; writes `out` (CSV); returns the count."""
+  model, src, params, mesh, _ = loop.restore_best(config, workdir, with_step=True)
+  records = open_records(path, src.schema)
+  eval_step = partition.jit_eval_step(step_lib.make_eval_step(model, src.schema, config.train.compute_dtype), mesh)
+  rows = partition.per_process_batch(config.train.eval_batch_size, mesh)
+  mapped: dict[str, int] = {}
+  _, batches = pipeline.eval_batches(records, "test", rows_per_process=rows, max_len=config.data.max_len,
+                                     oov=config.data.oov, mapped=mapped)
+  probs = []
+  for local in batches:
+    p = np.asarray(jax.device_get(eval_step(params, partition.to_global(local, mesh))))
+    probs.append(p[local["weight"] > 0])
+  scores = np.concatenate(probs) if probs else np.zeros(0, np.float32)
+  out = Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.with_name(out.name + ".tmp")
+  with tmp.open("w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["row", "probability"])
+    w.writerows((i, f"{p:.6f}") for i, p in enumerate(scores))
+  tmp.replace(out)
+  if mapped:
+    print("read as OOV id 0 / 0.0 (data.oov=map): " + ", ".join(f"{n:,} {k}" for k, n in sorted(mapped.items())))
+  return len(scores)

@@ -1,0 +1,190 @@
+"""Scores samples with a model exported by `export.py`: jax, numpy and the standard library only.
+
+    scorer = Scorer.load("export_dir")
+    probs = scorer.score_ids(batch)      # already-encoded inputs, as the eval batches hold them
+    probs = scorer.score(records)        # raw values, one dict per sample, as in the user's files
+
+No model code, Flax, or training code is imported: the function is `jax.export`'s serialized
+StableHLO, called with the parameters from `params.npz` (put on the device once) and a batch of any
+size >= 1 (each new size compiles once; rows are scored independently, except for DIN / DIEN, whose
+Dice layers normalise with the batch's own moments, as in training and evaluation).
+
+Decisions:
+- `score_ids` takes a dict of arrays holding at least the manifest's inputs (more keys, e.g. `label`,
+  `weight`, `user_id`, are ignored): ids int [B], numeric [B], sequences [B, max_len] right-padded
+  oldest first, `hist_len` [B]. An id outside [0, vocab_size) becomes 0 (out of vocabulary) instead
+  of reaching the lookup, a non-finite numeric value 0.0 (the converters' value for missing), and
+  `hist_len` is clipped to [0, max_len].
+- `score` encodes as the converters do. A feature with a vocabulary (`vocab/<name>.json`: a list,
+  value k has id k + 1, or a {value: id} map) maps its values through it, compared as text (so 42 and
+  "42" are the same value, 42.0 too; surrounding blanks are dropped); an unknown or missing (None)
+  value is id 0 (OOV). A feature without one (e.g. the generated commercial set, whose values are
+  ids) takes integer ids (ints or their text); an id outside [0, vocab_size) or a non-integer is 0.
+- A history is a list (None = empty), oldest first as records.py stores them, unless the manifest
+  says the user's files list it newest first (a tabular column with `order = "newest_first"`), in
+  which case it is taken in that order and reversed. The most recent max_len entries are kept
+  (the end of an oldest-first list), placed from position 0 and padded with 0 on the right;
+  `hist_len` is the kept length. All histories of one sample must have the same length (the
+  converters refuse such rows too). A string is refused rather than split into characters.
+- A numeric value goes through the converter's transform when the manifest has one (log1p of
+  max(x, 0), then (x - mean) / std); None, NaN or infinity becomes 0.0, as in conversion.
+- A record without one of the model's features is an error (a misspelt key would otherwise score
+  every sample as OOV); keys that are not inputs are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+
+FORMAT = "mian_jax.export/1"
+
+
+def _key(value: Any) -> str:
+  """A value as the vocabularies compare it: text, blanks stripped, integral floats without '.0'."""
+  if isinstance(value, (float, np.floating)) and float(value).is_integer():
+    value = int(value)
+  if isinstance(value, np.generic):
+    value = value.item()
+  return str(value).strip()
+
+
+def _load_vocab(path: Path) -> dict[str, int]:
+  values = json.loads(path.read_text())
+  if isinstance(values, dict):
+    return {_key(k): int(v) for k, v in values.items()}
+  return {_key(v): i + 1 for i, v in enumerate(values)}
+
+
+def _as_id(value: Any) -> int:
+  """An integer id from an int, an integral float or the text of an int; -1 (OOV) otherwise."""
+  if value is None or isinstance(value, bool):
+    return -1
+  if isinstance(value, (int, np.integer)):
+    return int(value)
+  if isinstance(value, (float, np.floating)):
+    return int(value) if math.isfinite(value) and float(value).is_integer() else -1
+  try:
+    return int(str(value).strip())
+  except ValueError:
+    return -1
+
+
+class Scorer:
+  """An exported model, ready to score: `Scorer.load(directory)`."""
+
+  def __init__(self, directory: Path, manifest: dict[str, Any], exported: jax.export.Exported,
+               params: Any, vocabs: dict[str, dict[str, int]]):
+    self.directory = directory
+    self.manifest = manifest
+    self.inputs: dict[str, dict[str, Any]] = manifest["inputs"]
+    self.max_len: int = manifest["schema"]["max_len"]
+    self._exported = exported
+    self._params = params
+    self._vocabs = vocabs
+    self._call = jax.jit(exported.call)
+
+  @classmethod
+  def load(cls, directory: str | Path) -> "Scorer":
+    directory = Path(directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    if manifest.get("format") != FORMAT:
+      raise ValueError(f"{directory}: export format {manifest.get('format')!r}, this loader reads {FORMAT!r}")
+    exported = jax.export.deserialize(bytearray((directory / manifest["function"]).read_bytes()))
+    args_def = jax.tree_util.treedef_children(exported.in_tree)[0]  # in_tree: ((params, inputs), {})
+    params_def = jax.tree_util.treedef_children(args_def)[0]
+    with np.load(directory / manifest["params"]) as npz:
+      leaves = [npz[k] for k in sorted(npz.files)]
+    if len(leaves) != params_def.num_leaves:
+      raise ValueError(f"{directory}: {len(leaves)} parameter arrays, the function takes {params_def.num_leaves}")
+    for leaf, aval in zip(leaves, exported.in_avals):
+      if leaf.shape != aval.shape or leaf.dtype != aval.dtype:
+        raise ValueError(f"{directory}: a parameter of {leaf.dtype}{list(leaf.shape)} where the function takes "
+                         f"{aval.dtype}{list(aval.shape)}")
+    params = jax.device_put(jax.tree.unflatten(params_def, leaves))
+    vocabs = {e["vocab"]: _load_vocab(directory / e["vocab"]) for e in manifest["inputs"].values() if e.get("vocab")}
+    return cls(directory, manifest, exported, params, vocabs)
+
+  # ------------------------------------------------------------------------------------ encoded ids
+
+  def score_ids(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Click probabilities float32 [B] of an encoded batch (see the module docstring)."""
+    missing = [n for n in self.inputs if n not in batch]
+    if missing:
+      raise KeyError(f"the batch lacks input(s) {', '.join(missing)}; the model reads {', '.join(self.inputs)}")
+    rows = np.shape(batch["hist_len"])[0] if np.ndim(batch["hist_len"]) else 0
+    if rows < 1:
+      raise ValueError("the batch must hold at least one row (hist_len is int [B], B >= 1)")
+    inputs = {}
+    for name, entry in self.inputs.items():
+      x = np.asarray(batch[name])
+      if x.shape != (rows, *entry["shape"]):
+        raise ValueError(f"input {name!r} has shape {list(x.shape)}, expected {[rows, *entry['shape']]}")
+      if entry["kind"] == "numeric":
+        x = x.astype(np.float32)
+        inputs[name] = np.where(np.isfinite(x), x, np.float32(0))
+      elif entry["kind"] == "hist_len":
+        inputs[name] = np.clip(x.astype(np.int64), 0, self.max_len).astype(np.int32)
+      else:
+        x = x.astype(np.int64)
+        inputs[name] = np.where((x >= 0) & (x < entry["vocab_size"]), x, 0).astype(np.int32)
+    return np.asarray(self._call(self._params, inputs))
+
+  # ------------------------------------------------------------------------------------- raw values
+
+  def _id(self, entry: dict[str, Any], value: Any) -> int:
+    if entry.get("vocab"):
+      i = 0 if value is None else self._vocabs[entry["vocab"]].get(_key(value), 0)
+    else:
+      i = _as_id(value)
+    return i if 0 <= i < entry["vocab_size"] else 0
+
+  @staticmethod
+  def _numeric(entry: dict[str, Any], value: Any) -> float:
+    x = math.nan if value is None or (isinstance(value, str) and not value.strip()) else float(value)
+    if entry.get("log1p") and math.isfinite(x):
+      x = math.log1p(max(x, 0.0))
+    if "mean" in entry:
+      x = (x - entry["mean"]) / entry["std"]
+    return x if math.isfinite(x) else 0.0
+
+  def encode(self, records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Raw records -> the encoded batch `score_ids` takes (see the module docstring)."""
+    n, t = len(records), self.max_len
+    if n < 1:
+      raise ValueError("score at least one record")
+    batch = {name: np.zeros((n, *entry["shape"]), entry["dtype"]) for name, entry in self.inputs.items()}
+    sequences = [name for name, entry in self.inputs.items() if entry["kind"] == "sequence"]
+    for i, record in enumerate(records):
+      missing = [name for name in self.inputs if name != "hist_len" and name not in record]
+      if missing:
+        raise KeyError(f"record {i} lacks feature(s) {', '.join(missing)}")
+      lengths = set()
+      for name, entry in self.inputs.items():
+        if entry["kind"] == "categorical":
+          batch[name][i] = self._id(entry, record[name])
+        elif entry["kind"] == "numeric":
+          batch[name][i] = self._numeric(entry, record[name])
+        elif entry["kind"] == "sequence":
+          values = record[name]
+          if isinstance(values, (str, bytes)):
+            raise TypeError(f"record {i}: {name!r} is a string; pass the history as a list")
+          values = [] if values is None else list(values)
+          lengths.add(len(values))
+          if entry.get("newest_first"):
+            values = values[::-1]
+          kept = values[max(0, len(values) - t):]  # the most recent t, oldest first
+          batch[name][i, :len(kept)] = [self._id(entry, v) for v in kept]
+      if len(lengths) > 1:
+        raise ValueError(f"record {i}: the histories {', '.join(sequences)} have different lengths {sorted(lengths)}")
+      batch["hist_len"][i] = min(lengths.pop() if lengths else 0, t)
+    return batch
+
+  def score(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Click probabilities float32 [len(records)] of raw records (see the module docstring)."""
+    return self.score_ids(self.encode(records))

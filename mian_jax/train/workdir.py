@@ -1,0 +1,75 @@
+"""Guards of a run's workdir: one run at a time, and only checkpoints of the same model and data.
+
+- `Lock`: an exclusive `flock` on `<workdir>/.lock`, taken by process 0 for the whole run. The kernel
+  drops it when the process ends in any way (kill -9 included), so a crashed run never leaves it stuck;
+  the file holds the owner's pid and host, which the refusal names.
+- `identity` / `differences`: what must match between a checkpoint and the run resuming it: the model
+  (name and every model.* field), the embedding optimizer (its slots are part of the state) and the data
+  set (its cache directory, named by its generation / conversion parameters, and the feature schema's
+  fingerprint). Training fields (steps, learning rate, batch size, mesh, ...) may change on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from mian_jax.config import Config
+
+
+class WorkdirBusy(RuntimeError):
+  """Another run holds the workdir."""
+
+
+class Lock:
+  def __init__(self, workdir: Path, enabled: bool = True):
+    self.path = Path(workdir) / ".lock"
+    self.enabled = enabled
+    self._fd: int | None = None
+
+  def __enter__(self) -> "Lock":
+    if not self.enabled:
+      return self
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+      os.close(fd)
+      raise WorkdirBusy(f"{self.path.parent} is in use by another run ({owner}); wait for it to finish, stop it, "
+                        f"or use another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._fd is not None:
+      os.ftruncate(self._fd, 0)
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+
+def identity(config: Config, data_dir: Path, schema_fingerprint: str) -> dict[str, Any]:
+  return {"model": dataclasses.asdict(config.model), "train.embedding_optimizer": config.train.embedding_optimizer,
+          "data set": Path(data_dir).name, "feature schema": schema_fingerprint}
+
+
+def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """What differs, as `key: checkpoint X, this run Y` (model fields one by one)."""
+  out = []
+  for key in current:
+    if key == "model":
+      for field, value in current["model"].items():
+        was = saved.get("model", {}).get(field, value)
+        if was != value and not (isinstance(value, (list, tuple)) and list(was) == list(value)):
+          out.append(f"model.{field}: checkpoint {was}, this run {value}")
+    elif key in saved and saved[key] != current[key]:
+      out.append(f"{key}: checkpoint {saved[key]}, this run {current[key]}")
+  return out

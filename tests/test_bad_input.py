@@ -1,0 +1,159 @@
+"""Bad input: each case ends in one `error:` line naming the file / record / key and the fix, a non-zero
+exit, and nothing in the workdir or the data folder lost. Shards: truncated, corrupt, a record that does
+not match the schema, ids outside the vocabulary and non-finite numbers (data.oov); missing or empty
+input folders; a full disk while writing shards or a checkpoint (a file-size limit on the process: the
+write fails as on a full disk). Histories that are empty or longer than data.max_len:
+test_model_edge_cases.py and test_records.py; bad CSV / JSON rows: the converters' tests."""
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import plant
+from mian_jax.data import pipeline
+from test_e2e import ROOT, _final_params, _launch
+
+
+def _source(directory: Path) -> pipeline.Source:
+  import json
+
+  from mian_jax.schema import FeatureSchema
+
+  meta = json.loads((directory / "meta.json").read_text())
+  return pipeline.Source(directory, FeatureSchema.from_dict(meta["schema"]), meta)
+
+
+def _listing(root: Path) -> list[tuple[str, int]]:
+  return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
+
+
+def _eval_all(src, **kw):
+  _, batches = pipeline.eval_batches(src, "test", rows_per_process=512, max_len=10, **kw)
+  return list(batches)
+
+
+def test_truncated_and_corrupt_shards_are_named(tmp_path, data_root, tiny_source):
+  copy = tmp_path / "data" / tiny_source.directory.name
+  shutil.copytree(tiny_source.directory, copy)
+  shard = copy / tiny_source.meta["files"]["train"][1]
+  shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+  with pytest.raises(pipeline.DataError, match=f"{shard}: cannot be opened .*truncated or corrupt: delete {copy}"):
+    pipeline.train_iterator(_source(copy), batch_per_process=256, seed=0, max_len=10)
+  before = _listing(tmp_path / "data")
+  run = _launch(tmp_path / "w", data_root, "--set", f"data.dir={tmp_path / 'data'}", "--set", "train.steps=2")
+  assert run.returncode == 2
+  assert run.stderr.strip().splitlines() == [run.stderr.strip().splitlines()[-1]]  # one line
+  assert run.stderr.startswith(f"error: {shard}: cannot be opened")
+  assert _listing(tmp_path / "data") == before  # nothing removed
+  assert not list((tmp_path / "w").rglob("checkpoints/*"))  # nothing saved from a run that could not read its data
+  # Bytes changed inside a shard (in its data, not the padding after it): ArrayRecord's chunk hash
+  # catches them and the record is named.
+  copy2 = tmp_path / "flipped" / tiny_source.directory.name
+  shutil.copytree(tiny_source.directory, copy2)
+  test_shard = copy2 / tiny_source.meta["files"]["test"][0]
+  raw = bytearray(test_shard.read_bytes())
+  raw[len(raw) // 20: len(raw) // 20 + 64] = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
+  test_shard.write_bytes(bytes(raw))
+  with pytest.raises(pipeline.DataError, match=rf"{test_shard}(: cannot be opened| record \d+: ).*(corrupt|checksum)"):
+    _eval_all(_source(copy2))
+
+
+def test_a_record_that_does_not_match_the_schema_is_named(tmp_path, tiny_source):
+  short = plant(tiny_source.directory, tmp_path / "a", "test", 2, lambda block: b"MJB1" + bytes(24))
+  with pytest.raises(pipeline.DataError, match=rf"{short} record 2: record holds \d+ bytes but the schema needs \d+ .*"
+                                                r"does not match this data set's schema"):
+    _eval_all(_source(short.parent))
+  foreign = plant(tiny_source.directory, tmp_path / "b", "test", 1, lambda block: b"PK\x03\x04 not a block")
+  with pytest.raises(pipeline.DataError, match=rf"{foreign} record 1: record does not start with"):
+    _eval_all(_source(foreign.parent))
+
+
+def _dirty(block):
+  block["item_id"][0] = 200  # the vocabulary holds ids 0..41
+  block["activity"][1] = np.nan
+
+
+def test_ids_outside_the_vocabulary_and_non_finite_values_follow_data_oov(tmp_path, data_root, tiny_source):
+  path = plant(tiny_source.directory, tmp_path / "data", "test", 0, _dirty)
+  src = _source(path.parent)
+  with pytest.raises(pipeline.DataError, match=rf"{path} record 0: feature item_id holds id 200 outside its "
+                                                r"vocabulary 0..41; .*set data.oov=map"):
+    _eval_all(src, oov="error")
+  counted: dict = {}
+  batches = _eval_all(src, oov="map", mapped=counted)
+  assert counted == {"ids outside their vocabulary": 1, "non-finite numeric values": 1}
+  assert all(b["item_id"].max() < 42 and np.isfinite(b["activity"]).all() for b in batches)
+  nan_only = plant(tiny_source.directory, tmp_path / "nan", "test", 0, lambda b: b["activity"].__setitem__(3, np.inf))
+  with pytest.raises(pipeline.DataError, match=rf"{nan_only} record 0: feature activity holds the non-finite value inf"):
+    _eval_all(_source(nan_only.parent), oov="error")
+  sets = ("--set", f"data.dir={tmp_path / 'data'}", "--set", "train.steps=2")
+  refused = _launch(tmp_path / "w", data_root, *sets, "--set", "data.oov=error")
+  assert refused.returncode == 2 and refused.stderr.startswith(f"error: {path} record 0: feature item_id holds id 200")
+  mapped = _launch(tmp_path / "w", data_root, *sets)
+  assert mapped.returncode == 0, mapped.stderr
+  assert ("read as OOV id 0 / 0.0 in the test data (data.oov=map): 1 ids outside their vocabulary, "
+          "1 non-finite numeric values") in mapped.stdout
+
+
+@pytest.mark.parametrize("experiment, folder, needle", [
+    ("movielens:tiny", "missing", "no MovieLens files found"),
+    ("books:tiny", "empty", "no Amazon files found"),
+    ("custom:tiny", "empty", "no file matches"),
+])
+def test_missing_or_empty_input_folders(tmp_path, experiment, folder, needle):
+  data = tmp_path / folder
+  if folder == "empty":
+    data.mkdir()
+  cmd = [sys.executable, str(ROOT / "launch.py"), "--experiment", experiment, "--workdir", str(tmp_path / "w"),
+         "--set", f"data.dir={data}"]
+  run = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", "MIAN_JAX_CACHE": str(tmp_path / "c")},
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == 2
+  lines = run.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], run.stderr
+  assert str(data) in lines[0] or folder == "empty"
+
+
+def _limited(cmd, limit_bytes: int):
+  """Runs `cmd` with a file-size limit: a write past it fails with EFBIG, as a full disk fails with ENOSPC."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # no cache writes under the limit
+  env.update(XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes)))
+
+
+def test_a_full_disk_while_writing_shards_or_a_checkpoint_keeps_what_was_written(tmp_path, data_root, tiny_source):
+  data = tmp_path / "data"
+  shutil.copytree(tiny_source.directory, data / tiny_source.directory.name)  # a data set written before
+  before = _listing(data)
+  cmd = [sys.executable, str(ROOT / "launch.py"), "--experiment", "commercial:tiny", "--workdir", str(tmp_path / "w"),
+         "--set", f"data.dir={data}", "--set", "data.seed=1", "--set", "train.steps=4"]
+  run = _limited(cmd, 50_000)
+  assert run.returncode == 2
+  error = run.stderr.strip().splitlines()[-1]
+  assert error.startswith(f"error: cannot write {data}/commercial-") and "File too large" in error
+  assert "free space" in error and "finished shards are kept" in error
+  assert [x for x in _listing(data) if x[0].startswith(tiny_source.directory.name)] == before
+  assert not list(data.rglob("*.tmp")) and not list(data.glob("*/meta.json"))[1:]
+  # A checkpoint: step 4 is written, then step 8 cannot be; 4 stays restorable and the rerun resumes.
+  w = tmp_path / "ckpt"
+  first = _launch(w, data_root, "--set", "train.steps=4")
+  assert first.returncode == 0, first.stderr
+  cmd = [sys.executable, str(ROOT / "launch.py"), "--experiment", "commercial:tiny", "--workdir", str(w),
+         "--set", f"data.dir={data_root}", "--set", "train.steps=8"]
+  full = _limited(cmd, 20_000)
+  assert full.returncode == 2, full.stderr[-2000:]
+  lines = full.stderr.strip().splitlines()
+  assert len(lines) == 1, full.stderr[-3000:]
+  assert lines[0].startswith(f"error: could not write checkpoint step 8 in {w / 'checkpoints'} (File too large)")
+  assert "the last checkpoint (step 4) is kept" in lines[0]
+  assert _final_params(w)[0] == 4
+  again = _launch(w, data_root, "--set", "train.steps=8")
+  assert again.returncode == 0 and "resumed from step 4" in again.stdout, again.stderr
+  assert sorted(p.name for p in (w / "checkpoints").iterdir()) == ["4", "8"]

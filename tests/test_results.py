@@ -1,0 +1,94 @@
+"""What a finished run leaves to look at and to use: TensorBoard event files (read back with
+tensorboard's own reader), the curves PNG and the final summary; --eval on the best checkpoint; --predict
+scores every record in input order; --export through launch.py (the exported function itself:
+test_export.py)."""
+
+import csv
+import json
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from helpers import decode_split
+from test_e2e import _launch
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root):
+  workdir = tmp_path_factory.mktemp("results") / "w"
+  run = _launch(workdir, data_root, "--set", "train.steps=12", "--set", "train.eval_every=6", "--set", "train.log_every=3")
+  assert run.returncode == 0, run.stderr
+  return workdir, run.stdout
+
+
+def test_tensorboard_curves_and_summary(trained):
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+  workdir, out = trained
+  acc = EventAccumulator(str(workdir / "tensorboard"))
+  acc.Reload()
+  tags = set(acc.Tags()["scalars"])
+  assert {"train/loss", "train/samples_per_s", "train/learning_rate", "test/auc", "test/gauc", "test/logloss"} <= tags
+  assert [e.step for e in acc.Scalars("train/loss")] == [3, 6, 9, 10, 12]  # and before the checkpoint at 10
+  assert [e.step for e in acc.Scalars("test/auc")] == [6, 12]
+  events = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  final_auc = [e["auc"] for e in events if e["split"] == "test"][-1]
+  assert acc.Scalars("test/auc")[-1].value == pytest.approx(final_auc, abs=1e-6)
+  png = workdir / "curves.png"
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(png).shape[1] > 600
+  lines = out.strip().splitlines()
+  assert lines[-1].startswith("final test auc=")
+  assert any(l.startswith("best checkpoint: step ") and str(workdir / "checkpoints") in l for l in lines)
+  assert any(str(png) in l for l in lines) and any("tensorboard --logdir" in l for l in lines)
+
+
+def test_eval_prints_the_final_line_of_the_best_checkpoint(trained, data_root):
+  workdir, out = trained
+  run = _launch(workdir, data_root, "--set", "train.steps=12", "--eval")
+  assert run.returncode == 0, run.stderr
+  best = json.loads((workdir / "result.json").read_text())["best_step"]
+  events = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  at_best = [e for e in events if e["split"] == "test" and e["step"] == best][0]
+  last = run.stdout.strip().splitlines()[-1]
+  assert last.startswith(f"final test auc={at_best['auc']:.4f} gauc={at_best['gauc']:.4f} "
+                         f"logloss={at_best['logloss']:.4f}")
+  assert f"(checkpoint step {best})" in last
+  assert "train" not in run.stdout.split("final test")[0].lower().replace("trained", "")
+
+
+def test_predict_scores_every_record_in_input_order(trained, data_root, tiny_source, tmp_path):
+  import jax
+
+  import experiments
+  from mian_jax.train import loop, step as step_lib
+
+  workdir, _ = trained
+  out = tmp_path / "scores.csv"
+  run = _launch(workdir, data_root, "--set", "train.steps=12", "--predict", str(tiny_source.directory), "--out", str(out))
+  assert run.returncode == 0, run.stderr
+  with out.open() as f:
+    rows = list(csv.DictReader(f))
+  expected_rows = decode_split(tiny_source.directory, tiny_source.meta, "test")
+  assert [int(r["row"]) for r in rows] == list(range(len(expected_rows["label"])))
+  got = np.array([float(r["probability"]) for r in rows])
+  # The same best checkpoint, scored in-process on the split in file order.
+  config = experiments.get_config("commercial:tiny")
+  config.data.dir = str(data_root)
+  model, src, params, _ = loop.restore_best(config, workdir)
+  probs = np.asarray(jax.jit(step_lib.make_eval_step(model, src.schema))(jax.device_get(params), expected_rows))
+  assert got.std() > 1e-3  # the order matters: the scores differ
+  np.testing.assert_allclose(got, probs, atol=2e-6)
+  bad = _launch(workdir, data_root, "--set", "train.steps=12", "--predict", str(tmp_path), "--out", str(out))
+  assert bad.returncode == 2 and bad.stderr.startswith(f"error: {tmp_path}: no meta.json")
+
+
+def test_export_through_launch(trained, data_root, tmp_path):
+  from mian_jax.serving import Scorer
+
+  workdir, _ = trained
+  run = _launch(workdir, data_root, "--set", "train.steps=12", "--export", str(tmp_path / "exported"))
+  assert run.returncode == 0, run.stderr
+  assert f"exported to {tmp_path / 'exported'}" in run.stdout
+  scorer = Scorer.load(tmp_path / "exported")
+  assert scorer.max_len > 0 and (tmp_path / "exported" / "manifest.json").exists()
