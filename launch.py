@@ -34,8 +34,9 @@ def _parser(experiment_names: list[str], model_names: list[str], sweep_names: li
                       "(sweep.devices_per_trial), then results.csv / .md / .png")
   p.add_argument("--plot", choices=["gim"], help="draw from the run's best checkpoint instead of training (gim: Figure 6)")
   p.add_argument("--eval", action="store_true", help="evaluate the run's best checkpoint on the test split (no training)")
-  p.add_argument("--predict", metavar="PATH", help="score every record of a data set folder (meta.json + shards) with "
-                                                  "the best checkpoint, in input order; needs --out")
+  p.add_argument("--predict", metavar="PATH", help="score every record of PATH (a data set folder, or files in the "
+                                                  "experiment's layout) with the best checkpoint, in input order; "
+                                                  "needs --out")
   p.add_argument("--out", metavar="FILE", help="--predict: the CSV to write (row, probability)")
   p.add_argument("--export", metavar="DIR", help="write the best checkpoint's inference function (jax.export, any "
                                                  "batch size) with its schema and vocabularies to DIR (mian_jax.serving)")

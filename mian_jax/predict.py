@@ -3,11 +3,16 @@
 - `evaluate_best(config, workdir)`: the test-split metrics of the best checkpoint (the latest when
   none was evaluated), computed exactly as at the end of training.
 - `predict(config, workdir, path, out)`: one probability per record of `path`, in input order, written
-  as CSV (`row,probability`). `path` is a data set in the layout every converter writes (a folder
-  with meta.json and ArrayRecord shards, e.g. a converted test set or the commercial generator's
-  output): every record of its test split, in file order. Its feature schema must be the run's
-  (same features and vocabularies), else it is refused naming the difference. Ids outside a feature's
-  vocabulary and non-finite numbers follow `data.oov` (map: read as 0 and counted; error: refused).
+  as CSV (`row,probability`). `path` is either
+  * a data set folder as every converter writes it (meta.json + ArrayRecord shards; e.g. the commercial
+    generator's output or a converted MovieLens set): every record of its test split, in file order;
+    its features and vocabulary sizes must be the run's, else it is refused naming the difference; or
+  * for experiments converted from files (books, electronics, custom), a file or a folder of files in
+    the layout the experiment reads (the same columns as its training files, label included):
+    every row, in file order, encoded with the run's vocabularies and numeric standardisation
+    (`tabular.encode_records`; values never seen in training are OOV id 0).
+  Ids outside a feature's vocabulary and non-finite numbers in the shards follow `data.oov` (map: read
+  as 0 and counted; error: refused). One process.
 """
 
 from __future__ import annotations
@@ -57,10 +62,27 @@ def open_records(path: str | Path, schema: FeatureSchema) -> pipeline.Source:
   return pipeline.Source(path, schema, meta)
 
 
+def _as_data_set(config: Config, src: pipeline.Source, path: Path) -> Path:
+  """`path` itself when it is a data set folder, else the data set its files encode to."""
+  if (path / "meta.json").exists() or "spec" not in src.meta.get("params", {}):
+    return path
+  from mian_jax.data import tabular
+
+  if not path.exists():
+    raise DataError(f"{path}: no such file or folder")
+  files = [str(path)] if path.is_file() else sorted(str(f) for f in path.iterdir() if f.is_file()
+                                                   and not f.name.startswith("."))
+  if not files:
+    raise DataError(f"{path}: no files to score")
+  options = tabular.Options.from_config(config.data)
+  directory, _ = tabular.encode_records(src.directory, files, str(src.directory.parent), options.part_bytes)
+  return directory
+
+
 def predict(config: Config, workdir: str | Path, path: str | Path, out: str | Path) -> int:
   """Scores every record of `path` with the best checkpoint; writes `out` (CSV); returns the count."""
   model, src, params, mesh, _ = loop.restore_best(config, workdir, with_step=True)
-  records = open_records(path, src.schema)
+  records = open_records(_as_data_set(config, src, Path(path)), src.schema)
   eval_step = partition.jit_eval_step(step_lib.make_eval_step(model, src.schema, config.train.compute_dtype), mesh)
   rows = partition.per_process_batch(config.train.eval_batch_size, mesh)
   mapped: dict[str, int] = {}

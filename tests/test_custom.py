@@ -221,3 +221,23 @@ separator = " "
   test = decode_split(d, meta, "test")
   first = (folder / "sample_data.txt").read_text().splitlines()[0].split(";")
   assert test["hist_len"][0] == len(first[0].split()) and test["label"][0] == float(first[4])
+
+
+def test_records_to_score_are_encoded_with_the_training_vocabularies_in_file_order(tmp_path):
+  """--predict on files: every row, in file order, with the trained vocabularies and standardisation."""
+  folder = write_csv(tmp_path / "in")
+  directory, meta = build(folder, tmp_path / "cache")
+  trained_test = decode_split(directory, meta, "test")
+  enc_dir, enc_meta = tabular.encode_records(directory, [str(folder / "test.csv")], str(tmp_path / "cache"), 1 << 20)
+  again = decode_split(enc_dir, enc_meta, "test")
+  for k in trained_test:  # the same rows as the conversion's own test split, the same ids and values
+    np.testing.assert_array_equal(again[k], trained_test[k], err_msg=k)
+  reversed_csv = tmp_path / "reversed.csv"
+  reversed_csv.write_text("\n".join([HEADER] + TEST[::-1]) + "\n")
+  rev_dir, rev_meta = tabular.encode_records(directory, [str(reversed_csv)], str(tmp_path / "cache"), 1 << 20)
+  rev = decode_split(rev_dir, rev_meta, "test")
+  np.testing.assert_array_equal(rev["ad"], trained_test["ad"][::-1])  # file order kept
+  bad = tmp_path / "bad.csv"
+  bad.write_text("\n".join([HEADER, TEST[0], "1,u1,a1"]) + "\n")
+  with pytest.raises(pipeline.DataError, match="bad.csv line 3"):  # no row may be dropped when scoring
+    tabular.encode_records(directory, [str(bad)], str(tmp_path / "cache"), 1 << 20)

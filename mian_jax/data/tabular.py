@@ -94,6 +94,14 @@ class Spec:
   def vocabs(self) -> list[str]:
     return sorted({c.vocab for c in self.columns if c.kind in ("categorical", "sequence")})
 
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "Spec":
+    """The Spec a data set was built with, from its meta.json (`params.spec`)."""
+    fmt = d.get("fmt")
+    return cls(**{**d, "columns": tuple(Column(**c) for c in d["columns"]),
+                  "fmt": delimited.TextFormat(**{**fmt, "names": tuple(fmt["names"])}) if fmt else None,
+                  "given_vocabs": tuple(tuple(v) for v in d.get("given_vocabs", ()))})
+
 
 # ----------------------------------------------------------------------------------------------- rows
 
@@ -493,3 +501,36 @@ def default_cache_root() -> str:
   """$MIAN_JAX_CACHE, else `data_cache` in the working directory (never the data folder: it may be
   shared or read-only)."""
   return os.environ.get("MIAN_JAX_CACHE") or "data_cache"
+
+
+def encode_records(trained: Path, files: list[str], cache_root: str, part_bytes: int) -> tuple[Path, dict[str, Any]]:
+  """`files` (in the layout the data set `trained` was converted from) -> a data set whose test split
+  holds every row, in file order, encoded with `trained`'s vocabularies and numeric standardisation
+  (values it never saw are OOV id 0). For scoring: no row may be dropped, so a bad row is an error
+  whatever data.max_bad_rows says; the label column must be present, its values are not used beyond
+  being 0/1. Cached like a conversion."""
+  meta = shards.load_meta(Path(trained))
+  if meta is None or "spec" not in meta.get("params", {}):
+    raise DataError(f"{trained}: not a data set converted from files (no spec in its meta.json)")
+  spec = dataclasses.replace(Spec.from_dict(meta["params"]["spec"]), max_bad_rows=0)
+  numeric = {k: (v["mean"], v["std"]) for k, v in meta["stats"]["numeric_standardisation"].items()}
+  params = {"converter": VERSION, "encoded_with": Path(trained).name, "inputs": stamp(files), "part_bytes": part_bytes}
+  directory = shards.dataset_dir(cache_root, f"{spec.name}-records", params)
+  done = shards.load_meta(directory)
+  if done is not None and done.get("params") == params:
+    return directory, done
+  parts = [p for f in files for p in
+           (delimited.parquet_parts(f) if spec.fmt is None else delimited.text_parts(f, spec.fmt, part_bytes))]
+  if not parts:
+    raise DataError(f"{', '.join(files)}: no rows to score")
+  (directory / "vocab").mkdir(parents=True, exist_ok=True)
+  for vocab in Path(trained, "vocab").glob("*.json"):
+    shards.write_text(directory / "vocab" / vocab.name, vocab.read_text())
+  _vocab_arrays.cache_clear()
+  schema = FeatureSchema.from_dict(meta["schema"])
+  plan = [{"train": [], "test": parts}]  # one shard: the rows stay in file order
+  meta = shards.build(directory, schema, params, 1, functools.partial(write_shard, spec, plan, directory, numeric),
+                      lambda stats: {"rows": {s: sum(st["rows"][s] for st in stats) for s in shards.SPLITS},
+                                     "oov": stats[0]["oov"], "nonfinite_numeric": stats[0]["nonfinite"]},
+                      desc="encoding records")
+  return directory, meta
