@@ -10,7 +10,9 @@
   * for experiments converted from files (books, electronics, custom), a file or a folder of files in
     the layout the experiment reads (the same columns as its training files, label included):
     every row, in file order, encoded with the run's vocabularies and numeric standardisation
-    (`tabular.encode_records`; values never seen in training are OOV id 0).
+    (`tabular.encode_records`; values never seen in training are OOV id 0);
+  * for movielens, a GroupLens folder (ml-100k or ml-1m layout): every rating, in the ratings file's
+    line order, with the same user's earlier ratings there as its history (`movielens.encode_records`).
   Ids outside a feature's vocabulary and non-finite numbers in the shards follow `data.oov` (map: read
   as 0 and counted; error: refused). One process.
 """
@@ -64,12 +66,16 @@ def open_records(path: str | Path, schema: FeatureSchema) -> pipeline.Source:
 
 def _as_data_set(config: Config, src: pipeline.Source, path: Path) -> Path:
   """`path` itself when it is a data set folder, else the data set its files encode to."""
-  if (path / "meta.json").exists() or "spec" not in src.meta.get("params", {}):
+  if (path / "meta.json").exists() or config.data.source == "commercial":
     return path
-  from mian_jax.data import tabular
-
   if not path.exists():
     raise DataError(f"{path}: no such file or folder")
+  if config.data.source == "movielens":
+    from mian_jax.data import movielens
+
+    return movielens.encode_records(src.directory, str(path), str(src.directory.parent))[0]
+  from mian_jax.data import tabular
+
   files = [str(path)] if path.is_file() else sorted(str(f) for f in path.iterdir() if f.is_file()
                                                    and not f.name.startswith("."))
   if not files:

@@ -46,16 +46,16 @@ def train_briefly(name: str, config, source, steps: int) -> tuple[list[float], d
   return losses, loop.evaluate(eval_step, state.params, source, config, mesh)
 
 
-def launch(tmp_path: Path, experiment: str, *sets: str):
-  """`python launch.py --experiment EXPERIMENT --workdir tmp/w --set ...` on one CPU device, with its
-  converted data cached under tmp/cache."""
+def launch(tmp_path: Path, experiment: str, *sets: str, extra: tuple[str, ...] = ()):
+  """`python launch.py --experiment EXPERIMENT --workdir tmp/w --set ... [extra]` on one CPU device, with
+  its converted data cached under tmp/cache."""
   import os
   import subprocess
   import sys
 
   root = Path(__file__).resolve().parents[1]
   cmd = [sys.executable, str(root / "launch.py"), "--experiment", experiment, "--workdir", str(tmp_path / "w")]
-  cmd += [a for s in sets for a in ("--set", s)]
+  cmd += [a for s in sets for a in ("--set", s)] + list(extra)
   env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "MIAN_JAX_CACHE": str(tmp_path / "cache")}
   return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
 

@@ -176,3 +176,31 @@ def test_tiny_training_run(tmp_path):
   assert run.returncode == 0, run.stderr
   last = run.stdout.strip().splitlines()[-1]
   assert last.startswith("final test auc=") and "gauc=" in last and "bayes" not in last
+  # --predict on the GroupLens folder itself: one probability per line of u.data, in line order.
+  scored = launch(tmp_path, "movielens:tiny", f"data.dir={folder}", "train.steps=10",
+                  extra=("--predict", str(folder), "--out", str(tmp_path / "p.csv")))
+  assert scored.returncode == 0, scored.stderr
+  rows = (tmp_path / "p.csv").read_text().splitlines()
+  assert rows[0] == "row,probability" and len(rows) - 1 == len(ratings)
+  probs = np.array([float(r.split(",")[1]) for r in rows[1:]])
+  assert np.all((probs > 0) & (probs < 1)) and probs.std() > 0
+
+
+def test_ratings_to_score_are_encoded_in_file_order_with_the_training_vocabularies(tmp_path):
+  """--predict on a GroupLens folder: every rating in the ratings file's line order, with its history
+  and the trained vocabularies; the conversion's own test rows come out identical."""
+  folder = write_100k(tmp_path / "ml")
+  directory, meta = movielens.build(str(folder), _params(), str(tmp_path / "cache"))
+  enc_dir, enc_meta = movielens.encode_records(directory, str(folder), str(tmp_path / "cache"))
+  encoded = decode_split(enc_dir, enc_meta, "test")
+  lines = [tuple(map(int, l.split("\t"))) for l in (folder / "u.data").read_text().splitlines()]
+  assert len(encoded["label"]) == len(lines)
+  assert encoded["label"].tolist() == [float(r >= 4) for _, _, r, _ in lines]  # line order
+  vocab = json.loads((directory / "vocab" / "item_id.json").read_text())
+  assert encoded["item_id"].tolist() == [vocab.index(m) + 1 if m in vocab else 0 for _, m, _, _ in lines]
+  # The conversion's test rows (each user's last rating), found among the encoded lines, match exactly.
+  converted = decode_split(directory, meta, "test")
+  last = {u: max((t, i) for i, (uu, _, _, t) in enumerate(lines) if uu == u)[1] for u in {l[0] for l in lines}}
+  pick = np.array([last[u] for u in sorted(last)])  # the converted test split is in user order
+  for k in converted:
+    np.testing.assert_array_equal(encoded[k][pick], converted[k], err_msg=k)

@@ -153,10 +153,11 @@ def _lookup(vocab: dict[Any, int], values) -> np.ndarray:
   return np.fromiter((vocab.get(v, 0) for v in values), np.int64, count=len(values))
 
 
-def samples(raw: dict[str, Any], p: Params) -> dict[str, Any]:
+def samples(raw: dict[str, Any], p: Params, vocabs: dict[str, dict[Any, int]] | None = None) -> dict[str, Any]:
   """Every rating as a sample, sorted by (user, time, movie): scalar columns, split, and the history
   pointers (`hist_end`: index where a sample's history ends, exclusive; `hist_full`: its uncapped length).
-  Sequence columns are cut per block by `history`."""
+  Sequence columns are cut per block by `history`. `vocabs` (e.g. a trained data set's) replaces the
+  vocabularies built from the training split; `order[k]` is the ratings-file line of sample k."""
   order = np.lexsort((raw["item"], raw["time"], raw["user"]))
   user, item, rating, time = (raw[k][order] for k in ("user", "item", "rating", "time"))
   n = len(user)
@@ -171,7 +172,7 @@ def samples(raw: dict[str, Any], p: Params) -> dict[str, Any]:
   users, movies = raw["users"], raw["movies"]
   genre = [movies.get(int(i), "(none)") for i in item]
   profile = [users.get(int(u)) for u in user]
-  vocabs = {
+  vocabs = vocabs or {
       "item_id": _vocab(item[train].tolist()),
       "item_cate": _vocab(g for g, t in zip(genre, train) if t),
       "user_id": _vocab(user[train].tolist()),
@@ -192,7 +193,7 @@ def samples(raw: dict[str, Any], p: Params) -> dict[str, Any]:
       "weekday": (time // 86400 + 3) % 7 + 1,  # 1970-01-01 was a Thursday; 1 = Monday .. 7 = Sunday
   }
   return {"cols": cols, "raw_item": item, "time": time, "user": user, "rating": rating, "hist_end": hist_end,
-          "hist_full": hist_full, "test": test, "vocabs": vocabs}
+          "hist_full": hist_full, "test": test, "vocabs": vocabs, "order": order}
 
 
 def history(s: dict[str, Any], rows: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
@@ -313,3 +314,42 @@ def default_cache_root() -> str:
   """$MIAN_JAX_CACHE, else `data_cache` (relative to the working directory, like the commercial data).
   Never the data folder itself: it may be shared or read-only."""
   return os.environ.get("MIAN_JAX_CACHE") or "data_cache"
+
+
+def encode_records(trained: Path, folder: str, cache_root: str) -> tuple[Path, dict[str, Any]]:
+  """Every rating of the GroupLens files in `folder` as one record of a test split, in the ratings
+  file's line order, with its history (the same user's earlier ratings in those files) and the
+  vocabularies of the data set `trained` (values it never saw are OOV id 0). For --predict."""
+  meta = shards.load_meta(Path(trained))
+  if meta is None or not str(meta.get("params", {}).get("converter", "")).startswith("movielens"):
+    raise DataError(f"{trained}: not a converted MovieLens data set")
+  fields = {f.name for f in dataclasses.fields(Params)}
+  p = Params(**{k: v for k, v in meta["params"].items() if k in fields})
+  layout, files = find_layout(folder)
+  stamp = {k: [str(v.resolve()), v.stat().st_size, v.stat().st_mtime_ns] for k, v in files.items()}
+  params = {"converter": VERSION, "encoded_with": Path(trained).name, "layout": layout, "files": stamp}
+  directory = shards.dataset_dir(cache_root, f"movielens-{layout}-records", params)
+  done = shards.load_meta(directory)
+  if done is not None and done.get("params") == params:
+    return directory, done
+  vocabs = {}
+  for name in ("item_id", "item_cate", "user_id", "gender", "occupation", "zip_prefix"):
+    values = json.loads((Path(trained) / "vocab" / f"{name}.json").read_text())
+    vocabs[name] = {v: i + 1 for i, v in enumerate(values)}
+  s = samples(read_raw(layout, files), p, vocabs)
+  schema = FeatureSchema.from_dict(meta["schema"])
+  rows = np.argsort(s["order"])  # sample of each ratings line, in line order
+  directory.mkdir(parents=True, exist_ok=True)
+  blocks = []
+  for start in range(0, len(rows), p.block_size):
+    b = rows[start:start + p.block_size]
+    cols = {k: v[b] for k, v in s["cols"].items()}
+    cols.update(history(s, b, p.max_len))
+    blocks.append(records.encode_block(schema, cols))
+  shards.write_records(shards.shard_path(directory, "test", 0, 1), blocks)
+  meta = {"params": params, "schema": meta["schema"], "files": {"train": [], "test": [shards.shard_path(
+      directory, "test", 0, 1).name]}, "blocks": {"train": [], "test": [len(rows[i:i + p.block_size])
+                                                                    for i in range(0, len(rows), p.block_size)]},
+          "stats": {"rows": {"train": 0, "test": int(len(rows))}}}
+  shards.write_text(directory / "meta.json", json.dumps(meta, indent=1))
+  return directory, meta
