@@ -6,7 +6,6 @@ write fails as on a full disk). Histories that are empty or longer than data.max
 test_model_edge_cases.py and test_records.py; bad CSV / JSON rows: the converters' tests."""
 
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -124,8 +123,12 @@ def _limited(cmd, limit_bytes: int):
   """Runs `cmd` with a file-size limit: a write past it fails with EFBIG, as a full disk fails with ENOSPC."""
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # no cache writes under the limit
   env.update(XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-                        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes)))
+  # The limit is set by a small Python wrapper that then execs the command (a preexec_fn would fork this
+  # multithreaded process).
+  wrapper = ("import os, resource, sys; n = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "
+             "os.execv(sys.argv[2], sys.argv[2:])")
+  return subprocess.run([sys.executable, "-c", wrapper, str(limit_bytes), *cmd], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
 
 
 def test_a_full_disk_while_writing_shards_or_a_checkpoint_keeps_what_was_written(tmp_path, data_root, tiny_source):
