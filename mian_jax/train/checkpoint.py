@@ -1,4 +1,4 @@
-"""Orbax checkpoints: model + optimizer + step + RNG (the TrainState), the grain iterator position and
+"""Orbax checkpoints: model + optimizer + step + RNG (the TrainState), the data position (global batches) and
 the config, saved together as one step directory, atomically (Orbax writes to a temporary directory and
 renames it when complete; a half-written one is never restored and is cleaned up on the next start).
 
