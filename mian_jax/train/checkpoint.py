@@ -13,6 +13,7 @@ looked up); any other difference from the expected state raises CheckpointMismat
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -91,10 +92,8 @@ class Checkpoints:
       sys.stderr = open(os.devnull, "w")
       logging.disable(logging.CRITICAL)
       absl_logging.set_verbosity(absl_logging.FATAL)
-      try:
+      with contextlib.suppress(Exception):  # the writer's own failure, already caught above
         self._manager.wait_until_finished()
-      except Exception:
-        pass
       raise CheckpointWriteError(step, e) from e
     sys.stderr = stderr
     logging.disable(logging.NOTSET)
