@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
       if args.plot == "gim":
         from mian_jax import plots
-        path = plots.gim_heatmap(plots.gim_weights(config, workdir), f"{workdir}/gim_attention.png")
+        weights, columns = plots.gim_weights(config, workdir)
+        path = plots.gim_heatmap(weights, f"{workdir}/gim_attention.png", columns)
         print(f"wrote {path}")
       elif args.eval:
         from mian_jax import predict

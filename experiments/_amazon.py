@@ -5,11 +5,11 @@ the user id embedded, Adam at 1e-3 with batch 128. Converted shards are cached u
 `data_cache/`. Variant "tiny": a small model and small batches (a seconds-long run on test files).
 """
 
-from experiments._tiny import shrink_models
+from experiments._tiny import variant
 from mian_jax.config import Config
 
 
-def amazon_config(name: str, folder: str, variant: str) -> Config:
+def amazon_config(name: str, folder: str, variant_name: str) -> Config:
   config = Config()
   config.data.source = "amazon"
   config.data.dir = folder
@@ -24,12 +24,4 @@ def amazon_config(name: str, folder: str, variant: str) -> Config:
   config.train.learning_rate = 1e-3
   config.train.lr_schedule = "cosine"
   config.train.eval_batch_size = 1024
-  if variant == "tiny":
-    config.data.max_len = 10
-    config.data.block_size = 8
-    shrink_models(config)
-    config.train.batch_size = 32
-    config.train.eval_batch_size = 256
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} of experiment {name}; valid: tiny")
-  return config
+  return variant(config, name, variant_name, max_len=10, block_size=8, batch_size=32, eval_batch_size=256)

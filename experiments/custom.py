@@ -14,13 +14,13 @@ hundred rows such as the Alimama samples, in seconds).
 
 from pathlib import Path
 
-from experiments._tiny import shrink_models
+from experiments._tiny import variant
 from mian_jax.config import Config
 
 SCHEMAS = Path(__file__).parent / "schemas"
 
 
-def get_config(variant: str = "") -> Config:
+def get_config(variant_name: str = "") -> Config:
   config = Config()
   config.data.source = "custom"
   config.data.schema = str(SCHEMAS / "alimama.toml")
@@ -34,12 +34,4 @@ def get_config(variant: str = "") -> Config:
   config.train.epochs = 2
   config.train.learning_rate = 1e-3
   config.train.lr_schedule = "cosine"
-  if variant == "tiny":
-    config.data.max_len = 10
-    config.data.block_size = 8
-    shrink_models(config)
-    config.train.batch_size = 32
-    config.train.eval_batch_size = 64
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} of experiment custom; valid: tiny")
-  return config
+  return variant(config, "custom", variant_name, max_len=10, block_size=8, batch_size=32, eval_batch_size=64)

@@ -10,11 +10,11 @@ gAUC is undefined, as no user would have both a positive and a negative). Conver
 Variants: "" (default) and "tiny" (a small model, one epoch: a run of seconds, for tests).
 """
 
-from experiments._tiny import shrink_models
+from experiments._tiny import variant
 from mian_jax.config import Config
 
 
-def get_config(variant: str = "") -> Config:
+def get_config(variant_name: str = "") -> Config:
   config = Config()
   config.data.source = "movielens"
   config.data.dir = "data/movielens-100k"
@@ -29,12 +29,4 @@ def get_config(variant: str = "") -> Config:
   config.train.learning_rate = 2e-3
   config.train.lr_schedule = "cosine"
   config.train.eval_batch_size = 1024
-  if variant == "tiny":
-    config.data.max_len = 10
-    config.data.block_size = 16
-    shrink_models(config)
-    config.train.batch_size = 64
-    config.train.eval_batch_size = 256
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} of experiment movielens; valid: tiny")
-  return config
+  return variant(config, "movielens", variant_name, max_len=10, block_size=16, batch_size=64, eval_batch_size=256)

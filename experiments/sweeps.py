@@ -31,6 +31,15 @@ SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
                          + grid({"model.name": ["mian"], "model.ibim_encoder": ["post_ln", "none"]}),
     # Embedding width for MIAN and DIN, three seeds each (mean ± std in results.md).
     "embed_dim": lambda: grid({"model.name": ["din", "mian"], "model.embed_dim": [8, 18, 32], "train.seed": [0, 1, 2]}),
+    # MIAN's IBIM options (position of the behaviours x pooling score) beside DIN and DIEN: the measurement
+    # behind the defaults of model.ibim_position / model.ibim_attention (README, "MIAN on real data").
+    "mian_options": lambda: grid({"model.ibim_position": ["none", "learned", "sinusoidal"],
+                                  "model.ibim_attention": ["additive", "target"]})
+                            + grid({"model.name": ["din", "dien"]}),
+    # The same, smaller (for the larger data sets): IBIM as the paper writes it, with both options, and DIEN.
+    "mian_vs_dien": lambda: [{"model.ibim_position": "none", "model.ibim_attention": "additive"},
+                             {"model.ibim_position": "learned", "model.ibim_attention": "target"},
+                             {"model.name": "dien"}],
     # A minute-long check of a machine: two fast models, two seeds.
     "smoke": lambda: grid({"model.name": ["lr", "deepfm"], "train.seed": [0, 1]}),
 }

@@ -50,6 +50,13 @@ class ModelConfig:
   ibim_heads: int = 2  # attention heads; the behaviour width must divide by it
   ibim_ffn_mult: int = 2  # FFN hidden width = mult x behaviour width
   ibim_encoder: Literal["pre_ln", "post_ln", "none"] = "pre_ln"  # IBIM sequence encoder
+  # Recency-rank position added to the behaviours before IBIM's encoder (0 = the most recent behaviour,
+  # so the same for any history length; beside the behaviour-age embedding where the data has ages).
+  ibim_position: Literal["none", "learned", "sinusoidal"] = "learned"
+  # IBIM's pooling score: additive = tanh(w.[e_i; h_t] + b) (the paper's formula); target = DIN's
+  # activation unit on [e_i, h_t, e_i - h_t, e_i * h_t] (hidden widths model.attention_mlp), softmax over
+  # the real positions. Either way R_ibim = sum_t alpha_t [e_i; h_t].
+  ibim_attention: Literal["additive", "target"] = "target"
   gim_dim: int = 64  # GIM projects every r_l to this width before the weighted sum
   mlp: tuple[int, ...] = (200, 80)  # prediction MLP hidden widths (ReLU)
   mlp_on_concat: bool = True  # feed [R_g; r_1..r_L] to the MLP (False = R_g only, the paper's literal form)

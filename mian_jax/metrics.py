@@ -1,7 +1,7 @@
 """Exact ranking metrics over a whole test set: AUC, gAUC, logloss (numpy, vectorised).
 
 AUC is the Mann-Whitney statistic with tied scores counted as half, so it is exact, not a histogram
-approximation. gAUC is the impression-weighted mean of per-user AUCs over users that have both a click
+approximation; NaN scores are refused (NaNScores, saying how many) rather than ranked. gAUC is the impression-weighted mean of per-user AUCs over users that have both a click
 and a non-click in the test set (the DIN paper's definition).
 Speed (10M predictions in a few seconds): AUC sorts only the negatives' scores and binary-searches
 the positives; gAUC sorts one 64-bit key per row (user id, the float32 score's order-preserving bits, the label)
@@ -12,6 +12,17 @@ general lexsort path; both are exact.
 from __future__ import annotations
 
 import numpy as np
+
+
+class NaNScores(ValueError):
+  """Scores holding NaN cannot be ranked: AUC and gAUC refuse them (the message says how many)."""
+
+
+def _refuse_nan(s: np.ndarray) -> None:
+  if np.issubdtype(s.dtype, np.floating):
+    bad = int(np.isnan(s).sum())
+    if bad:
+      raise NaNScores(f"{bad:,} of {len(s):,} scores are NaN; AUC cannot rank them")
 
 
 def _tie_average_ranks(sorted_keys_change: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -27,6 +38,7 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
   s = np.asarray(scores).ravel()
   if s.dtype not in (np.float32, np.float16):
     s = s.astype(np.float64)
+  _refuse_nan(s)
   pos = int(y.sum())
   neg = len(y) - pos
   if pos == 0 or neg == 0:
@@ -61,6 +73,7 @@ def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
   if s.dtype != np.float32:
     s = s.astype(np.float64)
   g = np.asarray(groups).ravel()
+  _refuse_nan(s)
   if len(y) == 0:
     return float("nan")
   y, s, g = _sorted_by_group_and_score(y, s, g)

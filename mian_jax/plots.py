@@ -13,22 +13,24 @@ import numpy as np  # noqa: E402
 
 from mian_jax.config import Config  # noqa: E402
 from mian_jax.data import pipeline  # noqa: E402
-from mian_jax.models.mian import GIM_INPUTS  # noqa: E402
+from mian_jax.models.mian import gim_inputs  # noqa: E402
 
 FIGURE6_ORDER = ("e_c", "R_icim", "e_u", "R_iuim", "e_i", "R_ibim", "e_b")  # the paper's columns
 PLOTS = ("gim",)
 
 
-def gim_weights(config: Config, workdir: str | Path, cases: int = 14, seed: int = 0) -> np.ndarray:
-  """GIM attention [cases, 7] of `cases` random test samples, columns in FIGURE6_ORDER, from the best checkpoint."""
+def gim_weights(config: Config, workdir: str | Path, cases: int = 14, seed: int = 0) -> tuple[np.ndarray, tuple[str, ...]]:
+  """(GIM attention [cases, L] of `cases` random test samples, the L column names in FIGURE6_ORDER) from
+  the best checkpoint; L = the GIM inputs the model has (data without user or context fields has fewer)."""
   import jax
 
   from mian_jax.train import loop, partition, step as step_lib
 
   model, src, params, mesh = loop.restore_best(config, workdir)
-  if not all(getattr(model, f"use_{m}", False) for m in ("ibim", "iuim", "icim", "gim")):
-    raise loop.TrainingError(f"--plot gim needs the full MIAN (model {config.model.name!r} lacks a module); "
+  if not getattr(model, "use_gim", False):
+    raise loop.TrainingError(f"--plot gim needs a MIAN with GIM (model {config.model.name!r} has none); "
                              f"use --model mian")
+  names = gim_inputs(model, len(src.schema.group("user")), len(src.schema.group("context")))
   rows = partition.per_process_batch(max(cases, config.train.eval_batch_size), mesh)
   _, batches = pipeline.eval_batches(src, "test", rows_per_process=rows, max_len=config.data.max_len,
                                      process_index=0, process_count=1)
@@ -37,15 +39,15 @@ def gim_weights(config: Config, workdir: str | Path, cases: int = 14, seed: int 
   weights = np.asarray(forward(params, partition.to_global(local, mesh)))
   real = np.flatnonzero(np.asarray(local["weight"]) > 0)
   pick = np.random.default_rng(seed).choice(real, size=min(cases, len(real)), replace=False)
-  return weights[np.sort(pick)][:, [GIM_INPUTS.index(n) for n in FIGURE6_ORDER]]
+  shown = tuple(n for n in FIGURE6_ORDER if n in names)
+  return weights[np.sort(pick)][:, [names.index(n) for n in shown]], shown
 
 
-def gim_heatmap(weights: np.ndarray, path: str | Path) -> Path:
+def gim_heatmap(weights: np.ndarray, path: str | Path, columns: tuple[str, ...] = FIGURE6_ORDER) -> Path:
   """Figure 6: one row per test case, one column per GIM input, the weight written in each cell."""
-  fig, ax = plt.subplots(figsize=(7, 0.42 * len(weights) + 1.4))
+  fig, ax = plt.subplots(figsize=(1.0 * len(columns) + 1, 0.42 * len(weights) + 1.4))
   im = ax.imshow(weights, cmap="Blues", aspect="auto", vmin=0, vmax=max(0.5, float(weights.max())))
-  ax.set_xticks(range(len(FIGURE6_ORDER)), [n.replace("_", "$_{", 1) + "}$" if n.startswith("e_") else n
-                                            for n in FIGURE6_ORDER])
+  ax.set_xticks(range(len(columns)), [n.replace("_", "$_{", 1) + "}$" if n.startswith("e_") else n for n in columns])
   ax.set_yticks(range(len(weights)), [str(i + 1) for i in range(len(weights))])
   ax.set_ylabel("test case")
   for (i, j), w in np.ndenumerate(weights):

@@ -240,3 +240,23 @@ def test_books_experiment_trains_on_raw_dumps_through_launch(tmp_path):
   assert run.returncode == 0, run.stderr
   assert run.stdout.strip().splitlines()[-1].startswith("final test auc=")
   assert list((tmp_path / "cache").glob("amazon-prepared-Toys-*/local_train_splitByUser"))
+
+
+def test_yelp_experiment_trains_and_plots_gim_without_context_fields(tmp_path, monkeypatch):
+  """The yelp experiment reads the BARS layout; its data has no context fields, so GIM has no e_c / R_icim
+  and `--plot gim` draws the inputs MIAN has."""
+  folder = write_bars(tmp_path / "bars", samples(60), samples(20, seed=1))
+  run = launch(tmp_path, "yelp:tiny", f"data.dir={folder}", "train.steps=6")
+  assert run.returncode == 0, run.stderr
+  plot = launch(tmp_path, "yelp:tiny", f"data.dir={folder}", "train.steps=6", extra=("--plot", "gim"))
+  assert plot.returncode == 0, plot.stderr
+  png = tmp_path / "w" / "gim_attention.png"
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  from mian_jax import plots
+
+  config = experiments.get_config("yelp:tiny")
+  config.data.dir = str(folder)
+  monkeypatch.setenv("MIAN_JAX_CACHE", str(tmp_path / "cache"))
+  weights, columns = plots.gim_weights(config, tmp_path / "w")
+  assert columns == ("e_u", "R_iuim", "e_i", "R_ibim", "e_b")  # Figure 6's order, without e_c and R_icim
+  assert weights.shape == (14, 5) and np.allclose(weights.sum(1), 1.0, atol=1e-5)

@@ -1,6 +1,7 @@
 """Exact AUC / gAUC / logloss against brute-force definitions."""
 
 import numpy as np
+import pytest
 
 from mian_jax import metrics
 
@@ -50,3 +51,14 @@ def test_float32_fast_paths_match_the_definitions_with_ties_and_negative_scores(
   assert abs(metrics.auc(y, s) - _pairwise_auc(y, s.astype(np.float64))) < 1e-12
   assert abs(metrics.gauc(y, s, u) - metrics.gauc(y, s.astype(np.float64), u)) < 1e-12  # lexsort path
   assert abs(metrics.gauc(y, s, u + 2 ** 40) - metrics.gauc(y, s, u)) < 1e-12  # ids beyond 31 bits: lexsort
+
+
+def test_nan_scores_are_refused_naming_how_many():
+  y = np.array([0, 1, 0, 1, 1], np.float32)
+  for dtype in (np.float32, np.float64):
+    s = np.array([0.1, np.nan, 0.3, np.nan, 0.9], dtype)
+    with pytest.raises(metrics.NaNScores, match="2 of 5 scores are NaN"):
+      metrics.auc(y, s)
+    with pytest.raises(metrics.NaNScores, match="2 of 5 scores are NaN"):
+      metrics.gauc(y, s, np.array([1, 1, 2, 2, 2]))
+  assert metrics.auc(y, np.array([0.1, 0.8, 0.3, 0.7, 0.9], np.float32)) == 1.0  # finite scores still rank

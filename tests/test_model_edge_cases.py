@@ -144,7 +144,7 @@ def test_empty_and_padded_histories(name, batches, tiny_source):
   init = state_lib.make_init(model, schema, config.model.embed_dim, tx)
   shapes = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), np.uint32))
   params = _random_like(shapes.params, seed=1)
-  state = state_lib.TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
+  state = state_lib.TrainState(step=np.int32(0), params=params, opt_state=tx.init(state_lib.trainable(params)),
                                rng=np.asarray(jax.random.key_data(jax.random.key(0))))
   train_step = step_lib.make_train_step(model, schema, tx, config.model.aux_loss_weight)
 

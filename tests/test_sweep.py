@@ -123,6 +123,6 @@ def test_gim_figure_from_the_best_checkpoint(tmp_path, data_root):
 
   config = experiments.get_config("commercial:tiny")
   config.data.dir = str(data_root)
-  w = plots.gim_weights(config, tmp_path / "w")
-  assert w.shape == (14, 7)
+  w, columns = plots.gim_weights(config, tmp_path / "w")
+  assert w.shape == (14, 7) and columns == plots.FIGURE6_ORDER
   assert abs(w.sum(1) - 1).max() < 1e-5  # a softmax over the seven inputs

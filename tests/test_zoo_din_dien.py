@@ -28,18 +28,30 @@ def np_dice(x, alpha, eps=1e-9):
 def test_dice_matches_formula():
   x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32) * 2 + 1
   alpha = np.array([0.1, -0.2, 0.5], np.float32)
-  out = Dice().apply({"params": {"alpha": jnp.asarray(alpha)}}, jnp.asarray(x))
+  variables = {"params": {"alpha": jnp.asarray(alpha)},
+               "batch_stats": {"mean": jnp.zeros(3), "var": jnp.ones(3)}}
+  out, updated = Dice().apply(variables, jnp.asarray(x), True, mutable=["batch_stats"])
   np.testing.assert_allclose(np.asarray(out), np_dice(x, alpha), rtol=1e-5, atol=1e-6)
-  # The tower in train and in eval: both normalise with the batch's own moments.
+  # Training moves the running moments by 1 - momentum towards the batch's moments ...
+  np.testing.assert_allclose(updated["batch_stats"]["mean"], 0.01 * x.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(updated["batch_stats"]["var"], 0.99 + 0.01 * x.var(0), rtol=1e-5)
+  # ... and evaluation normalises with the running moments, whatever the batch holds.
+  mean, var = x.mean(0) + 0.3, x.var(0) * 2.0
+  stats = {"mean": jnp.asarray(mean), "var": jnp.asarray(var)}
+  got = Dice().apply({**variables, "batch_stats": stats}, jnp.asarray(x), False)
+  p = 1.0 / (1.0 + np.exp(-(x - mean) / (np.sqrt(var + 1e-9) + 1e-9)))
+  np.testing.assert_allclose(np.asarray(got), p * x + (1 - p) * alpha * x, rtol=1e-5, atol=1e-6)
+  one = Dice().apply({**variables, "batch_stats": stats}, jnp.asarray(x[:1]), False)
+  np.testing.assert_allclose(np.asarray(one), np.asarray(got[:1]), rtol=1e-6)
+  # The tower in training normalises with the batch's own moments.
   mlp = DiceMLP((3,))
   params = mlp.init(jax.random.key(0), jnp.asarray(x))
   params["params"]["dice0"]["alpha"] = jnp.asarray(alpha)
   p = jax.tree.map(np.asarray, params["params"])
   hidden = np_dice(x @ p["dense0"]["kernel"] + p["dense0"]["bias"], alpha)
   want = (hidden @ p["logit"]["kernel"] + p["logit"]["bias"])[:, 0]
-  for train in (True, False):
-    got = mlp.apply(params, jnp.asarray(x), train, rngs={"dropout": jax.random.key(1)})
-    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  got, _ = mlp.apply(params, jnp.asarray(x), True, rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
 def _qk(seed=0):

@@ -3,20 +3,30 @@
 Legend: B batch, T history length, J user fields, K context fields, D embedding width,
 Di candidate width (= behaviour width), G = gim_dim.
 
-IBIM  h = Encoder(e_b) (Pre-LN Transformer, padding masked); V_t = [e_i; h_t] [B, T, 2Di];
-      alpha_t = softmax_t(tanh(V_t W + b)) (padding gets 0); R_ibim = sum_t alpha_t V_t      [B, 2Di]
+IBIM  x_t = e_b^t + P(rank_t) at real positions, rank_t = n - 1 - t for a history of n behaviours
+      (0 = the most recent; model.ibim_position: none | learned table [256, Di] (ranks >= 255 share
+      its last row) | sinusoidal);
+      h = Encoder(x) (Pre-LN Transformer, padding masked); V_t = [e_i; h_t] [B, T, 2Di];
+      alpha_t = softmax_t(s_t) over the real positions (padding gets 0), with (model.ibim_attention)
+        additive  s_t = tanh(V_t W + b)                                (the paper's formula)
+        target    s_t = ActUnit([e_i, h_t, e_i - h_t, e_i * h_t])      (DIN's activation unit, sigmoid
+                  hidden layers model.attention_mlp: the slides' "just like DIN or DIEN")
+      R_ibim = sum_t alpha_t V_t                                                             [B, 2Di]
 IUIM  V_j = [e_i; e_u^j]; alpha_j = softmax_j(tanh(V_j W_j + b_j)), W_j per field;
       R_iuim = sum_j alpha_j V_j                                                            [B, Di+D]
 ICIM  the same over the context fields                                                      [B, Di+D]
 GIM   r = [e_i; e_c; e_b; e_u; R_ibim; R_iuim; R_icim] with e_b, e_u, e_c pooled first (masked mean
-      over behaviours, mean over fields). The paper sums vectors of different widths; here every r_l
-      is projected to width G by its own linear map P_l, scored on r_l with its own (W_l, b_l):
+      over behaviours, mean over fields); inputs the data lacks (no user / context fields) are left out.
+      The paper sums vectors of different widths; here every r_l is projected to width G by its own
+      linear map P_l, scored on r_l with its own (W_l, b_l):
       R_g = sum_l softmax_l(tanh(r_l W_l + b_l)) (r_l P_l + c_l)                            [B, G]
 MLP   on R_g -> click logit [B]. With mlp_on_concat (default) the MLP reads [R_g; r] with e_u and e_c
       unpooled (every field's vector), the paper's "as an option, on r concatenated".
 
-Ablations switch modules off: without IBIM / IUIM / ICIM their R leaves r; without GIM, r is
-concatenated and fed to the MLP.
+Ablations switch modules off, and the MLP input is MIAN's minus exactly that module's output: without
+IBIM / IUIM / ICIM their R leaves r (and the MLP input); without GIM, R_g leaves the MLP input (which
+then reads [r; e_u; e_c] with e_u and e_c unpooled, as MIAN's does). The pieces of the MLP input are
+recorded in order under the `intermediates` collection as `mlp_input` (their names: `mlp_input_names`).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from mian_jax.config import ModelConfig
 from mian_jax.layers.attention import AdditivePool, FieldwiseAdditivePool
 from mian_jax.layers.embedding import Groups
 from mian_jax.layers.mlp import MLP
+from mian_jax.layers.target_attention import TargetAttention
 from mian_jax.layers.transformer import Encoder
 
 
@@ -38,6 +49,48 @@ def _broadcast_concat(e_bi: jax.Array, x_ble: jax.Array) -> jax.Array:
 
 
 GIM_INPUTS = ("e_i", "e_b", "e_c", "e_u", "R_ibim", "R_iuim", "R_icim")  # the order of extras["gim"]'s columns
+
+
+def gim_inputs(model: "MIAN", user_fields: int, context_fields: int) -> tuple[str, ...]:
+  """The columns of extras["gim"] for data with that many user / context fields (GIM_INPUTS' order,
+  without what the data or the model lacks)."""
+  present = {"e_i": True, "e_b": True, "e_c": context_fields > 0, "e_u": user_fields > 0,
+             "R_ibim": model.use_ibim, "R_iuim": model.use_iuim and user_fields > 0,
+             "R_icim": model.use_icim and context_fields > 0}
+  return tuple(n for n in GIM_INPUTS if present[n])
+
+
+def recency_rank(mask_bt: jax.Array) -> jax.Array:
+  """rank_t = n - 1 - t at the real positions (0 = the most recent behaviour), 0 at padding [B, T]."""
+  n_b1 = mask_bt.sum(1, keepdims=True)
+  return jnp.where(mask_bt, n_b1 - 1 - jnp.arange(mask_bt.shape[1])[None, :], 0)
+
+
+def sinusoid(rank_bt: jax.Array, width: int) -> jax.Array:
+  """The Transformer's fixed encoding of a position: sin / cos of rank / 10000^(2i/width) [B, T, width]."""
+  half = (width + 1) // 2
+  freq = 1.0 / (10000.0 ** (jnp.arange(half, dtype=jnp.float32) * 2.0 / width))
+  angle = rank_bt[..., None].astype(jnp.float32) * freq
+  return jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], axis=-1)[..., :width]
+
+
+MAX_RANK = 255  # the learned table's last row: behaviours of rank >= 255 share it
+
+
+class RecencyPosition(nn.Module):
+  """P(rank_t) [B, T, E] for the real positions (0 at padding): a learned table [MAX_RANK + 1, E] or the
+  sinusoid."""
+  kind: str  # learned | sinusoidal
+
+  @nn.compact
+  def __call__(self, mask_bt: jax.Array, width: int) -> jax.Array:
+    rank_bt = recency_rank(mask_bt)
+    if self.kind == "learned":  # a fixed number of rows, so the parameters do not depend on data.max_len
+      table = self.param("table", nn.initializers.normal(0.05), (MAX_RANK + 1, width))
+      pos = jnp.take(table, jnp.minimum(rank_bt, MAX_RANK), axis=0)
+    else:
+      pos = sinusoid(rank_bt, width)
+    return jnp.where(mask_bt[..., None], pos, 0.0)
 
 
 class MIAN(nn.Module):
@@ -61,26 +114,41 @@ class MIAN(nn.Module):
     if g.user.shape[1]:
       r["e_u"] = g.user.mean(1)
     if self.use_ibim:
-      h_bte = g.behaviour
-      if cfg.ibim_encoder != "none":
-        h_bte = Encoder(cfg.ibim_layers, cfg.ibim_heads, cfg.ibim_ffn_mult, cfg.ibim_encoder == "pre_ln",
-                        name="ibim_encoder")(h_bte, mask_bt)
-      r["R_ibim"], attn["ibim"] = AdditivePool(name="ibim_pool")(_broadcast_concat(e_bi, h_bte), mask_bt)
+      r["R_ibim"], attn["ibim"] = self.ibim(e_bi, g.behaviour, mask_bt)
     if self.use_iuim and g.user.shape[1]:
       r["R_iuim"], attn["iuim"] = FieldwiseAdditivePool(name="iuim")(_broadcast_concat(e_bi, g.user))
     if self.use_icim and g.context.shape[1]:
       r["R_icim"], attn["icim"] = FieldwiseAdditivePool(name="icim")(_broadcast_concat(e_bi, g.context))
+    # The MLP input: [R_g;] then r with e_u / e_c unpooled (every field) when mlp_on_concat or without GIM.
+    pieces: list[tuple[str, jax.Array]] = []
     if self.use_gim:
       names = list(r)
       p_blg = jnp.stack([nn.Dense(cfg.gim_dim, name=f"gim_proj_{n}")(r[n]) for n in names], axis=1)
       s_bl = jnp.tanh(jnp.stack([nn.Dense(1, name=f"gim_score_{n}")(r[n])[:, 0] for n in names], axis=1))
       alpha_bl = jax.nn.softmax(s_bl.astype(jnp.float32), axis=-1)
       attn["gim"] = alpha_bl
-      r_g = jnp.einsum("bl,blg->bg", alpha_bl.astype(p_blg.dtype), p_blg)
-      x = r_g
-      if cfg.mlp_on_concat:  # every user / context field on its own, not pooled, so the MLP sees each
-        flat = [g.user.reshape(g.user.shape[0], -1), g.context.reshape(g.context.shape[0], -1)]
-        x = jnp.concatenate([r_g] + [r[n] for n in names if n not in ("e_u", "e_c")] + flat, axis=-1)
-    else:
-      x = jnp.concatenate(list(r.values()), axis=-1)
+      pieces.append(("R_g", jnp.einsum("bl,blg->bg", alpha_bl.astype(p_blg.dtype), p_blg)))
+    if cfg.mlp_on_concat or not self.use_gim:
+      b = e_bi.shape[0]
+      pieces += [(n, v) for n, v in r.items() if n not in ("e_u", "e_c")]
+      pieces += [(n, x.reshape(b, -1)) for n, x in (("e_u", g.user), ("e_c", g.context)) if x.shape[1]]
+    self.sow("intermediates", "mlp_input_names", tuple(n for n, _ in pieces),
+             init_fn=tuple, reduce_fn=lambda _, names: names)
+    x = jnp.concatenate([v for _, v in pieces], axis=-1)
+    self.sow("intermediates", "mlp_input", x)
     return MLP(cfg.mlp, cfg.dropout, name="mlp")(x, train), attn
+
+  def ibim(self, e_bi: jax.Array, e_bti: jax.Array, mask_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(R_ibim [B, 2Di], alpha [B, T]) from the candidate and the behaviours (see the module docstring)."""
+    cfg = self.cfg
+    h_bte = e_bti
+    if cfg.ibim_position != "none":
+      h_bte = h_bte + RecencyPosition(cfg.ibim_position, name="ibim_position")(mask_bt, h_bte.shape[-1]).astype(h_bte.dtype)
+    if cfg.ibim_encoder != "none":
+      h_bte = Encoder(cfg.ibim_layers, cfg.ibim_heads, cfg.ibim_ffn_mult, cfg.ibim_encoder == "pre_ln",
+                      name="ibim_encoder")(h_bte, mask_bt)
+    v_bte = _broadcast_concat(e_bi, h_bte)
+    if cfg.ibim_attention == "additive":
+      return AdditivePool(name="ibim_pool")(v_bte, mask_bt)
+    _, alpha_bt = TargetAttention(cfg.attention_mlp, normalise=True, name="ibim_target")(e_bi, h_bte, mask_bt)
+    return jnp.einsum("bt,bte->be", alpha_bt.astype(v_bte.dtype), v_bte), alpha_bt

@@ -145,7 +145,11 @@ def evaluate(eval_step, params, src: pipeline.Source, config: Config, mesh) -> d
     outs.append(partition.gather({"p": probs, "y": batch["label"], "u": batch[user_key], "w": batch["weight"]}))
   cat = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
   real = cat["w"] > 0
-  out = metrics_lib.evaluate(cat["y"][real], cat["p"][real], cat["u"][real])
+  try:
+    out = metrics_lib.evaluate(cat["y"][real], cat["p"][real], cat["u"][real])
+  except metrics_lib.NaNScores as e:
+    raise Diverged(f"the model's test predictions are not finite: {e}; lower train.learning_rate or check the "
+                   f"data (the checkpoints written so far are kept)") from None
   if mapped:  # this process's count (data.oov=map)
     out["mapped_values"] = mapped
   return out

@@ -1,4 +1,7 @@
-"""Training state, built from shapes: params = {'tables': embedding tables, 'dense': the network}.
+"""Training state, built from shapes: params = {'tables': embedding tables, 'dense': the network} and,
+for models with running statistics (Dice's moments in DIN / DIEN), 'batch_stats': the model's
+`batch_stats` collection. Those are not trained by the optimizer: each training step replaces them with
+the values the model wrote (see step.py); evaluation, prediction and export read them.
 
 The step lives in the state and the per-step RNG is folded from it, so a resumed run draws the same
 random numbers as an uninterrupted one without extra bookkeeping.
@@ -21,7 +24,7 @@ from mian_jax.schema import FeatureSchema
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # int32 []
-  params: dict[str, Any]  # {'tables': {name: [V, D]}, 'dense': flax params}
+  params: dict[str, Any]  # {'tables': {name: [V, D]}, 'dense': flax params[, 'batch_stats': running statistics]}
   opt_state: Any
   rng: jax.Array  # uint32 [2]: the run's base key; step keys are fold_in(rng, step)
 
@@ -46,11 +49,18 @@ def make_init(model: nn.Module, schema: FeatureSchema, embed_dim: int, tx, row_m
     tables = embedding.init_tables(k_tables, schema, embed_dim, linear=getattr(model, "linear_terms", False),
                                    row_multiple=row_multiple)
     groups = embedding.embed(tables, dummy_batch(schema), schema)
-    dense = model.init({"params": k_dense}, groups, False)["params"]
-    params = {"tables": tables, "dense": dense}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=k_run)
+    variables = model.init({"params": k_dense}, groups, False)
+    params = {"tables": tables, "dense": variables["params"]}
+    if variables.get("batch_stats"):
+      params["batch_stats"] = variables["batch_stats"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable(params)), rng=k_run)
 
   return init
+
+
+def trainable(params: dict[str, Any]) -> dict[str, Any]:
+  """The parameters the optimizer updates: the tables and the dense network (not running statistics)."""
+  return {"tables": params["tables"], "dense": params["dense"]}
 
 
 def num_params(params: dict[str, Any]) -> dict[str, int]:

@@ -16,14 +16,16 @@ import optax
 from mian_jax.layers import embedding
 from mian_jax.schema import FeatureSchema
 from mian_jax.train.optim import Optimizer
+from mian_jax.train import state as state_lib
 from mian_jax.train.state import TrainState
 
 
 def forward(model: nn.Module, schema: FeatureSchema, params: dict[str, Any], batch: dict[str, jax.Array],
             train: bool, rng: jax.Array | None = None, compute_dtype: str = "float32"
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(logit [B], extras) for a batch; extras may hold an `aux_loss` (DIEN) and attention weights.
-  With compute_dtype bfloat16 the embeddings and the dense parameters are cast to bf16 for the pass
+  """(logit [B], extras) for a batch; extras may hold an `aux_loss` (DIEN) and attention weights, and in
+  training, for models with running statistics (params['batch_stats']), their updated values under
+  `batch_stats`. With compute_dtype bfloat16 the embeddings and the dense parameters are cast to bf16 for the pass
   (the casts are differentiated, so the gradients reach the float32 parameters)."""
   groups = embedding.embed(params["tables"], batch, schema)
   dense = params["dense"]
@@ -32,7 +34,14 @@ def forward(model: nn.Module, schema: FeatureSchema, params: dict[str, Any], bat
     cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
     groups, dense = jax.tree.map(cast, groups), jax.tree.map(cast, dense)
   rngs = {"dropout": rng, "negatives": jax.random.fold_in(rng, 1)} if rng is not None else {}
-  logit, extras = model.apply({"params": dense}, groups, train, rngs=rngs)
+  variables = {"params": dense}
+  if "batch_stats" in params:
+    variables["batch_stats"] = params["batch_stats"]
+  if train and "batch_stats" in params:
+    (logit, extras), updated = model.apply(variables, groups, train, rngs=rngs, mutable=["batch_stats"])
+    extras = {**extras, "batch_stats": updated["batch_stats"]}
+  else:
+    logit, extras = model.apply(variables, groups, train, rngs=rngs)
   return logit.astype(jnp.float32), extras
 
 
@@ -48,12 +57,14 @@ def make_train_step(model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux
   loss is differentiated with respect to the unique rows the batch looks up, and only those rows (and
   their optimizer slots) are written; otherwise one optax update covers every parameter."""
 
-  def loss_of(params, batch, rng):
+  def loss_of(trained, stats, batch, rng):
+    """(loss, the running statistics the model wrote, or None) for the trainable params `trained`."""
+    params = {**trained, "batch_stats": stats} if stats is not None else trained
     logit, extras = forward(model, schema, params, batch, True, rng, compute_dtype)
     loss = weighted_bce(logit, batch["label"], batch["weight"])
     if "aux_loss" in extras:  # e.g. DIEN's interest-extractor loss, weighted by model.aux_loss_weight
       loss = loss + aux_weight * extras["aux_loss"].astype(jnp.float32)
-    return loss
+    return loss, extras.get("batch_stats")
 
   def finite_of(loss, grad_norm):
     return jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -61,19 +72,24 @@ def make_train_step(model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux
   def keep_if(finite, new, old):
     return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
 
+  def with_stats(params, stats):
+    """`params` with the running statistics the step wrote (none for models without them)."""
+    return params if stats is None else {**params, "batch_stats": stats}
+
   def dense_step(state: TrainState, batch, rng):
-    loss, grads = jax.value_and_grad(loss_of)(state.params, batch, rng)
+    trained, stats = state_lib.trainable(state.params), state.params.get("batch_stats")
+    (loss, new_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(trained, stats, batch, rng)
     norm = optax.global_norm(grads)
     finite = finite_of(loss, norm)
-    updates, opt_state = opt.dense.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)  # the select below fuses into the update
+    updates, opt_state = opt.dense.update(grads, state.opt_state, trained)
+    params = with_stats(optax.apply_updates(trained, updates), new_stats)  # the select fuses into the update
     return keep_if(finite, params, state.params), keep_if(finite, opt_state, state.opt_state), loss, norm, finite
 
   def sparse_step(state: TrainState, batch, rng):
     ids, rows, local = embedding.unique_rows(state.params["tables"], batch, schema)
-    dense = state.params["dense"]
-    loss, (g_dense, g_rows) = jax.value_and_grad(
-        lambda d, r: loss_of({"tables": r, "dense": d}, local, rng), argnums=(0, 1))(dense, rows)
+    dense, stats = state.params["dense"], state.params.get("batch_stats")
+    (loss, new_stats), (g_dense, g_rows) = jax.value_and_grad(
+        lambda d, r: loss_of({"tables": r, "dense": d}, stats, local, rng), argnums=(0, 1), has_aux=True)(dense, rows)
     norm = optax.global_norm((g_dense, g_rows))
     finite = finite_of(loss, norm)
     updates, dense_state = opt.dense.update(g_dense, state.opt_state["dense"], dense)
@@ -84,6 +100,8 @@ def make_train_step(model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux
     tables, table_state = opt.rows.update(state.params["tables"], state.opt_state["tables"], ids, g_rows,
                                           opt.lr(count), count)
     params = {"tables": tables, "dense": keep_if(finite, optax.apply_updates(dense, updates), dense)}
+    if stats is not None:
+      params["batch_stats"] = keep_if(finite, new_stats, stats)
     opt_state = {"dense": keep_if(finite, dense_state, state.opt_state["dense"]), "tables": table_state,
                  "count": jnp.where(finite, count + 1, count)}
     return params, opt_state, loss, norm, finite

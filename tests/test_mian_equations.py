@@ -1,0 +1,175 @@
+"""MIAN as a whole against numpy computations of its docstring's formulas (mian_jax/models/mian.py), on a
+tiny batch with hand-set weights: IBIM (recency position, encoder, [e_i; h_t] pooled additively or by the
+activation unit), GIM (weights and R_g), the Pre-LN and Post-LN blocks, and the MLP input of every
+ablation (MIAN's minus exactly the removed module's output)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mian_jax import models
+from mian_jax.config import ModelConfig
+from mian_jax.layers.embedding import Groups
+from mian_jax.layers.transformer import EncoderBlock
+from mian_jax.models.mian import GIM_INPUTS, MAX_RANK, gim_inputs
+
+B, T, D, J, K, HEADS = 4, 5, 3, 2, 3, 2
+DI = 2 * D  # two item fields
+LENGTHS = np.array([5, 2, 0, 3])
+MASK = np.arange(T)[None, :] < LENGTHS[:, None]
+
+
+def _groups(seed=0, user=J, context=K) -> Groups:
+  rng = np.random.default_rng(seed)
+  f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+  return Groups(item=f(B, DI), behaviour=f(B, T, DI) * MASK[..., None], mask=jnp.asarray(MASK),
+                user=f(B, user, D), context=f(B, context, D), behaviour_ids=jnp.zeros((B, T), jnp.int32),
+                linear=jnp.zeros((B, 0)))
+
+
+def _hand_set(params, seed=1):
+  """Every weight a random value (biases and LayerNorm included, so that every term is exercised)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape) * 0.5, jnp.float32), params)
+
+
+def _run(name="mian", g=None, given=None, **cfg):
+  """(model, params, MLP input pieces by name, attention weights, groups); `given` params replace the
+  hand-set ones where their names match."""
+  g = _groups() if g is None else g
+  model = models.get(name, ModelConfig(mlp=(7,), gim_dim=4, attention_mlp=(5,), ibim_heads=HEADS, **cfg))
+  params = _hand_set(model.init(jax.random.key(0), g, False)["params"])
+  params = {k: (given[k] if given and k in given and k != "mlp" else v) for k, v in params.items()}
+  variables = {"params": params}
+  (logit, attn), inter = model.apply(variables, g, False, mutable=["intermediates"])
+  names = inter["intermediates"]["mlp_input_names"]
+  x = np.asarray(inter["intermediates"]["mlp_input"][0])
+  widths = {"R_g": 4, "e_i": DI, "e_b": DI, "R_ibim": 2 * DI, "R_iuim": DI + D, "R_icim": DI + D,
+            "e_u": g.user.shape[1] * D, "e_c": g.context.shape[1] * D}
+  pieces, at = {}, 0
+  for n in names:
+    pieces[n] = x[:, at:at + widths[n]]
+    at += widths[n]
+  assert at == x.shape[1], (names, x.shape)
+  return model, jax.tree.map(np.asarray, variables["params"]), pieces, {k: np.asarray(v) for k, v in attn.items()}, g
+
+
+def _layer_norm(x, p, eps=1e-6):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def _softmax(s, axis=-1):
+  e = np.exp(s - s.max(axis, keepdims=True))
+  return e / e.sum(axis, keepdims=True)
+
+
+def _block(x, mask, p, pre_ln):
+  """One encoder block in numpy: multi-head attention over the real positions, ReLU FFN."""
+  def mha(h):
+    m = p["mha"]
+    q, k, v = (np.einsum("bte,ehd->bthd", h, m[n]["kernel"]) + m[n]["bias"] for n in ("query", "key", "value"))
+    s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    allowed = mask[:, None, :, None] & mask[:, None, None, :]
+    w = _softmax(np.where(allowed, s, -1e9))
+    o = np.einsum("bhqk,bkhd->bqhd", w, v)
+    return np.einsum("bqhd,hde->bqe", o, m["out"]["kernel"]) + m["out"]["bias"]
+
+  ffn = lambda h: np.maximum(h @ p["ffn_in"]["kernel"] + p["ffn_in"]["bias"], 0) @ p["ffn_out"]["kernel"] + p["ffn_out"]["bias"]
+  if pre_ln:
+    x = x + mha(_layer_norm(x, p["ln_attn"]))
+    x = x + ffn(_layer_norm(x, p["ln_ffn"]))
+  else:
+    x = _layer_norm(x + mha(x), p["ln_attn"])
+    x = _layer_norm(x + ffn(x), p["ln_ffn"])
+  return x * mask[..., None]
+
+
+@pytest.mark.parametrize("pre_ln", [True, False])
+def test_encoder_block_matches_its_formula(pre_ln):
+  x = np.random.default_rng(3).normal(size=(B, T, DI)).astype(np.float32)
+  block = EncoderBlock(HEADS, 2, pre_ln)
+  params = _hand_set(block.init(jax.random.key(0), jnp.asarray(x), jnp.asarray(MASK))["params"])
+  got = np.asarray(block.apply({"params": params}, jnp.asarray(x), jnp.asarray(MASK)))
+  want = _block(x, MASK, jax.tree.map(np.asarray, params), pre_ln)
+  np.testing.assert_allclose(got[MASK], want[MASK], rtol=1e-4, atol=1e-4)
+  assert np.all(got[~MASK] == 0)
+
+
+def _ibim_numpy(p, g, position, attention):
+  """R_ibim and alpha from the module docstring, in numpy (one Pre-LN block, then the final LayerNorm)."""
+  e_i, e_b = np.asarray(g.item), np.asarray(g.behaviour)
+  rank = np.where(MASK, LENGTHS[:, None] - 1 - np.arange(T)[None, :], 0)
+  x = e_b
+  if position == "learned":
+    x = x + np.where(MASK[..., None], p["ibim_position"]["table"][np.minimum(rank, MAX_RANK)], 0)
+  elif position == "sinusoidal":
+    i = np.arange((DI + 1) // 2)
+    angle = rank[..., None] / 10000.0 ** (2 * i / DI)
+    x = x + np.where(MASK[..., None], np.concatenate([np.sin(angle), np.cos(angle)], -1)[..., :DI], 0)
+  enc = p["ibim_encoder"]
+  h = _block(x, MASK, enc["block0"], True)
+  h = _layer_norm(h, enc["ln_final"]) * MASK[..., None]
+  v = np.concatenate([np.broadcast_to(e_i[:, None], h.shape), h], -1)  # V_t = [e_i; h_t]
+  if attention == "additive":
+    s = np.tanh(v @ p["ibim_pool"]["score"]["kernel"][:, 0] + p["ibim_pool"]["score"]["bias"][0])
+  else:
+    a = p["ibim_target"]
+    q = np.broadcast_to(e_i[:, None], h.shape)
+    z = np.concatenate([q, h, q - h, q * h], -1)
+    z = 1 / (1 + np.exp(-(z @ a["dense0"]["kernel"] + a["dense0"]["bias"])))
+    s = (z @ a["score"]["kernel"] + a["score"]["bias"])[..., 0]
+  alpha = np.where(MASK, _softmax(np.where(MASK, s, -1e9)), 0)
+  return (alpha[..., None] * v).sum(1), alpha
+
+
+@pytest.mark.parametrize("position", ["none", "learned", "sinusoidal"])
+@pytest.mark.parametrize("attention", ["additive", "target"])
+def test_ibim_pools_candidate_and_encoded_behaviours(position, attention):
+  _, p, pieces, attn, g = _run(ibim_position=position, ibim_attention=attention)
+  r_ibim, alpha = _ibim_numpy(p, g, position, attention)
+  np.testing.assert_allclose(attn["ibim"], alpha, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(pieces["R_ibim"], r_ibim, rtol=1e-4, atol=1e-4)
+  assert np.all(attn["ibim"][2] == 0) and np.all(pieces["R_ibim"][2] == 0)  # an empty history adds nothing
+  if position != "none":  # the position reaches the output: the same behaviours in another order differ
+    swapped = g.replace(behaviour=g.behaviour.at[0].set(g.behaviour[0, ::-1]))
+    _, _, other, _, _ = _run(g=swapped, ibim_position=position, ibim_attention=attention)
+    assert not np.allclose(other["R_ibim"][0], pieces["R_ibim"][0], atol=1e-4)
+
+
+def test_gim_weights_and_r_g_match_the_formula():
+  model, p, pieces, attn, g = _run(ibim_position="learned", ibim_attention="target")
+  r = {"e_i": pieces["e_i"], "e_b": pieces["e_b"], "e_c": np.asarray(g.context).mean(1),
+       "e_u": np.asarray(g.user).mean(1), "R_ibim": pieces["R_ibim"], "R_iuim": pieces["R_iuim"],
+       "R_icim": pieces["R_icim"]}
+  names = gim_inputs(model, J, K)
+  assert names == GIM_INPUTS
+  s = np.stack([np.tanh(r[n] @ p[f"gim_score_{n}"]["kernel"][:, 0] + p[f"gim_score_{n}"]["bias"][0]) for n in names], 1)
+  alpha = _softmax(s)
+  proj = np.stack([r[n] @ p[f"gim_proj_{n}"]["kernel"] + p[f"gim_proj_{n}"]["bias"] for n in names], 1)
+  np.testing.assert_allclose(attn["gim"], alpha, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(pieces["R_g"], (alpha[..., None] * proj).sum(1), rtol=1e-4, atol=1e-4)
+  # The e_b GIM reads is the masked mean of the behaviours; e_u / e_c reach the MLP unpooled.
+  e_b = np.asarray(g.behaviour).sum(1) / np.maximum(LENGTHS, 1)[:, None]
+  np.testing.assert_allclose(pieces["e_b"], e_b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(pieces["e_u"], np.asarray(g.user).reshape(B, -1), rtol=1e-6)
+  np.testing.assert_allclose(pieces["e_c"], np.asarray(g.context).reshape(B, -1), rtol=1e-6)
+
+
+def test_gim_reads_only_the_inputs_the_data_has():
+  model, _, pieces, attn, _ = _run(g=_groups(user=0, context=0))
+  assert gim_inputs(model, 0, 0) == ("e_i", "e_b", "R_ibim")
+  assert attn["gim"].shape == (B, 3) and "e_u" not in pieces and "e_c" not in pieces
+
+
+@pytest.mark.parametrize("name, removed", [("mian_no_ibim", "R_ibim"), ("mian_no_iuim", "R_iuim"),
+                                           ("mian_no_icim", "R_icim"), ("mian_no_gim", "R_g")])
+def test_each_ablation_mlp_input_is_mians_minus_the_module(name, removed):
+  _, p, full, _, _ = _run("mian")
+  _, _, ablated, _, _ = _run(name, given=p)  # the same weights wherever the ablation has them
+  assert list(ablated) == [n for n in full if n != removed]
+  for n, v in ablated.items():  # what the removed module does not feed is unchanged (GIM feeds only R_g)
+    if n != "R_g":
+      np.testing.assert_allclose(v, full[n], rtol=1e-6, atol=1e-6)
