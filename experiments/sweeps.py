@@ -26,6 +26,8 @@ def grid(axes: dict[str, Iterable[Any]]) -> list[dict[str, str]]:
 SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
     # The paper's Table 2: the seven baselines and MIAN.
     "paper_table": lambda: grid({"model.name": [*BASELINES, "mian"]}),
+    # The same eight models on real behaviour data (yelp, movielens; README "MIAN on real data").
+    "real_table": lambda: grid({"model.name": [*BASELINES, "mian"]}),
     # The paper's ablations: MIAN, each module removed, and the IBIM encoder variants.
     "ablations": lambda: grid({"model.name": ["mian", *ABLATIONS]})
                          + grid({"model.name": ["mian"], "model.ibim_encoder": ["post_ln", "none"]}),
@@ -40,6 +42,12 @@ SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
     "mian_vs_dien": lambda: [{"model.ibim_position": "none", "model.ibim_attention": "additive"},
                              {"model.ibim_position": "learned", "model.ibim_attention": "target"},
                              {"model.name": "dien"}],
+    # Probes of what MIAN's IBIM and MLP read (after mian_options): no encoder, summed behaviours, a Dice MLP.
+    "mian_probe": lambda: [{"model.ibim_attention": "target", "model.ibim_position": "none", **extra} for extra in (
+        {"model.ibim_encoder": "none"}, {"model.behaviour_pool": "sum"}, {"model.mlp_activation": "dice"})],
+    # MIAN with DIN's Dice MLP, with and without IBIM's encoder.
+    "mian_dice": lambda: [{"model.ibim_attention": "target", "model.ibim_position": "none", "model.mlp_activation": "dice",
+                           **extra} for extra in ({}, {"model.ibim_encoder": "none"})],
     # A minute-long check of a machine: two fast models, two seeds.
     "smoke": lambda: grid({"model.name": ["lr", "deepfm"], "train.seed": [0, 1]}),
 }

@@ -34,6 +34,14 @@ class DataConfig:
   test_days: int = 3
   min_positive_rating: int = 4  # movielens: a rating >= this is a positive (label 1)
   test_per_user: int = 1  # movielens: each user's last ratings held out as the test split
+  # Model selection (best checkpoint, --eval / --predict / --export, sweep tables, early stopping) on:
+  # holdout = a validation split carved from the training data before anything is fitted on it (per-user
+  # sequence data: each user's last training sample(s); commercial: the last training day; custom: the
+  # schema's `valid` files, else a seeded data.validation_fraction of the users); test = the test split
+  # (the BARS x1 protocol, to compare with published BARS / FuxiCTR numbers); none = no selection (the
+  # latest evaluation is the one reported).
+  validation: Literal["holdout", "test", "none"] = "holdout"
+  validation_fraction: float = 0.05  # custom data without `valid` files: the share of users held out
   max_bad_rows: int = 0  # converters: bad input rows skipped (counted, reported) before an error stops the run
   part_mb: float = 64.0  # converters: input MB per parallel part (one shard file per training part)
   schema: str = ""  # custom: the schema file (TOML) mapping the columns of the user's files to features
@@ -52,13 +60,17 @@ class ModelConfig:
   ibim_encoder: Literal["pre_ln", "post_ln", "none"] = "pre_ln"  # IBIM sequence encoder
   # Recency-rank position added to the behaviours before IBIM's encoder (0 = the most recent behaviour,
   # so the same for any history length; beside the behaviour-age embedding where the data has ages).
-  ibim_position: Literal["none", "learned", "sinusoidal"] = "learned"
+  ibim_position: Literal["none", "learned", "sinusoidal"] = "none"
   # IBIM's pooling score: additive = tanh(w.[e_i; h_t] + b) (the paper's formula); target = DIN's
   # activation unit on [e_i, h_t, e_i - h_t, e_i * h_t] (hidden widths model.attention_mlp), softmax over
   # the real positions. Either way R_ibim = sum_t alpha_t [e_i; h_t].
   ibim_attention: Literal["additive", "target"] = "target"
+  # How e_b (for GIM and the MLP) pools the behaviours: mean (over the real ones) or sum (as DIN / DIEN
+  # do; it keeps how many behaviours there are).
+  behaviour_pool: Literal["mean", "sum"] = "sum"
   gim_dim: int = 64  # GIM projects every r_l to this width before the weighted sum
-  mlp: tuple[int, ...] = (200, 80)  # prediction MLP hidden widths (ReLU)
+  mlp: tuple[int, ...] = (200, 80)  # prediction MLP hidden widths
+  mlp_activation: Literal["relu", "dice"] = "dice"  # mian: the MLP's hidden activation (Dice: DIN's, running moments)
   mlp_on_concat: bool = True  # feed [R_g; r_1..r_L] to the MLP (False = R_g only, the paper's literal form)
   dropout: float = 0.0  # dropout in the MLP (train only)
   # The zoo's own fields (each model reads only its own).
@@ -85,11 +97,13 @@ class TrainConfig:
   # softmaxes and the loss stay float32.
   compute_dtype: Literal["float32", "bfloat16"] = "float32"
   mesh: str = ""  # "" = data parallel over every device; "data=N,model=M": tables split by rows over `model`
-  eval_every: int = 0  # steps between test evaluations; 0 = once per epoch (and always at the end)
+  eval_every: int = 0  # steps between evaluations (validation and test); 0 = once per epoch (and at the end)
   checkpoint_every: int = 200  # steps between checkpoints (also at every eval and at the end)
   log_every: int = 50  # steps between training-metric fetches
-  keep_checkpoints: int = 3  # latest checkpoints kept (the best by test AUC is kept as well)
-  eval_batch_size: int = 4096
+  keep_checkpoints: int = 3  # latest checkpoints kept (the best by validation AUC is kept as well)
+  eval_batch_size: int = 4096  # rows per evaluation / prediction batch (global); scores do not depend on it
+  # Stop when the validation AUC has not improved for this many evaluations (0 = never stop early).
+  early_stop_patience: int = 0
   # Resume the data order from its beginning instead of the checkpoint's position (needed only when the
   # position cannot be mapped to this run's batch size; see pipeline.resume_from).
   reset_data_position: bool = False
@@ -207,6 +221,10 @@ def validate(config: Config) -> None:
       (0 <= t.seed < 2**31, "train.seed must be in 0..2^31-1"),
       (config.sweep.devices_per_trial >= 0, "sweep.devices_per_trial must be >= 0 (0 = automatic)"),
       (config.sweep.seeds >= 0, "sweep.seeds must be >= 0"),
+      (0.0 < d.validation_fraction < 1.0, "data.validation_fraction must be in (0, 1)"),
+      (t.early_stop_patience >= 0, "train.early_stop_patience must be >= 0 (0 = off)"),
+      (t.early_stop_patience == 0 or d.validation != "none",
+       "train.early_stop_patience needs a validation split; set data.validation=holdout or test"),
   ]
   for ok, message in checks:
     if not ok:

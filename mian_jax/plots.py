@@ -88,19 +88,24 @@ def sweep_auc(groups: list[dict], path: str | Path, title: str = "") -> Path:
 
 
 def training_curves(metrics_jsonl: str | Path, path: str | Path, title: str = "") -> Path:
-  """The run's curves from metrics.jsonl: training loss, and test AUC / logloss, by step."""
+  """The run's curves from metrics.jsonl: training loss, and validation / test AUC and logloss, by step."""
   import json
 
   events = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
   train = [e for e in events if e.get("split") == "train" and e.get("loss") is not None]
-  test = [e for e in events if e.get("split") == "test"]
+  evals = {split: [e for e in events if e.get("split") == split] for split in ("valid", "test")}
   fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-  panels = ((axes[0], train, "loss", "training loss"), (axes[1], test, "auc", "test AUC"),
-            (axes[2], test, "logloss", "test logloss"))
-  for ax, rows, key, label in panels:
-    ax.plot([e["step"] for e in rows], [e[key] for e in rows], "-o" if len(rows) < 30 else "-", markersize=3)
+  style = lambda rows: "-o" if len(rows) < 30 else "-"
+  axes[0].plot([e["step"] for e in train], [e["loss"] for e in train], style(train), markersize=3)
+  axes[0].set_title("training loss")
+  for ax, key in ((axes[1], "auc"), (axes[2], "logloss")):
+    for split, rows in evals.items():
+      if rows:
+        ax.plot([e["step"] for e in rows], [e[key] for e in rows], style(rows), markersize=3, label=split)
+    ax.set_title(f"{'AUC' if key == 'auc' else key} (validation and test)")
+    ax.legend(fontsize=8)
+  for ax in axes:
     ax.set_xlabel("step")
-    ax.set_title(label)
     ax.grid(alpha=0.3)
   if title:
     fig.suptitle(title)

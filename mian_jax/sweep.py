@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULT_KEYS = ("best_step", "step", "auc", "gauc", "logloss", "samples_per_s", "wall_s")
+RESULT_KEYS = ("best_step", "step", "valid_auc", "auc", "gauc", "logloss", "samples_per_s", "wall_s")
 EXIT_PREEMPTED = 75  # as mian_jax.train.loop.EXIT_PREEMPTED (not imported: this module does not load JAX)
 _TPU_BOUNDS = {1: "1,1,1", 2: "1,2,1", 4: "2,2,1"}
 

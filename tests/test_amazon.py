@@ -33,6 +33,18 @@ def samples(users: int = 60, seed: int = 0) -> list[tuple]:
   return out
 
 
+def growing_samples(users: int = 30) -> list[tuple]:
+  """(label, user, item, history) as DIN's build_dataset makes them: per user, samples whose history grows
+  by one behaviour each time, a positive and a negative each (the last pair is the validation holdout);
+  plus a user with a single pair (which stays in train)."""
+  rows = []
+  for u in range(users):
+    seq = [ITEMS[(u * 7 + k) % 40] for k in range(3 + u % 4)]
+    for t in range(1, len(seq)):
+      rows += [(1, f"U{u}", seq[t], seq[:t]), (0, f"U{u}", ITEMS[(u + t) % 40], seq[:t])]
+  return rows + [(1, "solo", ITEMS[1], [ITEMS[2]]), (0, "solo", ITEMS[3], [ITEMS[2]])]
+
+
 def dien_line(label, user, item, hist, cate=None) -> str:
   cats = [CATE.get(x, "catX") for x in hist]
   return f"{label}\t{user}\t{item}\t{cate or CATE.get(item, 'catX')}\t" + "\x02".join(hist) + "\t" + "\x02".join(cats) + "\n"
@@ -73,7 +85,7 @@ def test_dien_layout_vocabulary_oov_truncation_and_cache(tmp_path):
       counts[x] = counts.get(x, 0) + 1
   assert vocab["item"] == sorted(counts, key=lambda x: (-counts[x], x))
   assert st["vocabularies"] == {"item": len(counts), "cate": 5, "user": 60}
-  assert st["rows"] == {"train": len(rows) // 4 * 4, "test": 2} and st["dropped_train_rows"] == len(rows) % 4
+  assert st["rows"] == {"train": len(rows) // 4 * 4, "valid": 0, "test": 2} and st["dropped_train_rows"] == len(rows) % 4
   test = decode_split(d, meta, "test")  # test rows keep file order
   ids = {x: vocab["item"].index(x) + 1 for x in vocab["item"]}
   assert test["item_id"].tolist() == [ids[ITEMS[3]], 0] and test["user_id"].tolist() == [1 + vocab["user"].index("U0"), 0]
@@ -245,7 +257,7 @@ def test_books_experiment_trains_on_raw_dumps_through_launch(tmp_path):
 def test_yelp_experiment_trains_and_plots_gim_without_context_fields(tmp_path, monkeypatch):
   """The yelp experiment reads the BARS layout; its data has no context fields, so GIM has no e_c / R_icim
   and `--plot gim` draws the inputs MIAN has."""
-  folder = write_bars(tmp_path / "bars", samples(60), samples(20, seed=1))
+  folder = write_bars(tmp_path / "bars", growing_samples(), samples(20, seed=1))
   run = launch(tmp_path, "yelp:tiny", f"data.dir={folder}", "train.steps=6")
   assert run.returncode == 0, run.stderr
   plot = launch(tmp_path, "yelp:tiny", f"data.dir={folder}", "train.steps=6", extra=("--plot", "gim"))

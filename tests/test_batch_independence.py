@@ -1,6 +1,6 @@
 """A row's score does not depend on its batch mates: the same probability (float tolerance) alone, in a
 batch of 7 and in a batch of 4096, for every registered model, in-process (the eval step) and through
-an export loaded by mian_jax.serving. DIN / DIEN's Dice layers evaluate with their running moments
+an export loaded by mian_jax.serving. the Dice layers (DIN, DIEN, MIAN's default MLP) evaluate with their running moments
 (params['batch_stats'], set here to values far from their start so that they matter)."""
 
 import jax
@@ -47,7 +47,8 @@ def _params(name, config, schema):
 def test_a_rows_score_is_the_same_alone_and_in_any_batch(name, tiny_source, rows, tmp_path):
   config = experiments.get_config("commercial:tiny")
   model, params = _params(name, config, tiny_source.schema)
-  assert ("batch_stats" in params) == (name in ("din", "dien")), "only Dice keeps running statistics"
+  dice = name in ("din", "dien") or (name.startswith("mian") and config.model.mlp_activation == "dice")
+  assert ("batch_stats" in params) == dice, "only Dice keeps running statistics"
   eval_step = jax.jit(step_lib.make_eval_step(model, tiny_source.schema))
   scorer = serving.Scorer.load(export.write(model, tiny_source, params, tmp_path / "model", name, platforms=("cpu",)))
   for first in (0, 5):

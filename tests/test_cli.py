@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from experiments import sweeps
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,7 +29,7 @@ def test_help_lists_experiments_and_models():
     (["--experiment", "commercial", "--set", "model.ibim_encoder=lstm"], "must be one of pre_ln, post_ln, none"),
     (["--experiment", "commercial", "--set", "train.steps"], "expected KEY=VALUE"),
     (["--experiment", "commercial", "--set", "train.epochs=0"], "train.epochs must be >= 1"),
-    (["--experiment", "commercial", "--sweep", "nope"], "--sweep nope: unknown; valid: ablations, embed_dim, paper_table, smoke"),
+    (["--experiment", "commercial", "--sweep", "nope"], f"--sweep nope: unknown; valid: {', '.join(sweeps.names())}"),
 ])
 def test_user_mistakes_are_one_error_line(args, needle):
   out = _run(*args)

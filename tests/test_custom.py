@@ -119,7 +119,7 @@ def test_csv_columns_become_features_with_shared_vocab_order_numeric_and_oov(tmp
   mean, std = logs.mean(), logs.std()
   assert math.isclose(st["numeric_standardisation"]["price"]["mean"], mean)
   assert np.allclose(test["price"], [(np.log1p(5.0) - mean) / std, 0.0], atol=1e-6)
-  assert st["nonfinite_numeric"] == {"train": {"price": 2}, "test": {"price": 1}}
+  assert st["nonfinite_numeric"] == {"train": {"price": 2}, "valid": {"price": 0}, "test": {"price": 1}}
   train = decode_split(d, meta, "train")
   assert sorted(train["label"].tolist()) == [0, 0, 1, 1] and train["hist_len"].max() == 3  # a1|a2|a3|a4 cut to 3
   row = int(np.flatnonzero(train["hist_len"] == 3)[0])
@@ -215,7 +215,7 @@ separator = " "
 """)
   d, meta = custom.build(str(folder), str(schema), params(max_len=20, block_size=10), str(tmp_path / "cache"))
   st = meta["stats"]
-  assert st["rows"] == {"train": 100, "test": 100} and st["bad_rows"]["count"] == 0
+  assert st["rows"] == {"train": 100, "valid": 0, "test": 100} and st["bad_rows"]["count"] == 0
   assert st["oov"]["test"]["item"] == 0 and 0 < st["label_rate"]["test"] < 1
   assert meta["schema"]["user_key"] == "user_id"  # no user column: one user for all rows (gAUC = AUC)
   test = decode_split(d, meta, "test")

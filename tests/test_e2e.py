@@ -57,7 +57,7 @@ def test_tiny_run_trains_evaluates_and_checkpoints(tmp_path, data_root):
   # Run again: nothing left to train; it says it resumed and reports the same final metrics.
   again = _launch(tmp_path / "w", data_root)
   assert again.returncode == 0, again.stderr
-  assert "resumed from step 25" in again.stdout
+  assert "resumed from step 24" in again.stdout
   assert again.stdout.strip().splitlines()[-1] == last
   fresh = _launch(tmp_path / "w", data_root, "--fresh", "--set", "train.steps=5")
   assert fresh.returncode == 0 and "resumed" not in fresh.stdout

@@ -19,7 +19,7 @@ TIGHT = {"rtol": 1e-5, "atol": 1e-6}
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_root):
-  """(config, workdir, export dir) of a tiny MIAN run (1 epoch, 25 steps: the run test_e2e makes first, so
+  """(config, workdir, export dir) of a tiny MIAN run (1 epoch, 24 steps: the run test_e2e makes first, so
   that in the suite its programs come from the shared compilation cache), exported."""
   import experiments
   from mian_jax import export

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from helpers import plant
+from mian_jax.data import pipeline
 from test_e2e import _assert_same_params, _final_params, _launch
 
 RUN = ("--set", "train.steps=100", "--set", "train.checkpoint_every=2", "--set", "train.log_every=2",
@@ -108,14 +109,17 @@ def test_a_checkpoint_of_another_model_or_data_set_is_refused(tmp_path, data_roo
 def test_a_non_finite_step_stops_naming_its_records_or_is_skipped(tmp_path, data_root, tiny_source):
   def huge(block):
     block["activity"][:] = 3e38  # finite in the shard; overflows to inf inside the network
-  path = plant(tiny_source.directory, tmp_path / "data", "train", 3, huge)
-  # One epoch (25 steps of 256): the planted block is in exactly one batch.
-  sets = ("--set", f"data.dir={tmp_path / 'data'}", "--set", "train.steps=25", "--set", "train.checkpoint_every=4",
-          "--set", "train.eval_every=25")
+  # A block of shard 0 that one epoch reads (24 steps of 256 = 192 of the 195 blocks): in exactly one batch.
+  shard0 = tiny_source.meta["files"]["train"][0]
+  record = next(r for batch in range(24) for f, r in pipeline.batch_sources(tiny_source, 0, batch, 8)
+                if Path(f).name == shard0)
+  path = plant(tiny_source.directory, tmp_path / "data", "train", record, huge)
+  sets = ("--set", f"data.dir={tmp_path / 'data'}", "--set", "train.steps=24", "--set", "train.checkpoint_every=4",
+          "--set", "train.eval_every=24")
   stop = _launch(tmp_path / "stop", data_root, *sets)
   assert stop.returncode == 3, stop.stderr
   error = stop.stderr.strip().splitlines()[-1]
-  assert error.startswith("error: non-finite loss or gradients at step ") and f"{path.name} record 3" in error
+  assert error.startswith("error: non-finite loss or gradients at step ") and f"{path.name} record {record}" in error
   bad_step = int(error.split(" at step ")[1].split(" ")[0])
   kept = (bad_step - 1) // 4 * 4
   assert (f"the last checkpoint (step {kept}) is kept" if kept else "no checkpoint was written yet") in error

@@ -39,9 +39,10 @@ def _run(name="mian", g=None, given=None, **cfg):
   hand-set ones where their names match."""
   g = _groups() if g is None else g
   model = models.get(name, ModelConfig(mlp=(7,), gim_dim=4, attention_mlp=(5,), ibim_heads=HEADS, **cfg))
-  params = _hand_set(model.init(jax.random.key(0), g, False)["params"])
+  variables = model.init(jax.random.key(0), g, False)
+  params = _hand_set(variables["params"])
   params = {k: (given[k] if given and k in given and k != "mlp" else v) for k, v in params.items()}
-  variables = {"params": params}
+  variables = {**variables, "params": params}
   (logit, attn), inter = model.apply(variables, g, False, mutable=["intermediates"])
   names = inter["intermediates"]["mlp_input_names"]
   x = np.asarray(inter["intermediates"]["mlp_input"][0])
@@ -139,8 +140,9 @@ def test_ibim_pools_candidate_and_encoded_behaviours(position, attention):
     assert not np.allclose(other["R_ibim"][0], pieces["R_ibim"][0], atol=1e-4)
 
 
-def test_gim_weights_and_r_g_match_the_formula():
-  model, p, pieces, attn, g = _run(ibim_position="learned", ibim_attention="target")
+@pytest.mark.parametrize("pool", ["mean", "sum"])
+def test_gim_weights_and_r_g_match_the_formula(pool):
+  model, p, pieces, attn, g = _run(ibim_position="learned", ibim_attention="target", behaviour_pool=pool)
   r = {"e_i": pieces["e_i"], "e_b": pieces["e_b"], "e_c": np.asarray(g.context).mean(1),
        "e_u": np.asarray(g.user).mean(1), "R_ibim": pieces["R_ibim"], "R_iuim": pieces["R_iuim"],
        "R_icim": pieces["R_icim"]}
@@ -151,8 +153,8 @@ def test_gim_weights_and_r_g_match_the_formula():
   proj = np.stack([r[n] @ p[f"gim_proj_{n}"]["kernel"] + p[f"gim_proj_{n}"]["bias"] for n in names], 1)
   np.testing.assert_allclose(attn["gim"], alpha, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(pieces["R_g"], (alpha[..., None] * proj).sum(1), rtol=1e-4, atol=1e-4)
-  # The e_b GIM reads is the masked mean of the behaviours; e_u / e_c reach the MLP unpooled.
-  e_b = np.asarray(g.behaviour).sum(1) / np.maximum(LENGTHS, 1)[:, None]
+  # The e_b GIM reads is the masked mean (or sum) of the behaviours; e_u / e_c reach the MLP unpooled.
+  e_b = np.asarray(g.behaviour).sum(1) / (np.maximum(LENGTHS, 1)[:, None] if pool == "mean" else 1)
   np.testing.assert_allclose(pieces["e_b"], e_b, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(pieces["e_u"], np.asarray(g.user).reshape(B, -1), rtol=1e-6)
   np.testing.assert_allclose(pieces["e_c"], np.asarray(g.context).reshape(B, -1), rtol=1e-6)

@@ -92,7 +92,7 @@ def test_converter_order_history_split_labels_oov_context_and_cache(tmp_path):
   assert sorted(counts[1:].tolist()) == sorted(sum(1 for r in RATINGS if r[0] == u) for u in range(1, 5))
   st = meta["stats"]
   assert st["users"] == 4 and st["items"] == 11 and st["oov"]["test_candidate_items"] == 1
-  assert st["rows"] == {"train": n - 4, "test": 4} and set(st["history_length_percentiles"]) == {"50", "90", "99"}
+  assert st["rows"] == {"train": n - 4, "valid": 0, "test": 4} and set(st["history_length_percentiles"]) == {"50", "90", "99"}
   assert 0 <= st["share_candidates_unrelated_to_history"] <= 1
   assert json.loads((d1 / "vocab" / "item_id.json").read_text()) == list(range(1, 12))  # movie k has id k
   assert json.loads((d1 / "stats.json").read_text()) == st
@@ -137,7 +137,7 @@ def test_ml_1m_layout(tmp_path):
                                       "30::Café (1995)::Comedy|Drama\n40::Heat (1995)::Action|Crime\n".encode("latin-1"))
   assert movielens.find_layout(folder)[0] == "1m"
   d, meta = movielens.build(str(folder), _params(), str(tmp_path / "cache"))
-  assert d.name.startswith("movielens-1m-") and meta["stats"]["rows"] == {"train": 4, "test": 2}
+  assert d.name.startswith("movielens-1m-") and meta["stats"]["rows"] == {"train": 4, "valid": 0, "test": 2}
   raw = movielens.read_raw(*movielens.find_layout(folder))
   assert raw["movies"] == {10: "Animation", 20: "Adventure", 30: "Comedy", 40: "Action"}
   assert raw["users"][1][0] == 0 and raw["users"][2][0] == 6  # age codes 1 -> <18, 56 -> 56+
@@ -156,8 +156,9 @@ def test_real_movielens_100k(tmp_path, monkeypatch):
 
   src = data.open_source(DataConfig(source="movielens", dir=str(REAL), max_len=50, block_size=64))
   st = src.meta["stats"]
-  assert st["ratings"] == 100_000 and st["users"] == 943 and st["rows"]["test"] == 943
-  assert st["rows"]["train"] + st["rows"]["test"] + st["dropped_train_rows"] == 100_000
+  # data.validation=holdout (the default): each user's rating before its test rating is validation
+  assert st["ratings"] == 100_000 and st["users"] == 943 and st["rows"]["test"] == st["rows"]["valid"] == 943
+  assert st["rows"]["train"] + st["rows"]["valid"] + st["rows"]["test"] + st["dropped_train_rows"] == 100_000
   assert src.rows("train") % 64 == 0 and src.rows("test") == 943
   positives = sum(int(line.split("\t")[2]) >= 4 for line in (REAL / "u.data").read_text().splitlines())
   assert positives == 55_375  # ml-100k: 21,201 fours + 34,174 fives

@@ -22,10 +22,13 @@ def _commercial(cfg: DataConfig) -> "Source":
 
   if not 0 < cfg.scale <= 10:
     raise DataError(f"data.scale={cfg.scale} is out of range; use a value in (0, 10], 1.0 = full size")
+  valid_days = 1 if cfg.validation == "holdout" else 0
   params = commercial.Params(scale=cfg.scale, seed=cfg.seed, max_len=cfg.max_len, days=cfg.days,
-                             test_days=cfg.test_days, block_size=cfg.block_size, shard_samples=cfg.shard_samples)
-  if not 0 < cfg.test_days < cfg.days:
-    raise DataError(f"data.test_days={cfg.test_days} must be between 1 and data.days-1 ({cfg.days - 1})")
+                             test_days=cfg.test_days, block_size=cfg.block_size, shard_samples=cfg.shard_samples,
+                             valid_days=valid_days)
+  if not 0 < cfg.test_days < cfg.days - valid_days:
+    raise DataError(f"data.test_days={cfg.test_days} must be between 1 and {cfg.days - valid_days - 1} (data.days "
+                    f"minus {valid_days} validation day{'s' if valid_days != 1 else ''} minus one training day)")
   directory, meta = commercial.build(cfg.dir, params)
   return pipeline.Source(directory, _with_user_id(FeatureSchema.from_dict(meta["schema"]), cfg.embed_user_id), meta)
 
@@ -44,7 +47,8 @@ def _movielens(cfg: DataConfig) -> "Source":
   if not 1 <= cfg.min_positive_rating <= 5:
     raise DataError(f"data.min_positive_rating={cfg.min_positive_rating} must be in 1..5 (MovieLens stars)")
   params = movielens.Params(max_len=cfg.max_len, block_size=cfg.block_size, min_positive_rating=cfg.min_positive_rating,
-                            test_per_user=cfg.test_per_user, seed=cfg.seed)
+                            test_per_user=cfg.test_per_user, seed=cfg.seed,
+                            valid_per_user=cfg.test_per_user if cfg.validation == "holdout" else 0)
   directory, meta = movielens.build(cfg.dir, params)
   return pipeline.Source(directory, _with_user_id(FeatureSchema.from_dict(meta["schema"]), cfg.embed_user_id), meta)
 

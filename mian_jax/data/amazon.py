@@ -7,8 +7,8 @@
                (index v becomes id v + 1), otherwise the vocabularies are built from the training file.
   BARS layout  `train.csv`, `test.csv` (AmazonBooks_x1 / AmazonElectronics_x1 of the BARS benchmark):
                header `label,user_id,item_id,cate_id,item_history,cate_history` (more columns are
-               allowed and ignored), histories joined by '^'. A `valid.csv` is not used: this project
-               has train and test splits only.
+               allowed and ignored), histories joined by '^'. A `valid.csv` is not read: the validation
+               split is carved from train.csv (data.validation=holdout) or is the test split (=test).
   raw 2014     `reviews_<Category>_5.json` + `meta_<Category>.json` (the 2014 dumps of
                https://jmcauley.ucsd.edu/data/amazon/, one JSON object or Python-literal dict per line):
                `prepare` builds the DIEN layout first, as the DIEN reference does: an item's category
@@ -19,6 +19,8 @@
                user's last review (positive + negative) is the test split. (The reference's own
                split_by_user step instead sends a random tenth of the users' last reviews to test and
                trains on the other last reviews; the split here uses every earlier review for training.)
+Validation (data.validation=holdout): each user's last training sample (the rows with the user's longest
+history: the positive and its negative) is the validation split, when the user has other training rows.
 Features: candidate item id + category; behaviours the history's items + categories; user = the user
 id (embedded for these data sets, as DIEN does); no context fields (MIAN's ICIM has nothing to attend to
 and is left out). Id 0 is padding and OOV (a value not in the vocabulary).
@@ -248,7 +250,7 @@ def spec_for(layout: str, files: dict[str, Path], p: Params, cache_root: str) ->
     fmt = delimited.TextFormat("\t", DIEN_NAMES, header=False, quoting=False)
     columns, given = _columns(DIEN_NAMES, "\x02"), _given_vocabs(files, cache_root)
   return tabular.Spec(f"amazon-{layout}", columns, "user_id", p.max_len, p.block_size, p.seed, p.max_bad_rows, fmt,
-                      given)
+                      given, holdout="last" if p.holdout else "")
 
 
 def build(folder: str, p: Params, cache_root: str | None = None) -> tuple[Path, dict[str, Any]]:

@@ -81,6 +81,7 @@ class Params:
   test_days: int
   block_size: int
   shard_samples: int
+  valid_days: int = 0  # the last training days held out as the validation split (data.validation=holdout: 1)
 
   @property
   def num_users(self) -> int:
@@ -199,8 +200,9 @@ def _world(p: Params) -> World:
 def _split_sizes(p: Params, num_shards: int, index: int) -> dict[str, int]:
   per_shard = p.num_samples // num_shards + (index < p.num_samples % num_shards)
   test = round(per_shard * p.test_days / p.days)
-  train = (per_shard - test) // p.block_size * p.block_size  # whole blocks, so every train batch is full
-  return {"train": train, "test": test}
+  valid = round(per_shard * p.valid_days / p.days)
+  train = (per_shard - test - valid) // p.block_size * p.block_size  # whole blocks, so every train batch is full
+  return {"train": train, "valid": valid, "test": test}
 
 
 def _write_shard(p: Params, directory: Path, num_shards: int, index: int) -> dict[str, Any]:
@@ -208,9 +210,13 @@ def _write_shard(p: Params, directory: Path, num_shards: int, index: int) -> dic
   schema = make_schema(p.num_users, p.max_len)
   rng = np.random.default_rng([p.seed, index])
   sizes = _split_sizes(p, num_shards, index)
-  days = {"train": (0, p.days - p.test_days), "test": (p.days - p.test_days, p.days)}
+  first_held = p.days - p.test_days - p.valid_days
+  days = {"train": (0, first_held), "valid": (first_held, p.days - p.test_days), "test": (p.days - p.test_days, p.days)}
   out: dict[str, Any] = {"blocks": {}, "rows": {}, "clicks": {}, "unrelated": 0, "old_behaviours": 0, "behaviours": 0}
   for split in shards.SPLITS:
+    if not sizes[split]:  # no validation split: nothing drawn, so train and test are as without one
+      out["blocks"][split], out["rows"][split], out["clicks"][split] = [], 0, 0
+      continue
     cols = world.sample(rng, sizes[split], *days[split], p.max_len)
     starts = range(0, sizes[split], p.block_size)
     blocks = [records.encode_block(schema, {k: v[s:s + p.block_size] for k, v in cols.items()}) for s in starts]

@@ -2,6 +2,8 @@
 
     train = ["train-*.csv"]      # files or glob patterns, relative to data.dir (or absolute)
     test = ["test.csv"]
+    valid = ["valid.csv"]        # optional: the validation split (data.validation=holdout); without it a
+                                 # seeded data.validation_fraction of the users is held out of train
     format = "csv"               # csv | tsv | parquet (default: from the first file's extension)
     delimiter = ","              # csv: the field separator (default "," for csv, tab for tsv)
     header = true                # csv / tsv: the first line names the columns; false: give `names`
@@ -44,7 +46,7 @@ from mian_jax.data.errors import DataError
 
 GROUPS = ("item", "behaviour", "user", "context")
 KINDS = ("categorical", "numeric", "sequence")
-TOP_KEYS = {"train", "test", "format", "delimiter", "header", "names", "label", "user_key", "columns"}
+TOP_KEYS = {"train", "valid", "test", "format", "delimiter", "header", "names", "label", "user_key", "columns"}
 COLUMN_KEYS = {"group", "kind", "vocab", "separator", "order", "log1p"}
 
 
@@ -87,6 +89,8 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
     raise DataError(f"data.dir={folder} is not a folder; set data.dir to the folder holding your data files")
   inputs = {"train": _files(folder, doc.get("train"), path, "train"),
             "test": _files(folder, doc.get("test"), path, "test")}
+  if p.holdout and "valid" in doc:
+    inputs["valid"] = _files(folder, doc.get("valid"), path, "valid")
   fmt_name = doc.get("format") or Path(inputs["train"][0]).suffix.lstrip(".").lower()
   if fmt_name not in ("csv", "tsv", "txt", "parquet"):
     raise _fail(path, "format", f"{fmt_name!r} is not csv, tsv or parquet")
@@ -98,7 +102,7 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
     header = doc.get("header", True)
     if header:
       names = delimited.read_header(inputs["train"][0], delimiter)
-      for f in inputs["train"][1:] + inputs["test"]:
+      for f in inputs["train"][1:] + inputs.get("valid", []) + inputs["test"]:
         if delimited.read_header(f, delimiter) != names:
           raise DataError(f"{f} line 1: its header differs from {Path(inputs['train'][0]).name}'s")
     else:
@@ -163,8 +167,10 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
       raise _fail(path, f"columns.{c.source}.vocab", f"item column {c.source!r} has no behaviour sequence with "
                   f"vocab {c.vocab!r}; give one the same vocab, or make the column a context field")
   digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+  carve = p.holdout and "valid" not in inputs
   spec = tabular.Spec(f"custom-{path.stem}-{digest}", tuple(columns), user_key, p.max_len, p.block_size, p.seed,
-                      p.max_bad_rows, fmt)
+                      p.max_bad_rows, fmt, holdout="users" if carve else "",
+                      holdout_fraction=p.holdout_fraction if carve else 0.0)
   return spec, inputs
 
 

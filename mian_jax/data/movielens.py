@@ -16,9 +16,10 @@ One sample per rating, in time order per user:
               45-49, 50-55, 56+, as ml-1m codes it), gender, occupation, zip prefix (first character)
   context     hour and weekday of the rating (UTC)
   label       rating >= min_positive_rating
-Split: each user's last `test_per_user` ratings are the test split (at least one rating of every user
-stays in train), the rest train. Vocabularies (movies, genres, occupations, zip prefixes, genders,
-users) come from the training split; values unseen in training map to id 0 (padding / OOV).
+Split: each user's last `test_per_user` ratings are the test split, with data.validation=holdout the
+`valid_per_user` (= test_per_user) ratings before them the validation split (at least one rating of
+every user stays in train), the rest train. Vocabularies (movies, genres, occupations, zip prefixes,
+genders, users) come from the training split; values unseen in training map to id 0 (padding / OOV).
 Train rows are shuffled (seed `data.seed`) before being cut into whole blocks, so a batch mixes users;
 the remainder (< one block) is dropped. Test rows are written in user / time order.
 
@@ -62,6 +63,7 @@ class Params:
   min_positive_rating: int
   test_per_user: int
   seed: int
+  valid_per_user: int = 0  # each user's last training ratings held out as the validation split
 
 
 def find_layout(folder: str | os.PathLike) -> tuple[str, dict[str, Path]]:
@@ -167,8 +169,10 @@ def samples(raw: dict[str, Any], p: Params, vocabs: dict[str, dict[Any, int]] | 
   hist_end = np.searchsorted(key, key, side="left")  # strictly earlier ratings of the same user
   hist_full = hist_end - user_start
   from_end = user_end - 1 - np.arange(n)  # 0 = the user's last rating
-  test = from_end < np.minimum(p.test_per_user, user_end - user_start - 1)
-  train = ~test
+  last_train = user_end - user_start - 1  # a user's first rating always stays in train
+  test = from_end < np.minimum(p.test_per_user, last_train)
+  valid = ~test & (from_end < np.minimum(p.test_per_user + p.valid_per_user, last_train))
+  train = ~test & ~valid
   users, movies = raw["users"], raw["movies"]
   genre = [movies.get(int(i), "(none)") for i in item]
   profile = [users.get(int(u)) for u in user]
@@ -193,7 +197,7 @@ def samples(raw: dict[str, Any], p: Params, vocabs: dict[str, dict[Any, int]] | 
       "weekday": (time // 86400 + 3) % 7 + 1,  # 1970-01-01 was a Thursday; 1 = Monday .. 7 = Sunday
   }
   return {"cols": cols, "raw_item": item, "time": time, "user": user, "rating": rating, "hist_end": hist_end,
-          "hist_full": hist_full, "test": test, "vocabs": vocabs, "order": order}
+          "hist_full": hist_full, "test": test, "valid": valid, "train": train, "vocabs": vocabs, "order": order}
 
 
 def history(s: dict[str, Any], rows: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
@@ -240,7 +244,7 @@ def _converted(layout: str, files: tuple[tuple[str, str], ...], p: Params) -> di
 def _write_shard(layout: str, files: tuple, p: Params, directory: Path, index: int) -> dict[str, Any]:
   s = _converted(layout, files, p)
   schema = make_schema(s["vocabs"], p.max_len)
-  rows = {"train": np.flatnonzero(~s["test"]), "test": np.flatnonzero(s["test"])}
+  rows = {split: np.flatnonzero(s[split]) for split in shards.SPLITS}
   rng = np.random.default_rng([p.seed, 2718])
   rows["train"] = rng.permutation(rows["train"])
   rows["train"] = rows["train"][:len(rows["train"]) // p.block_size * p.block_size]  # whole blocks only
@@ -268,7 +272,7 @@ def _write_shard(layout: str, files: tuple, p: Params, directory: Path, index: i
       "layout": layout,
       "ratings": int(len(full)),
       "rows": out["rows"],
-      "dropped_train_rows": int((~s["test"]).sum() - len(rows["train"])),
+      "dropped_train_rows": int(s["train"].sum() - len(rows["train"])),
       "users": len(s["vocabs"]["user_id"]),
       "items": len(s["vocabs"]["item_id"]),
       "genres": len(s["vocabs"]["item_cate"]),

@@ -38,10 +38,10 @@ class Source:
   meta: dict[str, Any]
 
   def paths(self, split: str) -> list[str]:
-    return [str(self.directory / name) for name in self.meta["files"][split]]
+    return [str(self.directory / name) for name in self.meta["files"].get(split, [])]
 
   def blocks(self, split: str) -> list[int]:
-    return self.meta["blocks"][split]
+    return self.meta["blocks"].get(split, [])  # data sets without a validation split have no "valid"
 
   def rows(self, split: str) -> int:
     return sum(self.blocks(split))

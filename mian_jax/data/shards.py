@@ -27,7 +27,7 @@ from tqdm import tqdm
 from mian_jax.data.errors import DataError
 from mian_jax.schema import FeatureSchema
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "valid", "test")  # valid is empty unless data.validation=holdout
 
 
 def dataset_dir(root: str | os.PathLike, name: str, params: dict[str, Any]) -> Path:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -49,6 +50,8 @@ class Options:
   max_bad_rows: int
   part_bytes: int
   embed_user_id: bool
+  holdout: bool = False  # carve a validation split from the training files (data.validation=holdout)
+  holdout_fraction: float = 0.05  # where the split is a share of the users (data.validation_fraction)
 
   @classmethod
   def from_config(cls, cfg) -> "Options":
@@ -57,7 +60,7 @@ class Options:
     if cfg.part_mb <= 0:
       raise DataError(f"data.part_mb={cfg.part_mb} must be > 0")
     return cls(cfg.max_len, cfg.block_size, cfg.seed, cfg.max_bad_rows, max(1, int(cfg.part_mb * (1 << 20))),
-               cfg.embed_user_id)
+               cfg.embed_user_id, cfg.validation == "holdout", cfg.validation_fraction)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +86,12 @@ class Spec:
   max_bad_rows: int
   fmt: delimited.TextFormat | None  # None: Parquet
   given_vocabs: tuple[tuple[str, str], ...] = ()  # (vocab, JSON file of values in id order) used as is
+  # The validation split carved from the training files: "" = none (or given as `valid` files); "last" =
+  # each user's last training sample(s): the rows with the user's longest history (the positive and its
+  # negatives share it), when the user has other training rows; "users" = a seeded `holdout_fraction` of
+  # the users (of the rows, for data without a user column).
+  holdout: str = ""
+  holdout_fraction: float = 0.0
 
   def features(self, kind: str | None = None) -> list[Column]:
     return [c for c in self.columns if c.kind != "label" and (kind is None or c.kind == kind)]
@@ -90,6 +99,10 @@ class Spec:
   @property
   def label(self) -> Column:
     return next(c for c in self.columns if c.kind == "label")
+
+  @property
+  def user_column(self) -> Column:
+    return next(c for c in self.columns if c.feature == self.user_key)
 
   def vocabs(self) -> list[str]:
     return sorted({c.vocab for c in self.columns if c.kind in ("categorical", "sequence")})
@@ -216,17 +229,101 @@ def chunks(spec: Spec, part: delimited.Part, bad: delimited.BadRows) -> Iterable
     yield chunk
 
 
+# ------------------------------------------------------------------------------------ holdout
+
+
+@dataclasses.dataclass(frozen=True)
+class Held:
+  """Spec.holdout "last": the users whose last training sample(s) are held out, with that sample's
+  (uncapped) history length; sorted by user."""
+  users: tuple[str, ...] = ()
+  lengths: tuple[int, ...] = ()
+
+
+def _take(chunk: delimited.Chunk, keep: np.ndarray) -> delimited.Chunk:
+  return chunk if keep.all() else delimited.Chunk(chunk.table.take(pa.array(np.flatnonzero(keep))),
+                                                  chunk.lines[keep], chunk.path)
+
+
+def _history_lengths(spec: Spec, chunk: delimited.Chunk) -> np.ndarray:
+  seq = spec.features("sequence")[0]
+  return _lengths(_tokens(_column(chunk, seq.source), seq.separator))
+
+
+def last_counts(spec: Spec, part: delimited.Part) -> dict[str, tuple[int, int, int]]:
+  """Pass 0 of one training part: user -> (longest history, rows with it, rows)."""
+  out: dict[str, tuple[int, int, int]] = {}
+  for chunk in chunks(spec, part, delimited.BadRows(spec.max_bad_rows)):
+    users = np.asarray(_strings(_column(chunk, spec.user_column.source)).to_pylist(), object)
+    full = _history_lengths(spec, chunk)
+    uniq, inverse = np.unique(users, return_inverse=True)
+    longest = np.full(len(uniq), -1, np.int64)
+    np.maximum.at(longest, inverse, full)
+    at_max = np.bincount(inverse[full == longest[inverse]], minlength=len(uniq))
+    rows = np.bincount(inverse, minlength=len(uniq))
+    for u, m, a, n in zip(uniq.tolist(), longest.tolist(), at_max.tolist(), rows.tolist()):
+      out[u] = _merge_last(out.get(u), (m, a, n))
+  return out
+
+
+def _merge_last(a: tuple[int, int, int] | None, b: tuple[int, int, int]) -> tuple[int, int, int]:
+  if a is None:
+    return b
+  if a[0] == b[0]:
+    return a[0], a[1] + b[1], a[2] + b[2]
+  top = a if a[0] > b[0] else b
+  return top[0], top[1], a[2] + b[2]
+
+
+def merge_held(results: list[dict[str, tuple[int, int, int]]]) -> Held:
+  """The users with rows besides their last sample(s), and that sample's history length."""
+  total: dict[str, tuple[int, int, int]] = {}
+  for r in results:
+    for u, counts in r.items():
+      total[u] = _merge_last(total.get(u), counts)
+  held = sorted((u, m) for u, (m, at_max, rows) in total.items() if at_max < rows)
+  return Held(tuple(u for u, _ in held), tuple(m for _, m in held))
+
+
+def _share(keys: list[str], seed: int) -> np.ndarray:
+  """A stable pseudo-random number in [0, 1) per key (seeded BLAKE2b), the same on every machine."""
+  return np.asarray([int.from_bytes(hashlib.blake2b(f"{seed}\x00{k}".encode(), digest_size=8).digest(), "little")
+                     for k in keys], np.float64) / 2.0 ** 64
+
+
+def held_out(spec: Spec, chunk: delimited.Chunk, held: Held | None) -> np.ndarray:
+  """Which rows of a training-file chunk belong to the validation split (all False without a holdout)."""
+  n = chunk.table.num_rows
+  if spec.holdout == "last":
+    users = _strings(_column(chunk, spec.user_column.source))
+    index = np.asarray(pc.fill_null(pc.index_in(users, value_set=pa.array(held.users, pa.string())), -1), np.int64)
+    lengths = np.asarray(held.lengths + (-1,), np.int64)  # index -1 reads the -1 that no length equals
+    return (index >= 0) & (_history_lengths(spec, chunk) == lengths[index])
+  if spec.holdout == "users":
+    if not spec.user_column.source:  # one user: hold out a share of the rows instead
+      return _share([f"{Path(chunk.path).name}:{line}" for line in chunk.lines.tolist()], spec.seed) < spec.holdout_fraction
+    users = _strings(_column(chunk, spec.user_column.source))
+    uniq = pc.unique(users)
+    chosen = uniq.filter(pa.array(_share(uniq.to_pylist(), spec.seed) < spec.holdout_fraction))
+    return np.asarray(pc.fill_null(pc.is_in(users, value_set=chosen), False))
+  return np.zeros(n, bool)
+
+
 # ----------------------------------------------------------------------------------------- pass 1
 
 
-def count_part(spec: Spec, part: delimited.Part) -> dict[str, Any]:
-  """Value counts per vocabulary and numeric sums of one training part."""
+def count_part(spec: Spec, part: delimited.Part, held: Held | None = None, full: Spec | None = None) -> dict[str, Any]:
+  """Value counts per vocabulary and numeric sums of `spec`'s columns in one training part; its
+  validation rows are left out (nothing is fitted on them). `full`: the data set's whole spec, when
+  `spec` is a subset of its columns (rows are read and held out by the whole spec)."""
+  full = full or spec
   counts: dict[str, dict[str, int]] = {v: {} for v in spec.vocabs()}
   sums = {c.feature: [0, 0.0, 0.0] for c in spec.features("numeric")}
   rows = 0
   bad = delimited.BadRows(spec.max_bad_rows)
   unit = "row" if spec.fmt is None else "line"
-  for chunk in chunks(spec, part, bad):
+  for chunk in chunks(full, part, bad):
+    chunk = _take(chunk, ~held_out(full, chunk, held))
     rows += chunk.table.num_rows
     for c in spec.features():
       if c.kind == "numeric":
@@ -360,8 +457,9 @@ def _related(spec: Spec, cols: dict[str, np.ndarray]) -> tuple[int, int]:
 
 
 def write_shard(spec: Spec, plan: list[dict[str, list[delimited.Part]]], directory: Path,
-                numeric: dict[str, tuple], index: int) -> dict[str, Any]:
-  """Shard `index`: its parts of every split -> ids -> blocks; returns the shard's statistics."""
+                numeric: dict[str, tuple], index: int, held: Held | None = None) -> dict[str, Any]:
+  """Shard `index`: its parts of every split -> ids -> blocks; returns the shard's statistics. With a
+  holdout, the validation split is the held-out rows of the shard's training parts."""
   vocabs = _vocab_arrays(str(directory), tuple(spec.vocabs()))
   bad = delimited.BadRows(spec.max_bad_rows)
   schema = schema_of(spec, {k: len(v) for k, v in vocabs.items()}, True)
@@ -372,8 +470,12 @@ def write_shard(spec: Spec, plan: list[dict[str, list[delimited.Part]]], directo
     acc: dict[str, list] = {k: [] for k in ["label", "_hist_full", "_lines"] + [c.feature for c in spec.features()]}
     acc.update({f"_oov:{c.feature}": [] for c in spec.features() if c.kind != "numeric"})
     acc.update({f"_nonfinite:{c.feature}": [] for c in spec.features("numeric")})
-    for part in plan[index].get(split, []):
-      for chunk in chunks(spec, part, bad):
+    carved = spec.holdout and split in ("train", "valid")
+    for part in plan[index].get("train" if carved else split, []):
+      for chunk in chunks(spec, part, bad if split != "valid" or not carved else delimited.BadRows(spec.max_bad_rows)):
+        if carved:
+          mask = held_out(spec, chunk, held)
+          chunk = _take(chunk, mask if split == "valid" else ~mask)
         _encode_chunk(spec, chunk, vocabs, numeric, bad, acc)
     cols = _stack(acc, spec)
     n = len(cols["label"])
@@ -474,10 +576,14 @@ def build(spec: Spec, inputs: dict[str, list[str]], cache_root: str, part_bytes:
              for s in shards.SPLITS}
     if not parts["train"]:
       raise DataError(f"{', '.join(inputs['train'])}: no training rows")
+    held = None
+    if spec.holdout == "last":
+      held = merge_held(shards.parallel_map(functools.partial(last_counts, spec), parts["train"],
+                                            desc=f"{desc}: each user's last training sample"))
     given = dict(spec.given_vocabs)
     numeric_spec = dataclasses.replace(spec, columns=tuple(c for c in spec.columns
                                                            if c.kind in ("label", "numeric") or c.vocab not in given))
-    counted = shards.parallel_map(functools.partial(count_part, numeric_spec), parts["train"],
+    counted = shards.parallel_map(functools.partial(count_part, numeric_spec, held=held, full=spec), parts["train"],
                                   desc=f"{desc}: vocabularies")
     vocabs, numeric = merge_counts(counted, numeric_spec)
     for v, path in given.items():
@@ -491,7 +597,7 @@ def build(spec: Spec, inputs: dict[str, list[str]], cache_root: str, part_bytes:
     schema = schema_of(spec, {k: len(v) for k, v in vocabs.items()}, True)
     plan = plan_shards(parts)
     meta = shards.build(directory, schema, params, len(plan),
-                        functools.partial(write_shard, spec, plan, directory, numeric),
+                        functools.partial(write_shard, spec, plan, directory, numeric, held=held),
                         lambda stats: summarize(spec, vocabs, numeric, stats), desc=f"{desc}: shards")
   schema = schema_of(spec, meta["stats"]["vocabularies"], embed_user_id)
   return directory, {**meta, "schema": schema.to_dict()}
@@ -512,7 +618,7 @@ def encode_records(trained: Path, files: list[str], cache_root: str, part_bytes:
   meta = shards.load_meta(Path(trained))
   if meta is None or "spec" not in meta.get("params", {}):
     raise DataError(f"{trained}: not a data set converted from files (no spec in its meta.json)")
-  spec = dataclasses.replace(Spec.from_dict(meta["params"]["spec"]), max_bad_rows=0)
+  spec = dataclasses.replace(Spec.from_dict(meta["params"]["spec"]), max_bad_rows=0, holdout="")
   numeric = {k: (v["mean"], v["std"]) for k, v in meta["stats"]["numeric_standardisation"].items()}
   params = {"converter": VERSION, "encoded_with": Path(trained).name, "inputs": stamp(files), "part_bytes": part_bytes}
   directory = shards.dataset_dir(cache_root, f"{spec.name}-records", params)

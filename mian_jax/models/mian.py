@@ -16,11 +16,11 @@ IUIM  V_j = [e_i; e_u^j]; alpha_j = softmax_j(tanh(V_j W_j + b_j)), W_j per fiel
       R_iuim = sum_j alpha_j V_j                                                            [B, Di+D]
 ICIM  the same over the context fields                                                      [B, Di+D]
 GIM   r = [e_i; e_c; e_b; e_u; R_ibim; R_iuim; R_icim] with e_b, e_u, e_c pooled first (masked mean
-      over behaviours, mean over fields); inputs the data lacks (no user / context fields) are left out.
+      over behaviours, or their sum with model.behaviour_pool=sum; mean over fields); inputs the data lacks (no user / context fields) are left out.
       The paper sums vectors of different widths; here every r_l is projected to width G by its own
       linear map P_l, scored on r_l with its own (W_l, b_l):
       R_g = sum_l softmax_l(tanh(r_l W_l + b_l)) (r_l P_l + c_l)                            [B, G]
-MLP   on R_g -> click logit [B]. With mlp_on_concat (default) the MLP reads [R_g; r] with e_u and e_c
+MLP   on R_g -> click logit [B] (ReLU hidden layers, or DIN's Dice with model.mlp_activation=dice). With mlp_on_concat (default) the MLP reads [R_g; r] with e_u and e_c
       unpooled (every field's vector), the paper's "as an option, on r concatenated".
 
 Ablations switch modules off, and the MLP input is MIAN's minus exactly that module's output: without
@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from mian_jax.config import ModelConfig
 from mian_jax.layers.attention import AdditivePool, FieldwiseAdditivePool
 from mian_jax.layers.embedding import Groups
+from mian_jax.layers.dice import DiceMLP
 from mian_jax.layers.mlp import MLP
 from mian_jax.layers.target_attention import TargetAttention
 from mian_jax.layers.transformer import Encoder
@@ -107,8 +108,8 @@ class MIAN(nn.Module):
     mask_bt = g.mask
     e_bi = g.item
     attn: dict[str, jax.Array] = {}
-    count_bt = jnp.maximum(mask_bt.sum(1, keepdims=True), 1)
-    r = {"e_i": e_bi, "e_b": g.behaviour.sum(1) / count_bt}
+    count_b1 = jnp.maximum(mask_bt.sum(1, keepdims=True), 1) if cfg.behaviour_pool == "mean" else 1
+    r = {"e_i": e_bi, "e_b": g.behaviour.sum(1) / count_b1}
     if g.context.shape[1]:
       r["e_c"] = g.context.mean(1)
     if g.user.shape[1]:
@@ -136,7 +137,8 @@ class MIAN(nn.Module):
              init_fn=tuple, reduce_fn=lambda _, names: names)
     x = jnp.concatenate([v for _, v in pieces], axis=-1)
     self.sow("intermediates", "mlp_input", x)
-    return MLP(cfg.mlp, cfg.dropout, name="mlp")(x, train), attn
+    tower = DiceMLP if cfg.mlp_activation == "dice" else MLP
+    return tower(cfg.mlp, cfg.dropout, name="mlp")(x, train), attn
 
   def ibim(self, e_bi: jax.Array, e_bti: jax.Array, mask_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(R_ibim [B, 2Di], alpha [B, T]) from the candidate and the behaviours (see the module docstring)."""

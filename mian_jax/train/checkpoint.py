@@ -2,8 +2,8 @@
 the config, saved together as one step directory, atomically (Orbax writes to a temporary directory and
 renames it when complete; a half-written one is never restored and is cleaned up on the next start).
 
-Kept: the latest `keep` checkpoints and the best by test AUC (checkpoints saved at an evaluation carry
-its metrics).
+Kept: the latest `keep` checkpoints and the best by the selection metric (the validation AUC; checkpoints
+saved at an evaluation carry its metrics).
 
 Restoring places every array with the shardings of the current run, so a checkpoint written on N
 devices restores on M. Embedding tables padded for another `model` axis (rows rounded up to its size)
@@ -47,7 +47,9 @@ def _name(path) -> str:
 
 
 def _auc(metrics: dict[str, float]) -> float:
-  return float(metrics["auc"])
+  """What the best checkpoint is chosen by: `select` (the validation AUC, see loop.evaluate_splits); an
+  older checkpoint's test `auc`."""
+  return float(metrics["select"] if "select" in metrics else metrics["auc"])
 
 
 class Checkpoints:

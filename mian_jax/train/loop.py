@@ -79,7 +79,7 @@ class _Interrupts:
 
 class _Log:
   """metrics.jsonl (one JSON object per event) and TensorBoard scalars (`<workdir>/tensorboard`, tags
-  `train/...` and `test/...`), written by process 0 only. On resume, metrics.jsonl drops the events a
+  `train/...`, `valid/...` and `test/...`), written by process 0 only. On resume, metrics.jsonl drops the events a
   killed run logged after its last checkpoint; TensorBoard shows those steps twice until it reloads."""
 
   def __init__(self, workdir: Path, resume_step: int):
@@ -130,11 +130,11 @@ def resolve_scale(config: Config, quiet: bool = False) -> None:
 make_optimizer = optim.make_optimizer  # kept here: tests and tools build the trainer from loop's pieces
 
 
-def evaluate(eval_step, params, src: pipeline.Source, config: Config, mesh) -> dict[str, float]:
-  """Exact AUC / gAUC / logloss over the whole test split (every row once, padding rows dropped)."""
+def evaluate(eval_step, params, src: pipeline.Source, config: Config, mesh, split: str = "test") -> dict[str, float]:
+  """Exact AUC / gAUC / logloss over a whole split (every row once, padding rows dropped)."""
   rows = partition.per_process_batch(config.train.eval_batch_size, mesh)
   mapped: dict[str, int] = {}
-  num, batches = pipeline.eval_batches(src, "test", rows_per_process=rows, max_len=config.data.max_len,
+  num, batches = pipeline.eval_batches(src, split, rows_per_process=rows, max_len=config.data.max_len,
                                        process_index=jax.process_index(), process_count=jax.process_count(),
                                        oov=config.data.oov, mapped=mapped)
   user_key = src.schema.user_key
@@ -148,7 +148,7 @@ def evaluate(eval_step, params, src: pipeline.Source, config: Config, mesh) -> d
   try:
     out = metrics_lib.evaluate(cat["y"][real], cat["p"][real], cat["u"][real])
   except metrics_lib.NaNScores as e:
-    raise Diverged(f"the model's test predictions are not finite: {e}; lower train.learning_rate or check the "
+    raise Diverged(f"the model's {split} predictions are not finite: {e}; lower train.learning_rate or check the "
                    f"data (the checkpoints written so far are kept)") from None
   if mapped:  # this process's count (data.oov=map)
     out["mapped_values"] = mapped
@@ -170,6 +170,32 @@ def make_mesh(config: Config):
     return partition.make_mesh(spec=config.train.mesh)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+
+
+METRICS = ("auc", "gauc", "logloss")
+SELECTED_ON = {"holdout": "valid", "test": "test", "none": None}  # data.validation -> the split that selects
+
+
+def evaluate_splits(eval_step, params, src: pipeline.Source, config: Config, mesh, step: int
+                    ) -> tuple[dict[str, dict[str, float]], float]:
+  """({split: metrics} for the validation split (data.validation=holdout) and the test split, the value
+  the best checkpoint is chosen by): the validation AUC, the test AUC (validation=test) or the step
+  (validation=none: the latest evaluation is the one reported). An undefined AUC (a split with one
+  class) selects nothing: -1."""
+  on = SELECTED_ON[config.data.validation]
+  splits = ("valid", "test") if on == "valid" else ("test",)
+  evals = {split: evaluate(eval_step, params, src, config, mesh, split) for split in splits}
+  if on is None:
+    return evals, float(step)
+  value = evals[on]["auc"]
+  return evals, -1.0 if np.isnan(value) else value
+
+
+def _evals_since_best(events: list[dict[str, Any]], split: str) -> int:
+  """Evaluations of `split` since its best AUC (0: the latest is the best)."""
+  aucs = [e["auc"] for e in events if e.get("split") == split and e.get("auc") is not None]
+  aucs = [-1.0 if np.isnan(a) else a for a in aucs]
+  return len(aucs) - 1 - int(np.argmax(aucs)) if aucs else 0
 
 
 def restore_best(config: Config, workdir: str | Path, with_step: bool = False):
@@ -240,6 +266,9 @@ def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str,
   # ---------------------------------------------------------------- data
   resolve_scale(config)
   src = _open_source_once(config)
+  if config.data.validation == "holdout" and src.rows("valid") == 0:
+    raise TrainingError(f"data.validation=holdout, but {src.directory} has no validation rows (no user has a "
+                        f"training sample besides its last one); set data.validation=test or none")
   mesh = make_mesh(config)
   batch_local = partition.per_process_batch(config.train.batch_size, mesh)
   per_epoch = pipeline.steps_per_epoch(src, batch_local, jax.process_count())
@@ -283,7 +312,7 @@ def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str,
   log = _Log(workdir, start)
   n_params = state_lib.num_params(shapes.params)
   _say(f"{config.model.name}: {n_params['tables']:,} embedding + {n_params['dense']:,} dense parameters; "
-       f"{src.rows('train'):,} train / {src.rows('test'):,} test samples; {total} steps of {config.train.batch_size} "
+       f"{src.rows('train'):,} train / {src.rows('valid'):,} validation / {src.rows('test'):,} test samples; {total} steps of {config.train.batch_size} "
        f"on {mesh.devices.size} device(s)")
 
   def save(step: int, metrics: dict[str, float] | None = None) -> None:
@@ -301,11 +330,23 @@ def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str,
     shown = ", ".join(f"{Path(f).name} record {r}" for f, r in where[:8]) + (" ..." if len(where) > 8 else "")
     return f"data batch {index}: {shown}"
 
+  selected_on = SELECTED_ON[config.data.validation]
+  patience = config.train.early_stop_patience
+
+  def evaluate_and_save(at_step: int) -> dict[str, dict[str, float]]:
+    """Evaluates the validation and test splits, logs them and saves a checkpoint carrying them."""
+    evals, select = evaluate_splits(eval_step, state.params, src, config, mesh, at_step)
+    for split, m in evals.items():
+      log.write({"step": at_step, "split": split, **m})
+    _say(f"step {at_step}: " + " | ".join(f"{split} auc={m['auc']:.4f} gauc={m['gauc']:.4f} logloss={m['logloss']:.4f}"
+                                          for split, m in evals.items()))
+    save(at_step, {"select": select, **{f"{split}_{k}": evals[split][k] for split in evals for k in METRICS}})
+    return evals
+
   # ---------------------------------------------------------------- loop
   pending: list[dict[str, jax.Array]] = []
   rates: list[float] = []
   skipped: list[int] = []
-  last: dict[str, Any] = {}
   t_log, step = time.perf_counter(), start
   bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not lead or None, dynamic_ncols=True)
 
@@ -350,10 +391,11 @@ def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str,
           or interrupts.signal is not None:
         flush()  # before any save: a checkpoint is written only after its steps were checked
       if evaluating:
-        last = {"step": step, "split": "test", **evaluate(eval_step, state.params, src, config, mesh)}
-        log.write(last)
-        _say(f"step {step}: test auc={last['auc']:.4f} gauc={last['gauc']:.4f} logloss={last['logloss']:.4f}")
-        save(step, {k: last[k] for k in ("auc", "gauc", "logloss")})
+        evaluate_and_save(step)
+        if patience and _evals_since_best(_events(log.path), selected_on) >= patience and step < total:
+          _say(f"early stop at step {step}: {selected_on} auc has not improved for {patience} evaluations "
+               f"(train.early_stop_patience)")
+          break
       elif step % config.train.checkpoint_every == 0:
         save(step)
       if interrupts.signal is not None:
@@ -364,34 +406,44 @@ def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str,
              f"{workdir / 'checkpoints'}; run the same command again to resume")
         raise SystemExit(EXIT_PREEMPTED)
   bar.close()
-  if not last or last["step"] != step:  # resumed after the final step: evaluate what was restored
-    last = {"step": step, "split": "test", **evaluate(eval_step, state.params, src, config, mesh)}
-  save(step, {k: last[k] for k in ("auc", "gauc", "logloss")})
+  events = _events(log.path)
+  if not any(e["split"] == "test" and e["step"] == step for e in events):  # resumed after the final step
+    evaluate_and_save(step)
+    events = _events(log.path)
+  best = ckpt.best_step()
+  at_best = {e["split"]: e for e in events if e["step"] == best and e["split"] in ("valid", "test")}
+  if "test" not in at_best:  # metrics.jsonl lost the best step's lines: report the latest evaluation
+    best = max(e["step"] for e in events if e["split"] == "test")
+    at_best = {e["split"]: e for e in events if e["step"] == best and e["split"] in ("valid", "test")}
+  final = {k: at_best["test"][k] for k in METRICS}
   bad_values = data_it.bad_values()
-  result = {**last, "best_step": ckpt.best_step(), "bayes_auc": src.meta["stats"].get("bayes_auc"),
+  result = {"step": step, "split": "test", **final, "best_step": best, "selected_on": selected_on,
+            **({f"valid_{k}": at_best["valid"][k] for k in METRICS} if "valid" in at_best else {}),
+            "bayes_auc": src.meta["stats"].get("bayes_auc"),
             "samples_per_s": float(np.median(rates)) if rates else None,
             "wall_s": time.perf_counter() - t_start, "workdir": str(workdir), "skipped_steps": len(skipped),
-            "mapped_values": {"train": bad_values, "test": last.get("mapped_values", {})}}
+            "mapped_values": {"train": bad_values, "test": at_best["test"].get("mapped_values", {})}}
   if lead:  # a finished run: sweeps skip it, summaries read it
     (workdir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     from mian_jax import plots
 
     curves = plots.training_curves(log.path, workdir / "curves.png", title=f"{config.experiment} / {config.model.name}")
   log.close()
-  best = ckpt.best_step()
   ckpt.close()
   if lead:
-    best_auc = [e for e in _events(log.path) if e["split"] == "test" and e["step"] == best]
-    _say(f"best checkpoint: step {best}" + (f" (test auc={best_auc[-1]['auc']:.4f})" if best_auc else "")
-         + f" in {workdir / 'checkpoints' / str(best)}")
+    _say(f"best checkpoint: step {best} in {workdir / 'checkpoints' / str(best)}")
     _say(f"curves: {curves}; TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
   if skipped:
     _say(f"skipped {len(skipped)} step(s) with a non-finite loss or gradients (train.on_nonfinite=skip_batch)")
-  for where, counts in (("training data", bad_values), ("test data", last.get("mapped_values"))):
+  for where, counts in (("training data", bad_values), ("test data", result["mapped_values"]["test"])):
     if counts:
       _say(f"read as OOV id 0 / 0.0 in the {where} (data.oov=map): "
            + ", ".join(f"{n:,} {what}" for what, n in sorted(counts.items())))
-  line = f"final test auc={last['auc']:.4f} gauc={last['gauc']:.4f} logloss={last['logloss']:.4f}"
+  line = f"final test auc={final['auc']:.4f} gauc={final['gauc']:.4f} logloss={final['logloss']:.4f}"
+  if selected_on is None:
+    line += f" (latest evaluation, step {best}; data.validation=none)"
+  else:
+    line += f" (best {selected_on} auc={at_best[selected_on]['auc']:.4f} at step {best})"
   if result["bayes_auc"] is not None:
     line += f" (bayes auc={result['bayes_auc']:.4f})"
   _say(line)
