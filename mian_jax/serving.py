@@ -6,8 +6,8 @@
 
 No model code, Flax, or training code is imported: the function is `jax.export`'s serialized
 StableHLO, called with the parameters from `params.npz` (put on the device once) and a batch of any
-size >= 1 (each new size compiles once; every row is scored independently of its batch mates: DIN /
-DIEN's Dice layers use the running moments exported with the parameters).
+size >= 1 (each new size compiles once; every row is scored independently of its batch mates: Dice
+layers (DIN, DIEN, MIAN's default MLP) use the running moments exported with the parameters).
 
 Decisions:
 - `score_ids` takes a dict of arrays holding at least the manifest's inputs (more keys, e.g. `label`,
