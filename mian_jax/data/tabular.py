@@ -153,6 +153,12 @@ def _lengths(lists: pa.Array) -> np.ndarray:
   return np.asarray(pc.fill_null(pc.list_value_length(lists), 0), np.int64)
 
 
+def _take(chunk: delimited.Chunk, keep: np.ndarray) -> delimited.Chunk:
+  """The chunk's rows where `keep` is True."""
+  return chunk if keep.all() else delimited.Chunk(chunk.table.take(pa.array(np.flatnonzero(keep))),
+                                                  chunk.lines[keep], chunk.path)
+
+
 def validate(chunk: delimited.Chunk, spec: Spec, bad: delimited.BadRows) -> delimited.Chunk:
   """Drops (or raises on) rows with a label other than 0/1 or sequences of unequal lengths."""
   unit = "row" if spec.fmt is None else "line"
@@ -180,10 +186,7 @@ def validate(chunk: delimited.Chunk, spec: Spec, bad: delimited.BadRows) -> deli
         bad.add(chunk.path, int(chunk.lines[i]), f"{c.source} has {lengths[c.source][i]} entries but {first} has "
                 f"{lengths[first][i]}; the behaviour sequences must line up", unit)
       keep &= lengths[c.source] == lengths[first]
-  if keep.all():
-    return chunk
-  index = pa.array(np.flatnonzero(keep))
-  return delimited.Chunk(chunk.table.take(index), chunk.lines[keep], chunk.path)
+  return _take(chunk, keep)
 
 
 def _numeric(chunk: delimited.Chunk, c: Column, bad: delimited.BadRows, unit: str) -> tuple[np.ndarray, np.ndarray]:
@@ -224,9 +227,7 @@ def chunks(spec: Spec, part: delimited.Part, bad: delimited.BadRows) -> Iterable
     keep = np.ones(chunk.table.num_rows, bool)
     for c in spec.features("numeric"):
       keep &= _numeric(chunk, c, bad, unit)[1]
-    if not keep.all():
-      chunk = delimited.Chunk(chunk.table.take(pa.array(np.flatnonzero(keep))), chunk.lines[keep], chunk.path)
-    yield chunk
+    yield _take(chunk, keep)
 
 
 # ------------------------------------------------------------------------------------ holdout
@@ -238,11 +239,6 @@ class Held:
   (uncapped) history length; sorted by user."""
   users: tuple[str, ...] = ()
   lengths: tuple[int, ...] = ()
-
-
-def _take(chunk: delimited.Chunk, keep: np.ndarray) -> delimited.Chunk:
-  return chunk if keep.all() else delimited.Chunk(chunk.table.take(pa.array(np.flatnonzero(keep))),
-                                                  chunk.lines[keep], chunk.path)
 
 
 def _history_lengths(spec: Spec, chunk: delimited.Chunk) -> np.ndarray:
@@ -472,7 +468,8 @@ def write_shard(spec: Spec, plan: list[dict[str, list[delimited.Part]]], directo
     acc.update({f"_nonfinite:{c.feature}": [] for c in spec.features("numeric")})
     carved = spec.holdout and split in ("train", "valid")
     for part in plan[index].get("train" if carved else split, []):
-      for chunk in chunks(spec, part, bad if split != "valid" or not carved else delimited.BadRows(spec.max_bad_rows)):
+      # the training parts are read twice when carving: count their bad rows on the train pass only
+      for chunk in chunks(spec, part, delimited.BadRows(spec.max_bad_rows) if carved and split == "valid" else bad):
         if carved:
           mask = held_out(spec, chunk, held)
           chunk = _take(chunk, mask if split == "valid" else ~mask)
