@@ -57,10 +57,13 @@ def make_train_step(model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux
   loss is differentiated with respect to the unique rows the batch looks up, and only those rows (and
   their optimizer slots) are written; otherwise one optax update covers every parameter."""
 
+  def with_stats(params, stats):
+    """`params` with the running statistics the step wrote (none for models without them)."""
+    return params if stats is None else {**params, "batch_stats": stats}
+
   def loss_of(trained, stats, batch, rng):
     """(loss, the running statistics the model wrote, or None) for the trainable params `trained`."""
-    params = {**trained, "batch_stats": stats} if stats is not None else trained
-    logit, extras = forward(model, schema, params, batch, True, rng, compute_dtype)
+    logit, extras = forward(model, schema, with_stats(trained, stats), batch, True, rng, compute_dtype)
     loss = weighted_bce(logit, batch["label"], batch["weight"])
     if "aux_loss" in extras:  # e.g. DIEN's interest-extractor loss, weighted by model.aux_loss_weight
       loss = loss + aux_weight * extras["aux_loss"].astype(jnp.float32)
@@ -71,10 +74,6 @@ def make_train_step(model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux
 
   def keep_if(finite, new, old):
     return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-
-  def with_stats(params, stats):
-    """`params` with the running statistics the step wrote (none for models without them)."""
-    return params if stats is None else {**params, "batch_stats": stats}
 
   def dense_step(state: TrainState, batch, rng):
     trained, stats = state_lib.trainable(state.params), state.params.get("batch_stats")
