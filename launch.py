@@ -15,7 +15,8 @@ import sys
 
 # Exit codes (README "When things go wrong"): 0 done; 1 a sweep with failed trials; 2 an `error:` line
 # about the input, the configuration or the workdir; 3 diverged (non-finite loss, train.on_nonfinite=stop);
-# 75 interrupted by SIGTERM / Ctrl-C after saving a checkpoint (rerun to resume); 130 a second Ctrl-C.
+# 75 interrupted by SIGTERM / Ctrl-C in any phase, with what was finished kept (rerun to resume); 130 a
+# second Ctrl-C.
 EXIT_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_KILLED = 2, 3, 75, 130
 
 
@@ -29,7 +30,8 @@ def _parser(experiment_names: list[str], model_names: list[str], sweep_names: li
   p.add_argument("--model", help="model name (overrides model.name)")
   p.add_argument("--workdir", help="run directory (default runs/<experiment>/<model>)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.batch_size=512")
-  p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints in the workdir and start over")
+  p.add_argument("--fresh", action="store_true", help="start over: the workdir's earlier checkpoints and logs are moved to "
+                                                          "<workdir>/previous-<time>/ (nothing is deleted)")
   p.add_argument("--sweep", metavar="NAME", help="run a sweep (experiments/sweeps.py): one process per trial, in parallel on disjoint device groups "
                       "(sweep.devices_per_trial), then results.csv / .md / .png")
   p.add_argument("--plot", choices=["gim"], help="draw from the run's best checkpoint instead of training (gim: Figure 6)")
@@ -37,7 +39,8 @@ def _parser(experiment_names: list[str], model_names: list[str], sweep_names: li
   p.add_argument("--predict", metavar="PATH", help="score every record of PATH (a data set folder, or files in the "
                                                   "experiment's layout) with the best checkpoint, in input order; "
                                                   "needs --out")
-  p.add_argument("--out", metavar="FILE", help="--predict: the CSV to write (row, probability)")
+  p.add_argument("--out", metavar="FILE", help="--predict: the CSV to write (row, user, probability); an existing FILE is "
+                                                "replaced only when it is an earlier --predict output")
   p.add_argument("--export", metavar="DIR", help="write the best checkpoint's inference function (jax.export, any "
                                                  "batch size) with its schema and vocabularies to DIR (mian_jax.serving)")
   p.add_argument("--coordinator", metavar="HOST:PORT",
@@ -49,13 +52,28 @@ def _parser(experiment_names: list[str], model_names: list[str], sweep_names: li
 
 
 def main(argv: list[str] | None = None) -> int:
+  from mian_jax import interrupts
+
+  previous = interrupts.install()  # from here on SIGTERM / Ctrl-C stop every phase cleanly (exit 75)
+  try:
+    return _main(argv)
+  except interrupts.Interrupted as e:
+    sys.stdout.flush()
+    print(f"error: stopped by {e.name} while {e.during}; finished data shards and checkpoints are kept (unfinished "
+          f"ones are redone); run the same command again to go on", file=sys.stderr, flush=True)
+    return EXIT_PREEMPTED
+  finally:
+    interrupts.restore(previous)
+
+
+def _main(argv: list[str] | None) -> int:
   import absl.logging
 
   absl.logging.set_verbosity(absl.logging.ERROR)  # Orbax's info / warning chatter
   logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # a failed checkpoint write's stray futures
   import experiments
   from experiments import sweeps
-  from mian_jax import models
+  from mian_jax import files, interrupts, models
   from mian_jax.config import ConfigError, apply_overrides
 
   args = _parser(experiments.names(), models.names(), sweeps.names()).parse_args(argv)
@@ -92,20 +110,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
       if args.plot == "gim":
         from mian_jax import plots
-        weights, columns = plots.gim_weights(config, workdir)
-        path = plots.gim_heatmap(weights, f"{workdir}/gim_attention.png", columns)
+        with interrupts.phase("drawing the GIM weights (nothing is written until they are drawn)"):
+          weights, columns = plots.gim_weights(config, workdir)
+          path = plots.gim_heatmap(weights, f"{workdir}/gim_attention.png", columns)
         print(f"wrote {path}")
       elif args.eval:
         from mian_jax import predict
-        step, m = predict.evaluate_best(config, workdir)
-        print(f"final test auc={m['auc']:.4f} gauc={m['gauc']:.4f} logloss={m['logloss']:.4f} (checkpoint step {step})")
+        with interrupts.phase("evaluating (nothing is written)"):
+          step, m = predict.evaluate_best(config, workdir)
+        f = loop.fmt
+        print(f"final test auc={f(m['auc'])} gauc={f(m['gauc'])} logloss={f(m['logloss'])} (checkpoint step {step})")
       elif args.predict:
         from mian_jax import predict
-        n = predict.predict(config, workdir, args.predict, args.out)
+        with interrupts.phase(f"predicting ({args.out} is written only when complete)"):
+          n = predict.predict(config, workdir, args.predict, args.out)
         print(f"wrote {n:,} probabilities to {args.out}")
       elif args.export:
         from mian_jax import export
-        print(f"exported to {export.export(config, workdir, args.export)}")
+        with interrupts.phase(f"exporting ({args.export} is written only when complete)"):
+          out = export.export(config, workdir, args.export)
+        print(f"exported to {out}")
       else:
         loop.train_and_evaluate(config, workdir, fresh=args.fresh)
     except loop.Diverged as e:
@@ -117,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
       sys.stdout.flush()
       print(f"error: {e}", file=sys.__stderr__, flush=True)
       os._exit(EXIT_ERROR)
-    except (DataError, RecordError, loop.TrainingError) as e:
+    except (DataError, RecordError, loop.TrainingError, files.NotOurs, files.Damaged) as e:
       raise ConfigError(str(e)) from None
     except OSError as e:  # e.g. a full disk or a read-only directory while writing logs or results
       where = f" {e.filename}" if e.filename else ""
@@ -126,10 +150,6 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_ERROR
-  except KeyboardInterrupt:  # Ctrl-C before the trainer took over the signals (e.g. while building data)
-    print("error: stopped by Ctrl-C before training started; rerun to go on (finished data shards are kept)",
-          file=sys.stderr)
-    return EXIT_KILLED
   return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from typing import Any, Literal
 
@@ -18,13 +19,30 @@ class ConfigError(ValueError):
   """A user mistake in the configuration; the message is one line saying what and how to fix it."""
 
 
+# Size limits (`validate`): far above any real CTR run, low enough that a typo (an extra digit or
+# three) is an error line instead of a multi-terabyte allocation or a run that cannot fit anywhere.
+MAX_LEN = 100_000  # data.max_len: behaviours kept per sample
+MAX_BATCH = 1 << 24  # train.batch_size, train.eval_batch_size: 16,777,216 samples
+# One batch's history: batch x data.max_len entries per sequence feature (int32 ids; the embedded
+# sequence is model.embed_dim times larger). 2^28 = 268,435,456 entries = 1 GiB of ids per sequence
+# feature, for the training and the evaluation batch alike.
+MAX_BATCH_ENTRIES = 1 << 28
+MAX_EMBED_DIM = 4096  # model.embed_dim
+MAX_WIDTH = 65536  # every other layer width (model.gim_dim, model.mlp, model.cin_layers, ...)
+MAX_LAYERS = 64  # stacked layers (model.ibim_layers, model.cross_layers, entries of model.mlp, ...)
+
+
 @dataclasses.dataclass
 class DataConfig:
   source: str = "commercial"  # which data set (mian_jax.data.SOURCES)
   dir: str = "data_cache"  # where generated / converted shards are cached (keyed by their parameters)
   scale: float = -1.0  # commercial data: 1.0 = 36M samples / 2.16M users; -1 = 1.0 with an accelerator, 0.01 on CPU
-  max_len: int = 50  # behaviours kept per sample (the most recent ones)
-  block_size: int = 128  # samples per ArrayRecord record; the per-process batch must be a multiple
+  # Behaviours kept per sample (the most recent ones): 1..MAX_LEN (100,000), and train.batch_size x max_len
+  # and train.eval_batch_size x max_len at most MAX_BATCH_ENTRIES (2^28) history entries per batch.
+  max_len: int = 50
+  # Samples per ArrayRecord record (1..65536); train.batch_size must be a multiple of it (per process:
+  # see check_batch).
+  block_size: int = 128
   shard_samples: int = 262144  # samples per shard file (rounded to whole blocks)
   workers: int = 0  # grain worker processes for decoding; 0 = decode in a background thread
   prefetch: int = 4  # batches prefetched ahead of the step
@@ -53,7 +71,7 @@ class DataConfig:
 @dataclasses.dataclass
 class ModelConfig:
   name: str = "mian"  # a name from the model registry (`python launch.py --help` lists them)
-  embed_dim: int = 18  # width D of every embedding table (DIN/DIEN reference default)
+  embed_dim: int = 18  # width D of every embedding table (DIN/DIEN reference default); 1..MAX_EMBED_DIM (4096)
   ibim_layers: int = 1  # Pre-LN Transformer blocks over the behaviours
   ibim_heads: int = 2  # attention heads; the behaviour width must divide by it
   ibim_ffn_mult: int = 2  # FFN hidden width = mult x behaviour width
@@ -83,7 +101,9 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-  batch_size: int = 1024  # global batch (all processes and devices together)
+  # Global batch (all processes and devices together): 1..MAX_BATCH (2^24), a multiple of data.block_size x
+  # processes that splits evenly over the devices (check_batch), batch x data.max_len <= 2^28.
+  batch_size: int = 1024
   steps: int = 0  # optimisation steps; 0 = run `epochs` epochs
   epochs: int = 2
   seed: int = 0  # parameter init, data order and dropout
@@ -101,7 +121,9 @@ class TrainConfig:
   checkpoint_every: int = 200  # steps between checkpoints (also at every eval and at the end)
   log_every: int = 50  # steps between training-metric fetches
   keep_checkpoints: int = 3  # latest checkpoints kept (the best by validation AUC is kept as well)
-  eval_batch_size: int = 4096  # rows per evaluation / prediction batch (global); scores do not depend on it
+  # Rows per evaluation / prediction batch (global; scores do not depend on it): 1..MAX_BATCH (2^24), and
+  # eval_batch_size x data.max_len <= 2^28.
+  eval_batch_size: int = 4096
   # Stop when the validation AUC has not improved for this many evaluations (0 = never stop early).
   early_stop_patience: int = 0
   # Resume the data order from its beginning instead of the checkpoint's position (needed only when the
@@ -203,8 +225,80 @@ def apply_overrides(config: Config, assignments: list[str]) -> Config:
   return config
 
 
+def check_batch(batch_size: int, block_size: int, devices: int = 1, processes: int = 1) -> None:
+  """ConfigError unless the global batch `batch_size` (train.batch_size) can be read and split: every
+  process reads whole records of `block_size` samples (the data's block size, data.block_size), so the
+  batch must be a multiple of block_size x processes, and it must split evenly over all `devices`.
+  The valid batch sizes are the multiples of lcm(block_size x processes, devices)."""
+  if block_size < 1 or devices < 1 or processes < 1:
+    raise ValueError(f"check_batch: block_size={block_size}, devices={devices}, processes={processes} must be >= 1")
+  unit = math.lcm(block_size * processes, devices)
+  if batch_size >= 1 and batch_size % unit == 0:
+    return
+  why = [f"every process reads whole records of data.block_size={block_size} samples"]
+  if processes > 1:
+    why[0] += f" ({processes} processes: {block_size * processes} samples per batch at least)"
+  if devices > 1:
+    why.append(f"the batch splits evenly over {devices} devices")
+  if batch_size < unit:
+    examples = f"{unit}, {2 * unit}, {4 * unit}"
+  else:  # the multiples either side of it
+    examples = f"{batch_size // unit * unit} or {(batch_size // unit + 1) * unit}"
+  raise ConfigError(f"train.batch_size={batch_size} must be a multiple of {unit}: {' and '.join(why)}; use "
+                    f"{examples}, or change data.block_size (the data is then converted again)")
+
+
+def _bounds(key: str, value: Any, low: float, high: float, unit: str = "") -> str | None:
+  """The message for `value` of `key` outside [low, high] (or not finite), else None."""
+  if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
+    return f"{key}={value} is out of range: it must be in {low:,}..{high:,}{unit}"
+  return None
+
+
+def _sizes(config: Config) -> str | None:
+  """The first size beyond its limit (MAX_* above), as a message naming the key and the limit."""
+  d, t, m = config.data, config.train, config.model
+  for key, value, low, high, unit in (
+      ("data.max_len", d.max_len, 1, MAX_LEN, " behaviours per sample"),
+      ("train.batch_size", t.batch_size, 1, MAX_BATCH, " samples"),
+      ("train.eval_batch_size", t.eval_batch_size, 1, MAX_BATCH, " samples"),
+      ("model.embed_dim", m.embed_dim, 1, MAX_EMBED_DIM, ""),
+      ("model.gim_dim", m.gim_dim, 1, MAX_WIDTH, ""),
+      ("model.gru_dim", m.gru_dim, 0, MAX_WIDTH, " (0 = the behaviour width)"),
+      ("model.ibim_layers", m.ibim_layers, 0, MAX_LAYERS, ""),
+      ("model.ibim_heads", m.ibim_heads, 1, MAX_WIDTH, ""),
+      ("model.ibim_ffn_mult", m.ibim_ffn_mult, 1, MAX_LAYERS, ""),
+      ("model.cross_layers", m.cross_layers, 0, MAX_LAYERS, ""),
+      ("data.shard_samples", d.shard_samples, 1, 1 << 31, ""),
+      ("data.workers", d.workers, 0, 1024, ""),
+      ("data.prefetch", d.prefetch, 0, 1024, ""),
+      ("train.keep_checkpoints", t.keep_checkpoints, 1, 1 << 20, ""),
+  ):
+    message = _bounds(key, value, low, high, unit)
+    if message:
+      return message
+  for key, widths in (("model.mlp", m.mlp), ("model.cin_layers", m.cin_layers), ("model.attention_mlp", m.attention_mlp)):
+    if len(widths) > MAX_LAYERS:
+      return f"{key} has {len(widths)} layers; at most {MAX_LAYERS}"
+    for width in widths:
+      if not 1 <= width <= MAX_WIDTH:
+        return f"{key}={'-'.join(map(str, widths))}: width {width} is out of range; every width must be in 1..{MAX_WIDTH:,}"
+  for key, batch in (("train.batch_size", t.batch_size), ("train.eval_batch_size", t.eval_batch_size)):
+    if batch * d.max_len > MAX_BATCH_ENTRIES:
+      return (f"{key} x data.max_len = {batch:,} x {d.max_len:,} = {batch * d.max_len:,} history entries per batch, "
+              f"over the limit 2^28 = {MAX_BATCH_ENTRIES:,} (1 GiB of ids per sequence feature); lower {key} or "
+              f"data.max_len")
+  return None
+
+
 def validate(config: Config) -> None:
   d, t, m = config.data, config.train, config.model
+  floats = [("data.part_mb", d.part_mb), ("data.validation_fraction", d.validation_fraction),
+            ("data.scale", d.scale), ("train.learning_rate", t.learning_rate), ("train.weight_decay", t.weight_decay),
+            ("model.dropout", m.dropout), ("model.aux_loss_weight", m.aux_loss_weight)]
+  for key, value in floats:
+    if not math.isfinite(value):
+      raise ConfigError(f"{key}={value} must be a finite number")
   checks = [
       (d.max_len >= 1, "data.max_len must be >= 1"),
       (1 <= d.block_size <= 65536, "data.block_size must be in 1..65536"),
@@ -225,7 +319,17 @@ def validate(config: Config) -> None:
       (t.early_stop_patience >= 0, "train.early_stop_patience must be >= 0 (0 = off)"),
       (t.early_stop_patience == 0 or d.validation != "none",
        "train.early_stop_patience needs a validation split; set data.validation=holdout or test"),
+      (d.max_bad_rows >= 0, "data.max_bad_rows must be >= 0"),
+      (d.part_mb > 0, "data.part_mb must be > 0"),
+      (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+      (m.aux_loss_weight >= 0, "model.aux_loss_weight must be >= 0"),
   ]
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
+  too_big = _sizes(config)
+  if too_big:
+    raise ConfigError(too_big)
+  # Every process reads whole records: the batch must be a multiple of the block size whatever the
+  # devices (the trainer checks it again with its device and process counts: check_batch).
+  check_batch(t.batch_size, d.block_size)

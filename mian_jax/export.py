@@ -26,8 +26,11 @@ Decisions:
   `item` table); features without one (the generated commercial set, whose values are ids) take ids.
   For raw values the manifest also carries what the converter did to a column: `newest_first` for a
   history stored newest first in the user's files, and `log1p` / `mean` / `std` for numeric columns.
-- Written to a temporary directory beside out_dir and renamed into place when complete; an existing
-  out_dir is moved aside only then and deleted after the rename (so a failed export changes nothing).
+- out_dir must be new, empty or a previous export (its manifest.json names this format); any other folder
+  is refused before anything is written (the project never deletes what it did not write).
+- Written to a temporary directory beside out_dir and renamed into place when complete; a previous
+  export at out_dir is moved aside only then and deleted after the rename (so a failed or interrupted
+  export changes nothing).
   Run it in one process: the parameters are fetched to this host whole.
 """
 
@@ -44,6 +47,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from mian_jax import files
 from mian_jax.config import Config
 from mian_jax.data import pipeline
 from mian_jax.schema import FeatureSchema
@@ -57,8 +61,24 @@ BATCH_DIM = "b"
 PLATFORMS: tuple[str, ...] = ("cpu", "cuda", "tpu")
 
 
+def is_export(folder: Path) -> bool:
+  """A previous export: its manifest.json names this format."""
+  try:
+    manifest = files.read_json(Path(folder) / MANIFEST_FILE)
+  except (OSError, files.Damaged):
+    return False
+  return isinstance(manifest, dict) and str(manifest.get("format", "")).startswith("mian_jax.export/")
+
+
+def claim(out_dir: str | Path) -> Path:
+  """out_dir, when an export may be written there (new, empty or a previous export); else files.NotOurs."""
+  return files.claim(Path(out_dir).absolute(), "an export", is_export,
+                     "choose a new or empty folder for --export (or an earlier export, which is replaced)")
+
+
 def export(config: Config, workdir: str | Path, out_dir: str | Path) -> Path:
   """Exports the best checkpoint in `workdir` (the latest when none was evaluated) to `out_dir`."""
+  claim(out_dir)  # before the minutes of restoring and lowering
   model, src, params, _ = loop.restore_best(config, workdir)
   return write(model, src, jax.device_get(params), out_dir, config.model.name)
 
@@ -66,7 +86,7 @@ def export(config: Config, workdir: str | Path, out_dir: str | Path) -> Path:
 def write(model: nn.Module, src: pipeline.Source, params: dict[str, Any], out_dir: str | Path,
           model_name: str, platforms: Sequence[str] | None = None) -> Path:
   """Serializes `model` with `params` (host arrays) for `src`'s schema into `out_dir`; returns out_dir."""
-  out_dir = Path(out_dir).absolute()
+  out_dir = claim(out_dir)
   schema = src.schema
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   exported, used = _export(model, schema, params, platforms)

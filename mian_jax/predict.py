@@ -3,7 +3,8 @@
 - `evaluate_best(config, workdir)`: the test-split metrics of the best checkpoint (the latest when
   none was evaluated), computed exactly as at the end of training.
 - `predict(config, workdir, path, out)`: one probability per record of `path`, in input order, written
-  as CSV (`row,probability`). `path` is either
+  as CSV (`row,user,probability`), written atomically; an existing `out` is replaced only when it is an
+  earlier --predict output (else refused: the project never overwrites what it did not write). `path` is either
   * a data set folder as every converter writes it (meta.json + ArrayRecord shards; e.g. the commercial
     generator's output or a converted MovieLens set): every record of its test split, in file order;
     its features and vocabulary sizes must be the run's, else it is refused naming the difference; or
@@ -15,6 +16,11 @@
     line order, with the same user's earlier ratings there as its history (`movielens.encode_records`).
   Ids outside a feature's vocabulary and non-finite numbers in the shards follow `data.oov` (map: read
   as 0 and counted; error: refused). One process.
+  `user` is the record's user (the field gAUC groups by, `pipeline.Source.group_key`): its raw key where
+  a vocabulary decodes it (`vocab/<user vocabulary>.json` of the scored data set, else of the run's:
+  value k has id k + 1; then the tabular converters' `user_groups.json`: the keys missing from it, key k
+  has group vocabulary size + 1 + k), else the group index itself: the generated commercial set's user
+  id, 0 for an empty user key (tabular) or for a MovieLens user absent from the training ratings.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ def open_records(path: str | Path, schema: FeatureSchema) -> pipeline.Source:
                       f"training data's vocabularies")
   if not meta["files"].get("test"):
     raise DataError(f"{meta_file}: no test split to score")
-  return pipeline.Source(path, schema, meta)
+  return pipeline.Source(path, theirs, meta)  # decoded as written (its non-model fields may differ)
 
 
 def _as_data_set(config: Config, src: pipeline.Source, path: Path) -> Path:
@@ -85,8 +91,42 @@ def _as_data_set(config: Config, src: pipeline.Source, path: Path) -> Path:
   return directory
 
 
+def _check_out(out: Path) -> None:
+  """`out` may be written: it does not exist, or it is a previous --predict output (its header starts with
+  `row,`); anything else is someone else's file and is refused (DataError)."""
+  if out.is_dir():
+    raise DataError(f"--out {out} is a folder; give the path of the CSV file to write")
+  if out.exists():
+    try:
+      with out.open("rb") as f:
+        head = f.readline(200)
+    except OSError as e:
+      raise DataError(f"--out {out} cannot be read ({e.strerror}); give another path") from None
+    if not head.startswith(b"row,"):
+      raise DataError(f"--out {out} exists and is not a --predict output (its first line is not the `row,...` "
+                      f"header), so it is not overwritten; give another path or move that file")
+
+
+def user_names(src: pipeline.Source, groups: np.ndarray, trained: Path | None = None) -> list[str]:
+  """The `user` column: each group index as its raw user key where `src`'s vocabularies (those of the data
+  set `trained` when `src` has none: records it encoded) decode it, else as the index (module docstring)."""
+  from mian_jax.data import tabular
+  from mian_jax.export import vocab_of
+
+  folder = src.directory / "vocab"
+  folder = folder if folder.is_dir() or trained is None else Path(trained) / "vocab"
+  name = vocab_of(src.schema, src.schema.user_key, [p.stem for p in folder.glob("*.json")])
+  values = json.loads((folder / f"{name}.json").read_text()) if name else []
+  values = values if isinstance(values, list) else []
+  unseen = src.directory / tabular.GROUPS_FILE
+  if values and src.group_key != src.schema.user_key and unseen.exists():
+    values += json.loads(unseen.read_text())
+  return [str(values[g - 1]) if 0 < g <= len(values) else str(g) for g in np.asarray(groups).tolist()]
+
+
 def predict(config: Config, workdir: str | Path, path: str | Path, out: str | Path) -> int:
   """Scores every record of `path` with the best checkpoint; writes `out` (CSV); returns the count."""
+  _check_out(Path(out))
   model, src, params, mesh, _ = loop.restore_best(config, workdir, with_step=True)
   records = open_records(_as_data_set(config, src, Path(path)), src.schema)
   eval_step = partition.jit_eval_step(step_lib.make_eval_step(model, src.schema, config.train.compute_dtype), mesh)
@@ -94,18 +134,20 @@ def predict(config: Config, workdir: str | Path, path: str | Path, out: str | Pa
   mapped: dict[str, int] = {}
   _, batches = pipeline.eval_batches(records, "test", rows_per_process=rows, max_len=config.data.max_len,
                                      oov=config.data.oov, mapped=mapped)
-  probs = []
+  probs, groups = [], []
   for local in batches:
     p = np.asarray(jax.device_get(eval_step(params, partition.to_global(local, mesh))))
     probs.append(p[local["weight"] > 0])
+    groups.append(local[records.group_key][local["weight"] > 0])
   scores = np.concatenate(probs) if probs else np.zeros(0, np.float32)
+  users = user_names(records, np.concatenate(groups) if groups else np.zeros(0, np.int64), src.directory)
   out = Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_name(out.name + ".tmp")
   with tmp.open("w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["row", "probability"])
-    w.writerows((i, f"{p:.6f}") for i, p in enumerate(scores))
+    w.writerow(["row", "user", "probability"])
+    w.writerows((i, u, f"{p:.6f}") for i, (u, p) in enumerate(zip(users, scores)))
   tmp.replace(out)
   if mapped:
     print("read as OOV id 0 / 0.0 (data.oov=map): " + ", ".join(f"{n:,} {k}" for k, n in sorted(mapped.items())))

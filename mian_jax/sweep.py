@@ -14,7 +14,7 @@ summary (results.csv, results.md, results.png).
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 import re
 import signal
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mian_jax import files
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_KEYS = ("best_step", "step", "valid_auc", "auc", "gauc", "logloss", "samples_per_s", "wall_s")
@@ -97,18 +99,33 @@ def _command(experiment: str, workdir: Path, sets: list[str], fresh: bool) -> li
   return cmd + (["--fresh"] if fresh else [])
 
 
+def is_sweep(folder: Path) -> bool:
+  """A sweep's root: it holds results.csv, or a trial workdir (a folder with trial.json)."""
+  return (folder / "results.csv").exists() or any((c / "trial.json").exists() for c in folder.iterdir() if c.is_dir())
+
+
+def _result(workdir: Path) -> dict[str, Any] | None:
+  """The trial's result.json, or None when there is none or it cannot be read (the trial then runs again:
+  it resumes from its checkpoints and writes the result anew)."""
+  try:
+    result = files.read_json(workdir / "result.json")
+  except (OSError, files.Damaged):
+    return None
+  return result if isinstance(result, dict) else None
+
+
 def _finished(workdir: Path, sets: list[str]) -> bool:
   try:
-    return (workdir / "result.json").exists() and json.loads((workdir / "trial.json").read_text())["sets"] == sets
-  except (OSError, ValueError, KeyError):
+    trial = files.read_json(workdir / "trial.json")
+  except (OSError, files.Damaged):
     return False
+  return isinstance(trial, dict) and trial.get("sets") == sets and _result(workdir) is not None
 
 
 def _row(tid: str, overrides: dict[str, str], workdir: Path, code: int | None, device: str) -> dict[str, Any]:
   row: dict[str, Any] = {"trial": tid, **overrides, "devices": device}
-  done = workdir / "result.json"
-  if code in (None, 0) and done.exists():
-    result = json.loads(done.read_text())
+  result = _result(workdir)
+  if code in (None, 0) and result is not None:
     return {**row, **{k: result.get(k) for k in RESULT_KEYS}, "status": "ok"}
   if code == EXIT_PREEMPTED:
     return {**row, "status": "interrupted"}
@@ -122,7 +139,7 @@ def run(experiment: str, trials: list[dict[str, str]], root: Path, base_sets: li
   """Runs every unfinished trial (each `base_sets` + its overrides) and returns one row per trial, in
   the sweep's order; writes results.csv / results.md / results.png in `root`."""
   env = dict(os.environ if env is None else env)
-  root = Path(root)
+  root = files.claim(root, "a sweep", is_sweep, "choose a new or empty --workdir for the sweep (or an earlier sweep's)")
   root.mkdir(parents=True, exist_ok=True)
   ids = trial_ids(trials)
   sets = [base_sets + [f"{k}={v}" for k, v in t.items()] for t in trials]
@@ -159,7 +176,7 @@ def _run_parallel(experiment, todo, ids, trials, sets, root, groups, fresh) -> d
         i, g = queue.pop(0), free.pop(0)
         workdir = root / ids[i]
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "trial.json").write_text(json.dumps({"overrides": trials[i], "sets": sets[i]}, indent=2) + "\n")
+        files.write_json(workdir / "trial.json", {"overrides": trials[i], "sets": sets[i]})
         log = (workdir / "log.txt").open("a")
         log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} on {groups[g][0]}\n")
         log.flush()
@@ -200,10 +217,11 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
   keys: list[str] = []
   for r in rows:
     keys += [k for k in r if k not in keys]
-  with path.open("w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=keys)
-    w.writeheader()
-    w.writerows(rows)
+  out = io.StringIO(newline="")
+  w = csv.DictWriter(out, fieldnames=keys)
+  w.writeheader()
+  w.writerows(rows)
+  files.write_text(path, out.getvalue())
 
 
 def rela_impr(auc: float, base: float) -> float:
@@ -268,6 +286,6 @@ def summarize(root: Path, rows: list[dict[str, Any]]) -> str:
 
   _write_csv(root / "results.csv", rows)
   text = results_markdown(rows)
-  (root / "results.md").write_text(text)
+  files.write_text(root / "results.md", text)
   plots.sweep_auc(groups_over_seeds(rows), root / "results.png", title=root.name)
   return text

@@ -107,8 +107,10 @@ def test_raw_values_are_mapped_through_the_vocabularies(run, reference, tmp_path
   meta = {**src.meta, "params": {"spec": {"columns": spec}},
           "stats": {**src.meta["stats"], "numeric_standardisation": {"activity": {"mean": 0.5, "std": 2.0}}}}
   out = tmp_path / "model"
-  (out / "old").mkdir(parents=True)  # an earlier export: replaced whole
+  (out / "old").mkdir(parents=True)  # an earlier export (its manifest names the format): replaced whole
+  (out / export.MANIFEST_FILE).write_text(json.dumps({"format": export.FORMAT}))
   export.write(model, dataclasses.replace(src, directory=data, meta=meta), params, out, "mian")
+  assert not (out / "old").exists()
   assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "model"]  # no temporary left
   assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.jaxexport", "params.npz", "vocab"]
   assert (out / "vocab" / "item.json").read_text() == (data / "vocab" / "item.json").read_text()

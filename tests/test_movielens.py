@@ -182,8 +182,10 @@ def test_tiny_training_run(tmp_path):
                   extra=("--predict", str(folder), "--out", str(tmp_path / "p.csv")))
   assert scored.returncode == 0, scored.stderr
   rows = (tmp_path / "p.csv").read_text().splitlines()
-  assert rows[0] == "row,probability" and len(rows) - 1 == len(ratings)
-  probs = np.array([float(r.split(",")[1]) for r in rows[1:]])
+  assert rows[0] == "row,user,probability" and len(rows) - 1 == len(ratings)
+  lines = (folder / "u.data").read_text().splitlines()
+  assert [r.split(",")[1] for r in rows[1:]] == [l.split("\t")[0] for l in lines]  # the raw user id
+  probs = np.array([float(r.split(",")[2]) for r in rows[1:]])
   assert np.all((probs > 0) & (probs < 1)) and probs.std() > 0
 
 

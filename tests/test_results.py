@@ -71,6 +71,7 @@ def test_predict_scores_every_record_in_input_order(trained, data_root, tiny_sou
     rows = list(csv.DictReader(f))
   expected_rows = decode_split(tiny_source.directory, tiny_source.meta, "test")
   assert [int(r["row"]) for r in rows] == list(range(len(expected_rows["label"])))
+  assert [int(r["user"]) for r in rows] == expected_rows["user_id"].tolist()  # no vocabulary: the user id
   got = np.array([float(r["probability"]) for r in rows])
   # The same best checkpoint, scored in-process on the split in file order.
   config = experiments.get_config("commercial:tiny")

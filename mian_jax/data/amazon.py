@@ -23,7 +23,8 @@ Validation (data.validation=holdout): each user's last training sample (the rows
 history: the positive and its negative) is the validation split, when the user has other training rows.
 Features: candidate item id + category; behaviours the history's items + categories; user = the user
 id (embedded for these data sets, as DIEN does); no context fields (MIAN's ICIM has nothing to attend to
-and is left out). Id 0 is padding and OOV (a value not in the vocabulary).
+and is left out). Id 0 is padding and OOV (a value not in the vocabulary). gAUC groups by the raw user
+id (tabular's stored `user_group`), so test users absent from the user vocabulary stay apart.
 """
 
 from __future__ import annotations

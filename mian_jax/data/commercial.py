@@ -20,6 +20,8 @@ reports the AUC of the true logit with each interaction kind removed, to show ea
 
 Everything is a function of (seed, parameters): the world (items, users, factors) from `seed`, shard
 i's samples from (seed, i). Time split: days [0, days - test_days) train, the rest test.
+gAUC groups by user_id as stored: it is the generated user's index + 1, not a training vocabulary, so
+every test user has an id of its own whether or not it has training samples (no user is OOV).
 """
 
 from __future__ import annotations

@@ -28,6 +28,10 @@
     kind = "numeric"
     log1p = true                 # log(1 + x) before standardising (heavy-tailed values)
 
+Every value must have the type shown: strings in quotes, `header` and `log1p` the booleans true / false
+(unquoted), file lists arrays of strings; a wrong type is an error naming the file and key, never
+guessed from (`log1p = "no"` is refused, not read as true). A column the schema uses must appear once
+in the files' header / `names` / Parquet columns.
 Columns not named are ignored. Every item column needs a behaviour sequence with the same vocab (MIAN
 attends from the candidate to the matching entries of the history); item attributes with no history
 counterpart go to `context`. Conversion, vocabularies, OOV and caching are `tabular`'s.
@@ -46,12 +50,62 @@ from mian_jax.data.errors import DataError
 
 GROUPS = ("item", "behaviour", "user", "context")
 KINDS = ("categorical", "numeric", "sequence")
-TOP_KEYS = {"train", "valid", "test", "format", "delimiter", "header", "names", "label", "user_key", "columns"}
-COLUMN_KEYS = {"group", "kind", "vocab", "separator", "order", "log1p"}
+# Every key and the TOML type its value must have: "string", "boolean", "number" (integer or float, never a
+# boolean), "list" (an array) or "table"; a tuple allows any of them; LIST_ITEMS: what an array must hold.
+TOP_TYPES: dict[str, str | tuple[str, ...]] = {
+    "train": ("string", "list"), "valid": ("string", "list"), "test": ("string", "list"), "format": "string",
+    "delimiter": "string", "header": "boolean", "names": "list", "label": "string", "user_key": "string",
+    "columns": "table"}
+COLUMN_TYPES: dict[str, str | tuple[str, ...]] = {
+    "group": "string", "kind": "string", "vocab": "string", "separator": "string", "order": "string",
+    "log1p": "boolean"}
+LIST_ITEMS = {"train": "string", "valid": "string", "test": "string", "names": "string"}
+TOP_KEYS = set(TOP_TYPES)
+COLUMN_KEYS = set(COLUMN_TYPES)
+_WANTED = {"string": 'a string in quotes, e.g. "value"', "boolean": "true or false (a TOML boolean, without quotes)",
+           "number": "a number", "list": 'an array, e.g. ["a", "b"]', "table": "a table"}
 
 
 def _fail(path: Path, key: str, message: str) -> DataError:
   return DataError(f"{path} key {key}: {message}")
+
+
+def _toml_type(value: Any) -> str:
+  if isinstance(value, bool):  # before the numbers: bool is an int in Python, never in TOML
+    return "boolean"
+  if isinstance(value, (int, float)):
+    return "number"
+  return {str: "string", list: "list", dict: "table"}.get(type(value), "date/time")
+
+
+def _described(value: Any) -> str:
+  kind = {"number": "the integer" if isinstance(value, int) else "the float", "list": "an array",
+          "table": "a table", "date/time": "a date/time"}.get(_toml_type(value), f"the {_toml_type(value)}")
+  return kind if kind in ("an array", "a table") else f"{kind} {value!r}"
+
+
+def _check_types(path: Path, values: dict[str, Any], types: dict[str, Any], prefix: str = "") -> None:
+  """DataError naming the file, the key and the type wanted for the first value of the wrong TOML type."""
+  for key, value in values.items():
+    wanted = types.get(key)
+    if wanted is None:
+      continue  # unknown keys are refused by name elsewhere
+    wanted = wanted if isinstance(wanted, tuple) else (wanted,)
+    if _toml_type(value) not in wanted:
+      raise _fail(path, prefix + key, f"expected {' or '.join(_WANTED[w] for w in wanted)}, got {_described(value)}")
+    item = LIST_ITEMS.get(key) if not prefix else None
+    if item and isinstance(value, list):
+      for i, entry in enumerate(value):
+        if _toml_type(entry) != item:
+          raise _fail(path, f"{prefix}{key}[{i}]", f"expected {_WANTED[item]}, got {_described(entry)}")
+
+
+def _first_bytes(path: str, n: int) -> bytes:
+  try:
+    with open(path, "rb") as stream:
+      return stream.read(n)
+  except OSError as e:
+    raise DataError(f"{path}: cannot be read ({e.strerror or e}); check the file and its permissions") from None
 
 
 def _files(folder: Path, patterns: Any, schema_path: Path, key: str) -> list[str]:
@@ -65,6 +119,9 @@ def _files(folder: Path, patterns: Any, schema_path: Path, key: str) -> list[str
     found = sorted(glob.glob(full))
     if not found:
       raise DataError(f"{schema_path} key {key}: no file matches {full}; check data.dir ({folder}) and the pattern")
+    folders = [f for f in found if not Path(f).is_file()]
+    if folders:
+      raise DataError(f"{schema_path} key {key}: {folders[0]} is not a file; name the data files (e.g. \"*.csv\")")
     out += found
   return out
 
@@ -84,6 +141,10 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
   unknown = sorted(set(doc) - TOP_KEYS)
   if unknown:
     raise _fail(path, unknown[0], f"unknown key; valid: {', '.join(sorted(TOP_KEYS))}")
+  _check_types(path, doc, TOP_TYPES)
+  for name, entry in (doc.get("columns") or {}).items():
+    if isinstance(entry, dict):
+      _check_types(path, entry, COLUMN_TYPES, f"columns.{name}.")
   folder = Path(folder)
   if not folder.is_dir():
     raise DataError(f"data.dir={folder} is not a folder; set data.dir to the folder holding your data files")
@@ -95,10 +156,20 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
   if fmt_name not in ("csv", "tsv", "txt", "parquet"):
     raise _fail(path, "format", f"{fmt_name!r} is not csv, tsv or parquet")
   fmt = None
-  if fmt_name != "parquet":
+  every_file = inputs["train"] + inputs.get("valid", []) + inputs["test"]
+  parquet_columns: dict[str, tuple[str, ...]] = {}
+  if fmt_name == "parquet":
+    how = "format = \"parquet\"" if doc.get("format") else f"the extension of {Path(inputs['train'][0]).name}"
+    hint = f"{path} reads it as Parquet ({how}); rename it, or set format = \"csv\" / \"tsv\" there"
+    parquet_columns = {f: delimited.parquet_columns(f, hint) for f in dict.fromkeys(every_file)}
+  else:
     delimiter = doc.get("delimiter", "\t" if fmt_name == "tsv" else ",")
     if not isinstance(delimiter, str) or len(delimiter) != 1:
       raise _fail(path, "delimiter", f"expected one character, got {delimiter!r}")
+    for f in every_file:
+      if _first_bytes(f, len(delimited.PARQUET_MAGIC)) == delimited.PARQUET_MAGIC:
+        raise DataError(f"{f}: a Parquet file, but {path} reads it as {fmt_name} text; set format = \"parquet\" "
+                        f"there, or give {fmt_name} files")
     header = doc.get("header", True)
     if header:
       names = delimited.read_header(inputs["train"][0], delimiter)
@@ -109,7 +180,7 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
       names = doc.get("names")
       if not isinstance(names, list) or not names:
         raise _fail(path, "names", "header = false needs names = [the columns in file order]")
-      names = tuple(map(str, names))
+      names = tuple(names)
     fmt = delimited.TextFormat(delimiter, tuple(names), header=bool(header), quoting=True)
   label = doc.get("label")
   if not isinstance(label, str) or not label:
@@ -139,6 +210,8 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
       raise _fail(path, f"{key}.separator", "a sequence in a text file needs its entry separator, e.g. \"^\"")
     if fmt is not None and separator == fmt.delimiter:
       raise _fail(path, f"{key}.separator", f"{separator!r} is also the field delimiter")
+    if entry.get("log1p") and kind != "numeric":
+      raise _fail(path, f"{key}.log1p", f"log1p applies to numeric columns only, and {name!r} is {kind}; remove it")
     order = entry.get("order", "oldest_first")
     if order not in ("oldest_first", "newest_first"):
       raise _fail(path, f"{key}.order", f"{order!r} is not oldest_first or newest_first")
@@ -152,10 +225,26 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
   elif not user_key:  # every row one user: gAUC equals AUC
     user_key = "user_id"
     columns.append(tabular.Column("", user_key, "user", "categorical", user_key))
+  used = list(dict.fromkeys(c.source for c in columns if c.source))
   if fmt is not None:
     for c in columns:
       if c.source and c.source not in fmt.names:
         raise DataError(f"{path}: column {c.source!r} is not in the files; they have {', '.join(fmt.names)}")
+    twice = delimited.duplicated(fmt.names, used)
+    if twice and fmt.header:
+      raise DataError(f"{inputs['train'][0]} line 1: the header names column {twice[0]!r} {twice[1]} times, and {path} "
+                      f"uses it; rename the copies in the header so that every column has its own name")
+    if twice:
+      raise _fail(path, "names", f"{twice[0]!r} appears {twice[1]} times, and the schema uses it; give every "
+                  f"column its own name in names")
+  for f, have in parquet_columns.items():
+    missing = [u for u in used if u not in have]
+    if missing:
+      raise DataError(f"{f}: no column {missing[0]!r}, which {path} uses; the file has {', '.join(have)}")
+    twice = delimited.duplicated(have, used)
+    if twice:
+      raise DataError(f"{f}: column {twice[0]!r} appears {twice[1]} times, and {path} uses it; rename the copies "
+                      f"(e.g. pyarrow's Table.rename_columns) so that every column has its own name")
   features = [c for c in columns if c.kind != "label"]
   seqs = [c for c in features if c.kind == "sequence"]
   if not seqs:

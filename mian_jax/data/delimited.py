@@ -16,7 +16,7 @@ import csv
 import dataclasses
 import io
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from mian_jax.data.errors import DataError
 
 CHUNK_BYTES = 8 << 20
+PARQUET_MAGIC = b"PAR1"  # a Parquet file's first (and last) four bytes
 SKIP_HINT = "fix the input, or set data.max_bad_rows=N to skip up to N bad rows"
 
 
@@ -78,6 +79,9 @@ def _word(delimiter: str) -> str:
 def read_header(path: str | Path, delimiter: str) -> tuple[str, ...]:
   with open(path, "rb") as f:
     first = f.readline()
+  if first.startswith(PARQUET_MAGIC):
+    raise DataError(f"{Path(path).name} line 1: this is a Parquet file (it starts with {PARQUET_MAGIC.decode()}), "
+                    f"not CSV / TSV text; name it .parquet, or set format = \"parquet\" in the schema")
   try:
     text = first.decode("utf-8-sig").rstrip("\r\n")
   except UnicodeDecodeError:
@@ -116,8 +120,40 @@ def text_parts(path: str | Path, fmt: TextFormat, part_bytes: int) -> list[Part]
   return [Part(path, "text", a, b, n) for a, b, n in zip(bounds[:-1], bounds[1:], first_lines) if b > a]
 
 
+def duplicated(names: tuple[str, ...] | list[str], used: Iterable[str]) -> tuple[str, int] | None:
+  """(name, count) of the first of `used` that `names` holds more than once (pyarrow cannot select it), else None."""
+  for name in used:
+    count = list(names).count(name)
+    if count > 1:
+      return name, count
+  return None
+
+
+def _not_parquet(path: str | Path, e: Exception, hint: str) -> DataError:
+  reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+  return DataError(f"not a Parquet file: {path} ({reason}); {hint}")
+
+
+NOT_PARQUET_HINT = "rename it (.csv / .tsv for delimited text), or set format in the schema"
+
+
+def parquet_columns(path: str | Path, hint: str = NOT_PARQUET_HINT) -> tuple[str, ...]:
+  """The top-level column names of Parquet file `path`; DataError (with `hint`) if it is not one."""
+  try:
+    return tuple(pq.read_schema(path).names)
+  except pa.ArrowException as e:
+    raise _not_parquet(path, e, hint) from None
+  except OSError as e:
+    raise DataError(f"{path}: cannot be read ({e.strerror or e}); check the file and its permissions") from None
+
+
 def parquet_parts(path: str | Path, groups_per_part: int = 1) -> list[Part]:
-  meta = pq.ParquetFile(path).metadata
+  try:
+    meta = pq.ParquetFile(path).metadata
+  except pa.ArrowException as e:
+    raise _not_parquet(path, e, NOT_PARQUET_HINT) from None
+  except OSError as e:
+    raise DataError(f"{path}: cannot be read ({e.strerror or e}); check the file and its permissions") from None
   rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
   starts = np.concatenate([[0], np.cumsum(rows)]).astype(int)
   return [Part(str(path), "parquet", g, min(g + groups_per_part, len(rows)), int(starts[g]) + 1)

@@ -20,6 +20,10 @@ Split: each user's last `test_per_user` ratings are the test split, with data.va
 `valid_per_user` (= test_per_user) ratings before them the validation split (at least one rating of
 every user stays in train), the rest train. Vocabularies (movies, genres, occupations, zip prefixes,
 genders, users) come from the training split; values unseen in training map to id 0 (padding / OOV).
+gAUC groups by user_id as stored: every validation / test user keeps at least one training rating, so
+none is OOV and each has an id of its own (the tabular converters, whose test users may be absent from
+training, store a separate `user_group` instead). Only `encode_records` (--predict on other files) can
+meet users absent from training; they share id 0 there.
 Train rows are shuffled (seed `data.seed`) before being cut into whole blocks, so a batch mixes users;
 the remainder (< one block) is dropped. Test rows are written in user / time order.
 

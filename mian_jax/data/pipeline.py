@@ -49,6 +49,16 @@ class Source:
   def block_size(self) -> int:
     return max(self.blocks("train"))
 
+  @property
+  def group_key(self) -> str:
+    """The batch field gAUC groups rows by (one group per user): the per-row group of the raw user key
+    where the converter stores one (tabular data sets: `user_group`, named in stats["user_groups"], so
+    users unseen in training stay apart instead of sharing OOV id 0), else the schema's user key (the
+    generated and MovieLens sets, whose evaluated users all have ids of their own)."""
+    field = self.meta.get("stats", {}).get("user_groups", {}).get("field")
+    stored = {f.name for f in self.schema.features if f.kind == "categorical"}
+    return field if field in stored else self.schema.user_key
+
 
 class _Located:
   """The records of a split's shard files as one random-access source (what grain reads), each record

@@ -18,12 +18,14 @@ import json
 import multiprocessing
 import contextlib
 import os
+import signal
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from array_record.python import array_record_module
 from tqdm import tqdm
 
+from mian_jax import files
 from mian_jax.data.errors import DataError
 from mian_jax.schema import FeatureSchema
 
@@ -70,7 +72,11 @@ def load_meta(directory: Path) -> dict[str, Any] | None:
   path = directory / "meta.json"
   if not path.exists():
     return None
-  return json.loads(path.read_text())
+  try:
+    return files.read_json(path)
+  except files.Damaged as e:
+    raise DataError(f"{e}; it is written last when a data set is complete, so remove {directory} to rebuild "
+                    f"the data set") from None
 
 
 def write_text(path: Path, text: str) -> None:
@@ -90,19 +96,45 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], desc: str, unit
         out[i] = fn(x)
         bar.update()
       return out
-    with futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_ignore_sigint)
+    try:
       jobs = {pool.submit(fn, x): i for i, x in enumerate(items)}
       for job in futures.as_completed(jobs):
         out[jobs[job]] = job.result()
         bar.update()
+    except BaseException:  # an error, SIGTERM or Ctrl-C: stop the workers now (their unfinished shards are
+      _stop(pool)          # temporary files, removed on the next start); finished shards stay
+      raise
+    pool.shutdown(wait=True)
   return out
+
+
+def _ignore_sigint() -> None:
+  """Workers leave Ctrl-C (sent to the whole terminal process group) to the parent, which stops them."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop(pool: futures.ProcessPoolExecutor) -> None:
+  """Cancels the queued jobs and terminates the worker processes, waiting until they are gone."""
+  processes = list((getattr(pool, "_processes", None) or {}).values())
+  pool.shutdown(wait=False, cancel_futures=True)
+  for p in processes:
+    with contextlib.suppress(Exception):
+      p.terminate()
+  for p in processes:
+    with contextlib.suppress(Exception):
+      p.join(timeout=10)
 
 
 def _run_shard(shard_fn: Callable[[int], dict[str, Any]], directory: Path, index: int) -> dict[str, Any]:
   """Runs one shard unless an earlier run finished it (its statistics file is written last)."""
   done = directory / f"shard-{index:05d}.stats.json"
   if done.exists():
-    return json.loads(done.read_text())
+    try:
+      return files.read_json(done)
+    except files.Damaged:  # written atomically, so only an outside edit or a disk fault: redo the shard
+      pass
   stats = shard_fn(index)
   write_text(done, json.dumps(stats))
   return stats

@@ -5,6 +5,8 @@ A `Spec` maps input columns to the four feature groups; `build` streams the inpu
 in parallel worker processes over parts of the files (`delimited.Part`):
   1. the training parts: value counts per vocabulary, mean / std of numeric columns;
   2. every part: rows -> ids (vectorised with pyarrow.compute), written as one shard per group of parts.
+Between them, the validation and test parts (and the training parts when users are held out of them or
+the user vocabulary is given) are read once more for the user keys the user vocabulary lacks (below).
 Vocabularies come from the training split (or are given, e.g. DIEN's pickles): ids 1..n by falling
 frequency (ties by value), 0 = padding and out of vocabulary (a value unseen in training). They are
 written as `vocab/<name>.json` (the list of values; value k has id k + 1) beside the shards.
@@ -14,6 +16,15 @@ stored oldest first. Training rows are shuffled inside each shard (seed `data.se
 blocks (the remainder, under one block per shard, is dropped and counted); test rows keep file order.
 `stats.json` (also meta["stats"]) reports rows, vocabulary sizes, label rates, history-length
 percentiles, candidates unrelated to their history, OOV counts and skipped bad rows.
+User groups (gAUC): the user-key feature holds the training vocabulary's id, so every user unseen in
+training shares OOV id 0. Beside it each row stores `user_group` (`group_field`; a stored, non-embedded
+field, never a model input): the raw user key's group, equal to the user-key id for users in the
+vocabulary and a distinct id >= its vocabulary size for every other non-empty raw key (n + 1, n + 2, ...
+for a user vocabulary of n values, in order of first appearance in the data set's files: the training
+files when users are held out of them or the vocabulary is given, then the validation and test files).
+Those keys are written as `user_groups.json` (the list; key k has group n + 1 + k) and counted in
+stats["user_groups"]; an empty or missing key is group 0. Evaluation groups by it
+(`pipeline.Source.group_key`).
 A data set is cached under <cache root>/<name>-<hash>: the hash covers the spec, the parameters and the
 inputs' path, size and mtime, so an unchanged second run reuses the shards.
 """
@@ -26,6 +37,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -37,7 +49,9 @@ from mian_jax.data import delimited, records, shards
 from mian_jax.data.errors import DataError
 from mian_jax.schema import Feature, FeatureSchema
 
-VERSION = "tabular/1"
+VERSION = "tabular/2"  # 2: the user_group field (gAUC by the raw user key); older caches are rebuilt
+GROUP_FIELD = "user_group"
+GROUPS_FILE = "user_groups.json"
 LABEL_PATTERN = r"^\s*[01](\.0*)?\s*$"
 
 
@@ -366,7 +380,62 @@ def _ids(values: pa.Array, vocab: pa.Array) -> np.ndarray:
   return np.asarray(pc.fill_null(pc.index_in(values, value_set=vocab), -1), np.int64) + 1
 
 
-def schema_of(spec: Spec, sizes: dict[str, int], embed_user_id: bool) -> FeatureSchema:
+def group_field(spec: Spec) -> str:
+  """The name of the stored user-group field: `user_group`, with "_" appended while a column's feature
+  already has that name."""
+  name, taken = GROUP_FIELD, {c.feature for c in spec.columns}
+  while name in taken:
+    name += "_"
+  return name
+
+
+def group_parts(spec: Spec, parts: dict[str, list[delimited.Part]]) -> list[delimited.Part]:
+  """The parts whose users may be missing from the user vocabulary, in the order their group ids are
+  given: the training parts when users are held out of them (holdout "users") or the vocabulary is given,
+  then the validation and test parts. None for data without a user column (one user, always known)."""
+  if not spec.user_column.source:
+    return []
+  train = spec.holdout == "users" or spec.user_column.vocab in dict(spec.given_vocabs)
+  return (parts.get("train", []) if train else []) + parts.get("valid", []) + parts.get("test", [])
+
+
+def unseen_users(spec: Spec, directory: str, part: delimited.Part) -> list[str]:
+  """The non-empty user keys of one part that the user vocabulary lacks, in order of first appearance.
+  Rows are read leniently: bad rows are the encoding pass's to count or refuse (the key of a row it then
+  drops only leaves a group id no row uses)."""
+  user = spec.user_column
+  vocab = _vocab_arrays(directory, (user.vocab,))[user.vocab]
+  found: dict[str, None] = {}
+  for chunk in delimited.read(part, spec.fmt, delimited.BadRows(sys.maxsize), (user.source,)):
+    if user.source not in chunk.table.column_names:
+      continue  # the encoding pass names the missing column
+    keys = _strings(_column(chunk, user.source))
+    keys = keys.filter(pc.and_(pc.not_equal(keys, ""), pc.invert(pc.is_in(keys, value_set=vocab))))
+    found.update(dict.fromkeys(keys.to_pylist()))
+  return list(found)
+
+
+def find_groups(spec: Spec, parts: dict[str, list[delimited.Part]], directory: Path, desc: str) -> int:
+  """Writes `directory`/user_groups.json (the raw user keys missing from the user vocabulary, which
+  vocab/ must already hold, in order of first appearance); returns how many."""
+  scan = group_parts(spec, parts)
+  found = shards.parallel_map(functools.partial(unseen_users, spec, str(directory)), scan,
+                              desc=f"{desc}: users unseen in training") if scan else []
+  keys = list(dict.fromkeys(k for part in found for k in part))
+  shards.write_text(directory / GROUPS_FILE, json.dumps(keys))
+  _group_array.cache_clear()
+  return len(keys)
+
+
+@functools.lru_cache(maxsize=4)
+def _group_array(directory: str) -> pa.Array:
+  path = Path(directory) / GROUPS_FILE
+  return pa.array(json.loads(path.read_text()) if path.exists() else [], pa.string())
+
+
+def schema_of(spec: Spec, sizes: dict[str, int], embed_user_id: bool, unseen: int = 0) -> FeatureSchema:
+  """The data set's schema; `unseen`: the raw user keys missing from the user vocabulary (they widen the
+  user-group field, which is stored and never embedded)."""
   feats = []
   for c in spec.features():
     embed = embed_user_id if c.feature == spec.user_key else True
@@ -374,11 +443,13 @@ def schema_of(spec: Spec, sizes: dict[str, int], embed_user_id: bool) -> Feature
       feats.append(Feature(c.feature, c.group, "numeric", embed=embed))
     else:
       feats.append(Feature(c.feature, c.group, c.kind, max(2, sizes[c.vocab] + 1), c.vocab, embed=embed))
+  users = sizes[spec.user_column.vocab]
+  feats.append(Feature(group_field(spec), "user", "categorical", max(2, users + 1 + unseen), embed=False))
   return FeatureSchema(tuple(feats), user_key=spec.user_key, max_len=spec.max_len)
 
 
 def _encode_chunk(spec: Spec, chunk: delimited.Chunk, vocabs: dict[str, pa.Array], numeric: dict[str, tuple],
-                  bad: delimited.BadRows, acc: dict[str, list]) -> None:
+                  bad: delimited.BadRows, acc: dict[str, list], unseen: pa.Array) -> None:
   unit = "row" if spec.fmt is None else "line"
   n = chunk.table.num_rows
   label = _column(chunk, spec.label.source)
@@ -399,6 +470,9 @@ def _encode_chunk(spec: Spec, chunk: delimited.Chunk, vocabs: dict[str, pa.Array
       ids = _ids(strings, vocabs[c.vocab])
       acc["_oov:" + c.feature].append(int(((ids == 0) & np.asarray(pc.not_equal(strings, ""))).sum()))
       acc[c.feature].append(ids)
+      if c.feature == spec.user_key:  # the raw key's group: its id, else n + 1 + its place among the unseen
+        extra = np.asarray(pc.fill_null(pc.index_in(strings, value_set=unseen), -1), np.int64)
+        acc[group_field(spec)].append(np.where((ids == 0) & (extra >= 0), len(vocabs[c.vocab]) + 1 + extra, ids))
     else:
       lists = _tokens(array, c.separator)
       full = _lengths(lists)
@@ -422,7 +496,8 @@ def _encode_chunk(spec: Spec, chunk: delimited.Chunk, vocabs: dict[str, pa.Array
 
 
 def _stack(acc: dict[str, list], spec: Spec) -> dict[str, np.ndarray]:
-  out = {}
+  group = group_field(spec)
+  out = {group: np.concatenate(acc[group]) if acc[group] else np.zeros(0, np.int64)}
   for c in spec.features():
     parts = acc[c.feature]
     width = (spec.max_len,) if c.kind == "sequence" else ()
@@ -457,13 +532,15 @@ def write_shard(spec: Spec, plan: list[dict[str, list[delimited.Part]]], directo
   """Shard `index`: its parts of every split -> ids -> blocks; returns the shard's statistics. With a
   holdout, the validation split is the held-out rows of the shard's training parts."""
   vocabs = _vocab_arrays(str(directory), tuple(spec.vocabs()))
+  unseen = _group_array(str(directory))
   bad = delimited.BadRows(spec.max_bad_rows)
-  schema = schema_of(spec, {k: len(v) for k, v in vocabs.items()}, True)
+  schema = schema_of(spec, {k: len(v) for k, v in vocabs.items()}, True, len(unseen))
   out: dict[str, Any] = {"blocks": {}, "rows": {}, "positives": {}, "oov": {}, "nonfinite": {}, "unrelated": 0,
                          "candidate_in_history": 0, "dropped_train_rows": 0, "hist_hist": [0]}
   hist_counts = np.zeros(0, np.int64)
   for split in shards.SPLITS:
-    acc: dict[str, list] = {k: [] for k in ["label", "_hist_full", "_lines"] + [c.feature for c in spec.features()]}
+    acc: dict[str, list] = {k: [] for k in ["label", "_hist_full", "_lines", group_field(spec)]
+                            + [c.feature for c in spec.features()]}
     acc.update({f"_oov:{c.feature}": [] for c in spec.features() if c.kind != "numeric"})
     acc.update({f"_nonfinite:{c.feature}": [] for c in spec.features("numeric")})
     carved = spec.holdout and split in ("train", "valid")
@@ -473,7 +550,7 @@ def write_shard(spec: Spec, plan: list[dict[str, list[delimited.Part]]], directo
         if carved:
           mask = held_out(spec, chunk, held)
           chunk = _take(chunk, mask if split == "valid" else ~mask)
-        _encode_chunk(spec, chunk, vocabs, numeric, bad, acc)
+        _encode_chunk(spec, chunk, vocabs, numeric, bad, acc, unseen)
     cols = _stack(acc, spec)
     n = len(cols["label"])
     order = np.arange(n)
@@ -504,6 +581,12 @@ def write_shard(spec: Spec, plan: list[dict[str, list[delimited.Part]]], directo
   return out
 
 
+def user_groups(spec: Spec, unseen: int) -> dict[str, Any]:
+  """stats["user_groups"]: the group field's name and how many raw user keys are missing from the user
+  vocabulary (each its own group)."""
+  return {"field": group_field(spec), "unseen_users": unseen}
+
+
 def _percentile(hist: np.ndarray, q: float) -> float:
   if hist.sum() == 0:
     return 0.0
@@ -511,7 +594,8 @@ def _percentile(hist: np.ndarray, q: float) -> float:
   return float(np.searchsorted(cdf, q / 100.0))
 
 
-def summarize(spec: Spec, vocabs: dict[str, list[str]], numeric: dict[str, tuple], stats: list[dict]) -> dict:
+def summarize(spec: Spec, vocabs: dict[str, list[str]], numeric: dict[str, tuple], stats: list[dict],
+              unseen: int = 0) -> dict:
   rows = {s: sum(st["rows"][s] for st in stats) for s in shards.SPLITS}
   positives = {s: sum(st["positives"][s] for st in stats) for s in shards.SPLITS}
   width = max(len(st["hist_hist"]) for st in stats)
@@ -521,6 +605,7 @@ def summarize(spec: Spec, vocabs: dict[str, list[str]], numeric: dict[str, tuple
   summary = {
       "rows": rows,
       "vocabularies": {v: len(values) for v, values in vocabs.items()},
+      "user_groups": user_groups(spec, unseen),
       "label_rate": {s: positives[s] / max(1, rows[s]) for s in shards.SPLITS},
       "history_length_percentiles": {str(q): _percentile(hist, q) for q in (50, 90, 99)},
       "share_histories_longer_than_max_len": sum(st["longer"] for st in stats) / total,
@@ -591,12 +676,13 @@ def build(spec: Spec, inputs: dict[str, list[str]], cache_root: str, part_bytes:
     for v, values in vocabs.items():
       shards.write_text(directory / "vocab" / f"{v}.json", json.dumps(values))
     _vocab_arrays.cache_clear()
-    schema = schema_of(spec, {k: len(v) for k, v in vocabs.items()}, True)
+    unseen = find_groups(spec, parts, directory, desc)
+    schema = schema_of(spec, {k: len(v) for k, v in vocabs.items()}, True, unseen)
     plan = plan_shards(parts)
     meta = shards.build(directory, schema, params, len(plan),
                         functools.partial(write_shard, spec, plan, directory, numeric, held=held),
-                        lambda stats: summarize(spec, vocabs, numeric, stats), desc=f"{desc}: shards")
-  schema = schema_of(spec, meta["stats"]["vocabularies"], embed_user_id)
+                        lambda stats: summarize(spec, vocabs, numeric, stats, unseen), desc=f"{desc}: shards")
+  schema = schema_of(spec, meta["stats"]["vocabularies"], embed_user_id, meta["stats"]["user_groups"]["unseen_users"])
   return directory, {**meta, "schema": schema.to_dict()}
 
 
@@ -609,9 +695,10 @@ def default_cache_root() -> str:
 def encode_records(trained: Path, files: list[str], cache_root: str, part_bytes: int) -> tuple[Path, dict[str, Any]]:
   """`files` (in the layout the data set `trained` was converted from) -> a data set whose test split
   holds every row, in file order, encoded with `trained`'s vocabularies and numeric standardisation
-  (values it never saw are OOV id 0). For scoring: no row may be dropped, so a bad row is an error
-  whatever data.max_bad_rows says; the label column must be present, its values are not used beyond
-  being 0/1. Cached like a conversion."""
+  (values it never saw are OOV id 0; user keys it never saw get user groups of their own, numbered for
+  these files). For scoring: no row may be dropped, so a bad row is an error whatever
+  data.max_bad_rows says; the label column must be present, its values are not used beyond being 0/1.
+  Cached like a conversion."""
   meta = shards.load_meta(Path(trained))
   if meta is None or "spec" not in meta.get("params", {}):
     raise DataError(f"{trained}: not a data set converted from files (no spec in its meta.json)")
@@ -630,10 +717,12 @@ def encode_records(trained: Path, files: list[str], cache_root: str, part_bytes:
   for vocab in Path(trained, "vocab").glob("*.json"):
     shards.write_text(directory / "vocab" / vocab.name, vocab.read_text())
   _vocab_arrays.cache_clear()
-  schema = FeatureSchema.from_dict(meta["schema"])
+  unseen = find_groups(spec, {"test": parts}, directory, "encoding records")
+  schema = schema_of(spec, meta["stats"]["vocabularies"], True, unseen)
   plan = [{"train": [], "test": parts}]  # one shard: the rows stay in file order
   meta = shards.build(directory, schema, params, 1, functools.partial(write_shard, spec, plan, directory, numeric),
                       lambda stats: {"rows": {s: sum(st["rows"][s] for st in stats) for s in shards.SPLITS},
-                                     "oov": stats[0]["oov"], "nonfinite_numeric": stats[0]["nonfinite"]},
+                                     "oov": stats[0]["oov"], "nonfinite_numeric": stats[0]["nonfinite"],
+                                     "user_groups": user_groups(spec, unseen)},
                       desc="encoding records")
   return directory, meta

@@ -5,6 +5,9 @@ renames it when complete; a half-written one is never restored and is cleaned up
 Kept: the latest `keep` checkpoints and the best by the selection metric (the validation AUC; checkpoints
 saved at an evaluation carry its metrics).
 
+A checkpoint that cannot be read (missing or truncated files) is moved aside by the trainer
+(`set_aside`) and the next older one is used (loop._restore_first_readable).
+
 Restoring places every array with the shardings of the current run, so a checkpoint written on N
 devices restores on M. Embedding tables padded for another `model` axis (rows rounded up to its size)
 are restored at their stored row count and cut or zero-padded to this run's (padding rows are never
@@ -18,6 +21,7 @@ import io
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,13 @@ from orbax.checkpoint import checkpoint_managers as cm
 
 class CheckpointMismatch(ValueError):
   """The checkpoint does not hold the state this run expects (another model, schema or data set)."""
+
+
+class CheckpointUnreadable(RuntimeError):
+  """A file of the checkpoint is missing (the trainer then uses the next older one)."""
+
+
+REQUIRED_FILES = ("state/_METADATA", "data/metadata", "config/metadata")  # what every complete step directory holds
 
 
 class CheckpointWriteError(RuntimeError):
@@ -104,6 +115,9 @@ class Checkpoints:
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Restores `step` into the shapes and shardings of `abstract_state` (jax.ShapeDtypeStruct tree)."""
+    for required in REQUIRED_FILES:  # without them Orbax would describe a damaged checkpoint as another model's
+      if not (Path(self._manager.directory) / str(step) / required).is_file():
+        raise CheckpointUnreadable(f"{required} is missing")
     stored = {_name(p): leaf.shape for p, leaf in
               jax.tree_util.tree_leaves_with_path(self._manager.item_metadata(step).state)}
     wanted = {_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
@@ -128,6 +142,18 @@ class Checkpoints:
       state = jax.tree_util.tree_map_with_path(
           lambda p, a, x: _resize_rows(a, x) if _name(p) in resized else a, state, abstract_state)
     return state, out.data, out.config
+
+  def set_aside(self, step: int, reason: str) -> Path:
+    """Moves the unreadable checkpoint `step` to `<checkpoints>.damaged/<step>-<time>/` (kept for a look, never
+    restored again, and no longer in the way of a new checkpoint of that step) with a note of `reason`."""
+    self._manager.wait_until_finished()
+    source = Path(self._manager.directory) / str(step)
+    dest = source.parent.with_name(source.parent.name + ".damaged") / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(source, dest)
+    (dest.parent / f"{dest.name}.reason.txt").write_text(reason + "\n")
+    self._manager.reload()
+    return dest
 
   def read_config(self, step: int) -> dict[str, Any]:
     return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config

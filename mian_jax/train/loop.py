@@ -9,10 +9,7 @@ stops at once with EXIT_KILLED (the last complete checkpoint stays valid).
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -23,16 +20,16 @@ import numpy as np
 from tqdm import tqdm
 
 from mian_jax import data as data_lib
-from mian_jax import distributed
+from mian_jax import distributed, files, interrupts
 from mian_jax import metrics as metrics_lib
 from mian_jax import models
-from mian_jax.config import Config, ConfigError
+from mian_jax.config import Config, ConfigError, check_batch
 from mian_jax.data import pipeline
 from mian_jax.train import optim, partition, state as state_lib, step as step_lib, workdir as workdir_lib
 from mian_jax.train.checkpoint import CheckpointMismatch, Checkpoints, CheckpointWriteError, abstract
 
-EXIT_PREEMPTED = 75  # interrupted by a signal after saving a checkpoint; rerun to resume
-EXIT_KILLED = 130  # a second Ctrl-C: out at once
+EXIT_PREEMPTED = interrupts.EXIT_PREEMPTED  # interrupted by a signal after saving a checkpoint; rerun to resume
+EXIT_KILLED = interrupts.EXIT_KILLED  # a second Ctrl-C: out at once
 
 
 class TrainingError(RuntimeError):
@@ -47,36 +44,6 @@ class Diverged(TrainingError):
   """A non-finite loss or gradient with train.on_nonfinite=stop (launch.py: exit 3)."""
 
 
-class _Interrupts:
-  """SIGTERM / SIGINT set a flag checked after every step (the loop then saves and exits with
-  EXIT_PREEMPTED); a second SIGINT ends the process at once with EXIT_KILLED. Orbax renames a checkpoint
-  into place only when it is complete, so the last complete one stays valid, and a half-written one is
-  removed on the next start. After a signal the handlers stay installed until the process ends, so a
-  late second Ctrl-C during shutdown also ends it at once."""
-
-  def __init__(self):
-    self.signal: int | None = None
-    self._old = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._old[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    if self.signal is not None and signum == signal.SIGINT:
-      sys.stdout.flush()
-      print("error: stopped at once by a second Ctrl-C; the last complete checkpoint is kept, rerun to resume",
-            file=sys.__stderr__, flush=True)
-      os._exit(EXIT_KILLED)
-    self.signal = signum
-
-  def __exit__(self, *exc):
-    if self.signal is None:
-      for sig, handler in self._old.items():
-        signal.signal(sig, handler)
-
-
 class _Log:
   """metrics.jsonl (one JSON object per event) and TensorBoard scalars (`<workdir>/tensorboard`, tags
   `train/...`, `valid/...` and `test/...`), written by process 0 only. On resume, metrics.jsonl drops the events a
@@ -88,16 +55,18 @@ class _Log:
     self._tb = None
     if self.enabled:
       if self.path.exists():
-        kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
-        self.path.write_text("".join(l + "\n" for l in kept))
+        events, torn = files.read_jsonl(self.path)
+        if torn:
+          _say(f"warning: dropped {torn} unreadable line(s) of {self.path} (a write cut short by a full disk or a kill)")
+        kept = [e for e in events if isinstance(e.get("step"), int) and e["step"] <= resume_step]
+        files.write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
       from mian_jax import summaries
 
       self._tb = summaries.Scalars(workdir / "tensorboard")
 
   def write(self, event: dict[str, Any], **extra: float) -> None:
     if self.enabled:
-      with self.path.open("a") as f:
-        f.write(json.dumps(event) + "\n")
+      files.append_jsonl(self.path, event)
       scalars = {f"{event['split']}/{k}": v for k, v in {**event, **extra}.items() if k not in ("step", "split")}
       self._tb.write(event["step"], scalars)
       self._tb.flush()
@@ -108,7 +77,12 @@ class _Log:
 
 
 def _events(path: Path) -> list[dict[str, Any]]:
-  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+  return files.read_jsonl(path)[0]
+
+
+def fmt(value: float) -> str:
+  """A metric for a log line: 4 decimals, or `undefined` (AUC of a split with one class)."""
+  return "undefined" if value is None or np.isnan(value) else f"{value:.4f}"
 
 
 def _say(message: str) -> None:
@@ -137,7 +111,7 @@ def evaluate(eval_step, params, src: pipeline.Source, config: Config, mesh, spli
   num, batches = pipeline.eval_batches(src, split, rows_per_process=rows, max_len=config.data.max_len,
                                        process_index=jax.process_index(), process_count=jax.process_count(),
                                        oov=config.data.oov, mapped=mapped)
-  user_key = src.schema.user_key
+  user_key = src.group_key  # the raw user key's group (pipeline.Source.group_key)
   outs = []
   for local in batches:
     batch = partition.to_global(local, mesh)
@@ -150,6 +124,10 @@ def evaluate(eval_step, params, src: pipeline.Source, config: Config, mesh, spli
   except metrics_lib.NaNScores as e:
     raise Diverged(f"the model's {split} predictions are not finite: {e}; lower train.learning_rate or check the "
                    f"data (the checkpoints written so far are kept)") from None
+  if np.isnan(out["auc"]) and jax.process_index() == 0:
+    labels = set(np.unique(cat["y"][real]).tolist())
+    _say(f"warning: the {split} split has {'no rows' if not labels else f'one class only (every label {labels.pop():g})'}"
+         f": its AUC and gAUC are undefined, and model selection ignores them")
   if mapped:  # this process's count (data.oov=map)
     out["mapped_values"] = mapped
   return out
@@ -210,12 +188,14 @@ def restore_best(config: Config, workdir: str | Path, with_step: bool = False):
                              partition.model_size(mesh))
   shapes = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
   ckpt = Checkpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-  step = ckpt.best_step()
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
+  best = ckpt.best_step()
+  steps = ([best] if best is not None else []) + [s for s in sorted(ckpt.all_steps(), reverse=True) if s != best]
+  if not steps:
     raise TrainingError(f"no checkpoint in {workdir / 'checkpoints'}; train first (same command without this flag)")
   identity = workdir_lib.identity(config, src.directory, src.schema.fingerprint())
-  state, _ = _restore(ckpt, step, abstract(shapes, partition.state_shardings(shapes, mesh)), identity, workdir)
+  with interrupts.phase("restoring the checkpoint"):
+    state, _, step = _restore_first_readable(ckpt, steps, abstract(shapes, partition.state_shardings(shapes, mesh)),
+                                             identity, workdir, set_aside=False)
   ckpt.close()
   return (model, src, state.params, mesh, step) if with_step else (model, src, state.params, mesh)
 
@@ -227,22 +207,58 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
   try:
     with workdir_lib.Lock(workdir, enabled=jax.process_index() == 0):
       return _train_and_evaluate(config, workdir, fresh)
-  except workdir_lib.WorkdirBusy as e:
+  except (workdir_lib.WorkdirBusy, files.NotOurs) as e:
     raise TrainingError(str(e)) from None
 
 
-def _restore(ckpt: Checkpoints, step: int, target, identity: dict[str, Any], workdir: Path):
-  """(state, data position) of checkpoint `step`, refused when it was made for another model or data."""
-  saved = ckpt.read_config(step).get("identity")
-  diff = workdir_lib.differences(saved, identity) if saved else []
-  try:
-    if not diff:
-      state, data_state, _ = ckpt.restore(step, target)
-      return state, data_state
-  except CheckpointMismatch as e:
-    diff = [str(e)]
-  raise TrainingError(f"{workdir} holds checkpoints of another run ({'; '.join(diff)}); use another --workdir, "
-                      f"or --fresh to delete them and start over")
+def _restore_first_readable(ckpt: Checkpoints, steps: list[int], target, identity: dict[str, Any], workdir: Path,
+                            set_aside: bool) -> tuple[Any, dict[str, Any] | None, int]:
+  """(state, data position, step) of the first of `steps` that can be read. A checkpoint made for another
+  model or data set is refused (TrainingError); one that cannot be read (missing or truncated files, non-finite
+  values) is reported in one line and the next is tried; with `set_aside` (training, one process) it is
+  moved to `checkpoints.damaged/` so that a new checkpoint of its step can be written."""
+  failed = []
+  for step in steps:
+    try:
+      saved = ckpt.read_config(step).get("identity")
+    except Exception as e:  # a damaged checkpoint raises whatever the failing read raises
+      failed.append((step, _first_line(e)))
+    else:
+      diff = workdir_lib.differences(saved, identity) if saved else []
+      if diff:
+        raise TrainingError(f"{workdir} holds checkpoints of another run ({'; '.join(diff)}); use another --workdir, "
+                            f"or --fresh to move them aside and start over")
+      try:
+        state, data_state, _ = ckpt.restore(step, target)
+      except CheckpointMismatch as e:
+        raise TrainingError(f"{workdir} holds checkpoints of another run ({e}); use another --workdir, or --fresh "
+                            f"to move them aside and start over") from None
+      except Exception as e:
+        failed.append((step, _first_line(e)))
+      else:
+        if _finite(state.params):
+          if failed:
+            _say(f"using checkpoint step {step} ({'; '.join(f'step {s} could not be read: {why}' for s, why in failed)})")
+          return state, data_state, step
+        failed.append((step, "it holds non-finite values"))
+    if set_aside and jax.process_count() == 1:
+      where = ckpt.set_aside(step, failed[-1][1])
+      _say(f"warning: checkpoint step {step} could not be read ({failed[-1][1]}); moved to {where}")
+  moved = set_aside and jax.process_count() == 1
+  raise TrainingError(f"no checkpoint in {workdir / 'checkpoints'} can be read ("
+                      + "; ".join(f"step {s}: {why}" for s, why in failed)
+                      + (f"); they were moved to {workdir / 'checkpoints.damaged'}: rerun to start over" if moved
+                         else "); --fresh moves them aside and starts over"))
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def _finite(params) -> bool:
+  leaves = [x for x in jax.tree.leaves(params) if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)]
+  return all(bool(jax.numpy.isfinite(x).all()) for x in leaves)
 
 
 def _os_reason(e: Exception) -> str:
@@ -265,11 +281,20 @@ def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str,
   lead = jax.process_index() == 0
   # ---------------------------------------------------------------- data
   resolve_scale(config)
-  src = _open_source_once(config)
+  with interrupts.phase("building the data set"):
+    src = _open_source_once(config)
+  if src.rows("test") == 0:
+    raise TrainingError(f"{src.directory} has no test rows (the test files are empty or hold only a header); "
+                        f"give test data with at least one row of each label")
+  if src.rows("train") == 0:
+    raise TrainingError(f"{src.directory} has no training rows (each shard keeps whole blocks of data.block_size="
+                        f"{config.data.block_size} samples only); give more training data or lower data.block_size")
   if config.data.validation == "holdout" and src.rows("valid") == 0:
     raise TrainingError(f"data.validation=holdout, but {src.directory} has no validation rows (no user has a "
                         f"training sample besides its last one); set data.validation=test or none")
+  interrupts.set_phase("preparing the model (nothing written yet)")
   mesh = make_mesh(config)
+  check_batch(config.train.batch_size, src.block_size(), mesh.devices.size, jax.process_count())
   batch_local = partition.per_process_batch(config.train.batch_size, mesh)
   per_epoch = pipeline.steps_per_epoch(src, batch_local, jax.process_count())
   total = config.train.steps or config.train.epochs * per_epoch
@@ -285,22 +310,26 @@ def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str,
       step_lib.make_train_step(model, src.schema, tx, config.model.aux_loss_weight, dtype), mesh, shardings)
   eval_step = partition.jit_eval_step(step_lib.make_eval_step(model, src.schema, dtype), mesh, shardings.params)
   # ---------------------------------------------------------------- restore or start
-  if fresh and lead and workdir.exists():
-    shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
-    (workdir / "metrics.jsonl").unlink(missing_ok=True)
-  if lead:
-    (workdir / "result.json").unlink(missing_ok=True)  # written again when this run finishes
+  if fresh and lead:
+    moved = workdir_lib.set_aside_previous(workdir)
+    if moved:
+      _say(f"--fresh: the previous run's files are in {moved} (delete that folder when no longer needed)")
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = Checkpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
   identity = workdir_lib.identity(config, src.directory, src.schema.fingerprint())
-  start = ckpt.latest_step()
-  data_state = None
-  if start is None:
+  steps = sorted(ckpt.all_steps(), reverse=True)
+  data_state, resumed = None, False
+  if steps:
+    with interrupts.phase("restoring the checkpoint"):
+      state, data_state, start = _restore_first_readable(ckpt, steps, abstract(shapes, shardings), identity, workdir,
+                                                         set_aside=True)
+    resumed = True
+    _say(f"resumed from step {start} ({workdir / 'checkpoints'})")
+  else:
     start = 0
     state = partition.jit_init(init, mesh)(jax.random.key_data(jax.random.key(config.train.seed)))
-  else:
-    state, data_state = _restore(ckpt, start, abstract(shapes, shardings), identity, workdir)
-    _say(f"resumed from step {start} ({workdir / 'checkpoints'})")
+  if lead:  # checked the workdir's checkpoints first: a refused resume leaves a finished run as it was
+    (workdir / "result.json").unlink(missing_ok=True)  # written again when this run finishes
   blocks_per_batch = config.train.batch_size // src.block_size()
   data_start = pipeline.resume_from(data_state, blocks_per_batch, config.train.reset_data_position)
   data_it = pipeline.train_iterator(
@@ -308,7 +337,7 @@ def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str,
       process_index=jax.process_index(), process_count=jax.process_count(),
       workers=config.data.workers, prefetch=config.data.prefetch, start=data_start, oov=config.data.oov)
   if lead:
-    (workdir / "config.json").write_text(config.to_json())
+    files.write_text(workdir / "config.json", config.to_json())
   log = _Log(workdir, start)
   n_params = state_lib.num_params(shapes.params)
   _say(f"{config.model.name}: {n_params['tables']:,} embedding + {n_params['dense']:,} dense parameters; "
@@ -338,7 +367,7 @@ def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str,
     evals, select = evaluate_splits(eval_step, state.params, src, config, mesh, at_step)
     for split, m in evals.items():
       log.write({"step": at_step, "split": split, **m})
-    _say(f"step {at_step}: " + " | ".join(f"{split} auc={m['auc']:.4f} gauc={m['gauc']:.4f} logloss={m['logloss']:.4f}"
+    _say(f"step {at_step}: " + " | ".join(f"{split} auc={fmt(m['auc'])} gauc={fmt(m['gauc'])} logloss={fmt(m['logloss'])}"
                                           for split, m in evals.items()))
     save(at_step, {"select": select, **{f"{split}_{k}": evals[split][k] for split in evals for k in METRICS}})
     return evals
@@ -360,6 +389,10 @@ def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str,
     bad = [first + i for i, m in enumerate(fetched) if not m["finite"]]
     if bad and config.train.on_nonfinite == "stop":
       bar.close()
+      if resumed and bad[0] == start + 1:  # the restored state, not the data, is the likely cause
+        raise Diverged(f"non-finite loss or gradients at step {bad[0]}, the first step after resuming from checkpoint "
+                       f"step {start}: that checkpoint may be damaged; move {workdir / 'checkpoints' / str(start)} "
+                       f"out of the way and rerun to resume from the one before it")
       raise Diverged(f"non-finite loss or gradients at step {bad[0]} ({batch_position(bad[0])}); that update was "
                      f"not applied and {_kept(ckpt)}; lower "
                      f"train.learning_rate, check that data, or set train.on_nonfinite=skip_batch")
@@ -379,7 +412,7 @@ def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str,
     log.write(event, learning_rate=float(tx.lr(step)))
     bar.update(len(fetched))
 
-  with _Interrupts() as interrupts:
+  with interrupts.Deferred() as stop:
     while step < total:
       batch = partition.to_global(next(data_it), mesh)
       with jax.transfer_guard("disallow"):
@@ -388,7 +421,7 @@ def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str,
       step += 1
       evaluating = step % eval_every == 0 or step == total
       if step % config.train.log_every == 0 or evaluating or step % config.train.checkpoint_every == 0 \
-          or interrupts.signal is not None:
+          or stop.signal is not None:
         flush()  # before any save: a checkpoint is written only after its steps were checked
       if evaluating:
         evaluate_and_save(step)
@@ -398,14 +431,15 @@ def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str,
           break
       elif step % config.train.checkpoint_every == 0:
         save(step)
-      if interrupts.signal is not None:
+      if stop.signal is not None:
         save(step)
         ckpt.close()
         bar.close()
-        _say(f"interrupted by signal {interrupts.signal} at step {step}; checkpoint saved in "
-             f"{workdir / 'checkpoints'}; run the same command again to resume")
+        _say(f"interrupted by {interrupts.Interrupted(stop.signal, '').name} at step {step} (training); checkpoint "
+             f"saved in {workdir / 'checkpoints'}; run the same command again to resume")
         raise SystemExit(EXIT_PREEMPTED)
   bar.close()
+  interrupts.set_phase("the final evaluation")
   events = _events(log.path)
   if not any(e["split"] == "test" and e["step"] == step for e in events):  # resumed after the final step
     evaluate_and_save(step)
@@ -424,7 +458,7 @@ def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str,
             "wall_s": time.perf_counter() - t_start, "workdir": str(workdir), "skipped_steps": len(skipped),
             "mapped_values": {"train": bad_values, "test": at_best["test"].get("mapped_values", {})}}
   if lead:  # a finished run: sweeps skip it, summaries read it
-    (workdir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    files.write_json(workdir / "result.json", result)
     from mian_jax import plots
 
     curves = plots.training_curves(log.path, workdir / "curves.png", title=f"{config.experiment} / {config.model.name}")
@@ -439,11 +473,11 @@ def _train_and_evaluate(config: Config, workdir: Path, fresh: bool) -> dict[str,
     if counts:
       _say(f"read as OOV id 0 / 0.0 in the {where} (data.oov=map): "
            + ", ".join(f"{n:,} {what}" for what, n in sorted(counts.items())))
-  line = f"final test auc={final['auc']:.4f} gauc={final['gauc']:.4f} logloss={final['logloss']:.4f}"
+  line = f"final test auc={fmt(final['auc'])} gauc={fmt(final['gauc'])} logloss={fmt(final['logloss'])}"
   if selected_on is None:
     line += f" (latest evaluation, step {best}; data.validation=none)"
   else:
-    line += f" (best {selected_on} auc={at_best[selected_on]['auc']:.4f} at step {best})"
+    line += f" (best {selected_on} auc={fmt(at_best[selected_on]['auc'])} at step {best})"
   if result["bayes_auc"] is not None:
     line += f" (bayes auc={result['bayes_auc']:.4f})"
   _say(line)

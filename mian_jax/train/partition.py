@@ -62,11 +62,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def per_process_batch(global_batch: int, mesh: Mesh) -> int:
-  """This process's share of the global batch; it must split evenly over processes and devices."""
+def per_process_batch(global_batch: int, mesh: Mesh, key: str = "") -> int:
+  """This process's share of the global batch; it must split evenly over processes and devices, else a
+  ConfigError (a ValueError) naming `key`, the config field the batch came from."""
+  from mian_jax.config import ConfigError
+
   n_dev = mesh.devices.size
   if global_batch % n_dev:
-    raise ValueError(f"batch size {global_batch} does not split over {n_dev} devices; use a multiple of {n_dev}")
+    what = f"{key}={global_batch}" if key else f"batch size {global_batch} (train.batch_size or train.eval_batch_size)"
+    raise ConfigError(f"{what} does not split over {n_dev} devices; set it to a multiple of {n_dev}")
   return global_batch // jax.process_count()
 
 

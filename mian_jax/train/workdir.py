@@ -1,4 +1,11 @@
-"""Guards of a run's workdir: one run at a time, and only checkpoints of the same model and data.
+"""Guards of a run's workdir: one run at a time, only in a folder that is a run's, and only checkpoints of
+the same model and data.
+
+- `is_run` / `Lock`: a workdir must be new, empty, or a run's workdir (it holds `.lock`, which every run
+  creates first, `trial.json`, which a sweep writes before starting its trial, `metrics.jsonl` or
+  `checkpoints/`); any other folder is refused before anything is written there (`files.NotOurs`).
+- `set_aside_previous` (`--fresh`): the previous run's checkpoints, logs, results and TensorBoard events
+  are moved to `<workdir>/previous-<time>/`, never deleted; the user removes that folder when done.
 
 - `Lock`: an exclusive `flock` on `<workdir>/.lock`, taken by process 0 for the whole run. The kernel
   drops it when the process ends in any way (kill -9 included), so a crashed run never leaves it stuck;
@@ -15,10 +22,43 @@ import dataclasses
 import fcntl
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
+from mian_jax import files
 from mian_jax.config import Config
+
+RUN_MARKERS = (".lock", "trial.json", "metrics.jsonl", "checkpoints")  # what only a run (or the sweep
+                                                                       # starting it) writes in its workdir
+RUN_FILES = ("checkpoints", "checkpoints.damaged", "metrics.jsonl", "result.json", "config.json", "curves.png",
+             "tensorboard", "gim_attention.png")  # what a run writes there (moved aside by --fresh)
+
+
+def is_run(folder: Path) -> bool:
+  return any((Path(folder) / m).exists() for m in RUN_MARKERS)
+
+
+def claim(workdir: Path) -> None:
+  """Refuses (files.NotOurs) a workdir that holds files but is not a run's."""
+  files.claim(workdir, "a run", is_run, "choose a new or empty --workdir (or one of an earlier run)")
+
+
+def set_aside_previous(workdir: Path) -> Path | None:
+  """Moves what an earlier run wrote in `workdir` to `<workdir>/previous-<time>/`; returns that folder, or
+  None when there was nothing."""
+  found = [workdir / name for name in RUN_FILES if (workdir / name).exists()]
+  if not found:
+    return None
+  dest = workdir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+  suffix = 0
+  while dest.exists():
+    suffix += 1
+    dest = workdir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
+  dest.mkdir()
+  for path in found:
+    os.rename(path, dest / path.name)
+  return dest
 
 
 class WorkdirBusy(RuntimeError):
@@ -34,6 +74,7 @@ class Lock:
   def __enter__(self) -> "Lock":
     if not self.enabled:
       return self
+    claim(self.path.parent)
     self.path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -1,0 +1,119 @@
+"""Files the project writes and reads back: written atomically, read tolerantly, and folders it may
+write into.
+
+- `write_text` / `write_json`: a temporary file beside the target, fsynced and renamed over it, so a
+  full disk or a kill leaves the previous version or the new one, never half of one. A failed write is
+  an OSError naming the target (launch.py prints it as one `error:` line).
+- `read_json`: a damaged JSON file is a `Damaged` error naming the file (callers decide: redo the work
+  or stop with the name).
+- `read_jsonl` / `append_jsonl`: `metrics.jsonl` is appended to (one line per event); a torn line (a
+  full disk or a kill in the middle of a write) is dropped and counted, so a damaged log never stops a
+  run; the trainer rewrites the file without it on resume.
+- `claim`: the project writes only into a folder that is new, empty, or holds a previous artefact of
+  the same kind (a run, a sweep, an export: each recognised by a file only the project writes there);
+  anything else is `NotOurs`, and nothing is written or removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+
+class Damaged(ValueError):
+  """A file the project wrote earlier cannot be read back (torn or edited); the message names it."""
+
+
+class NotOurs(ValueError):
+  """A folder holds files the project did not write; the message names the folder and one such file."""
+
+
+def _reraise_named(e: OSError, path: Path) -> OSError:
+  return OSError(e.errno, e.strerror or str(e), str(path))
+
+
+def write_text(path: str | Path, text: str) -> None:
+  """Writes `text` to `path` atomically (a temporary file beside it, fsynced, then renamed)."""
+  path = Path(path)
+  fd, tmp = -1, None
+  try:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+      fd = -1
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+    tmp = None
+  except OSError as e:
+    raise _reraise_named(e, path) from None
+  finally:
+    if fd >= 0:
+      os.close(fd)
+    if tmp is not None and os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+  write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+  """The JSON value in `path`; `Damaged` naming the file when it cannot be parsed."""
+  path = Path(path)
+  try:
+    return json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise Damaged(f"{path} is damaged ({e})") from None
+
+
+def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], int]:
+  """(the events of a JSON-lines file, how many lines could not be read). A missing file has none."""
+  path = Path(path)
+  if not path.exists():
+    return [], 0
+  events, torn = [], 0
+  for line in path.read_text(errors="replace").splitlines():
+    if not line.strip():
+      continue
+    try:
+      event = json.loads(line)
+    except ValueError:
+      torn += 1
+      continue
+    if isinstance(event, dict):
+      events.append(event)
+    else:
+      torn += 1
+  return events, torn
+
+
+def append_jsonl(path: str | Path, event: dict[str, Any]) -> None:
+  """Appends one event as one line; a failed write is an OSError naming `path`."""
+  path = Path(path)
+  try:
+    with path.open("a") as f:
+      f.write(json.dumps(event) + "\n")
+  except OSError as e:
+    raise _reraise_named(e, path) from None
+
+
+def claim(folder: str | Path, kind: str, ours: Callable[[Path], bool], fix: str) -> Path:
+  """Checks that the project may write `kind` into `folder`: it does not exist, is empty, or `ours(folder)`
+  (it holds a previous artefact of the same kind). Otherwise `NotOurs` (`kind`: "a run", "an export", ...), naming a file found there and
+  `fix`. Returns the folder as a Path; creates nothing."""
+  folder = Path(folder)
+  if folder.exists() and not folder.is_dir():
+    raise NotOurs(f"{folder} is a file, not a folder; {fix}")
+  if not folder.is_dir() or ours(folder):
+    return folder
+  try:
+    sample = next(iter(sorted(folder.iterdir())), None)
+  except OSError as e:
+    raise NotOurs(f"{folder} cannot be read ({e.strerror}); {fix}") from None
+  if sample is None:
+    return folder
+  raise NotOurs(f"{folder} holds files that are not {kind}'s (e.g. {sample.name}), so nothing is written there; {fix}")

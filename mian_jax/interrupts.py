@@ -1,0 +1,105 @@
+"""SIGTERM and Ctrl-C in every phase of a run.
+
+- `install()` (launch.py, first thing): SIGTERM / SIGINT raise `Interrupted` (a BaseException, so no
+  `except Exception` swallows it) wherever the main thread is: building the data set, compiling,
+  restoring, the final evaluation, exporting. Each phase's cleanup runs as the exception passes (worker
+  processes are stopped, temporary files removed); launch.py prints one line naming the phase and what
+  was kept, and exits with EXIT_PREEMPTED.
+- `Deferred()` (the training loop): inside it a signal only sets a flag, checked after every step; the
+  loop then saves a checkpoint and exits with EXIT_PREEMPTED.
+- In both, a second Ctrl-C ends the process at once with EXIT_KILLED (the last complete checkpoint and
+  finished data shards stay valid: both are renamed into place only when complete).
+- `phase(name)`: what the process is doing, for the line printed on interruption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+
+EXIT_PREEMPTED = 75  # interrupted by a signal; what was finished is kept; rerun to resume
+EXIT_KILLED = 130  # a second Ctrl-C: out at once
+
+_current = ["starting"]
+_seen: list[int] = []
+
+
+class Interrupted(BaseException):
+  def __init__(self, signum: int, during: str):
+    super().__init__(signum, during)
+    self.signum, self.during = signum, during
+
+  @property
+  def name(self) -> str:
+    return "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
+
+
+def _killed() -> None:
+  sys.stdout.flush()
+  print("error: stopped at once by a second Ctrl-C; the last complete checkpoint and finished data shards are "
+        "kept, rerun to resume", file=sys.__stderr__, flush=True)
+  os._exit(EXIT_KILLED)
+
+
+def _raise(signum, frame):
+  if _seen and signum == signal.SIGINT:
+    _killed()
+  first = not _seen
+  _seen.append(signum)
+  if first:  # a second SIGTERM while the first one's cleanup runs is ignored
+    raise Interrupted(signum, _current[0])
+
+
+def install() -> dict:
+  """SIGTERM / SIGINT raise Interrupted from now on (main thread only); returns the previous handlers
+  (for `restore`, when the caller is not the whole process, e.g. a test calling launch.main)."""
+  _seen.clear()
+  _current[0] = "starting"
+  return {sig: signal.signal(sig, _raise) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def restore(handlers: dict) -> None:
+  for sig, handler in handlers.items():
+    signal.signal(sig, handler)
+
+
+def set_phase(name: str) -> None:
+  """Names what the process does from now on."""
+  _current[0] = name
+
+
+@contextlib.contextmanager
+def phase(name: str):
+  """Names what the process does while the block runs."""
+  before, _current[0] = _current[0], name
+  try:
+    yield
+  finally:
+    _current[0] = before
+
+
+class Deferred:
+  """Signals set `self.signal` instead of interrupting (checked by the training loop after each step); a
+  second Ctrl-C ends the process at once. On leaving, the previous handlers come back, unless a signal
+  arrived: then a late second Ctrl-C during shutdown still ends the process at once."""
+
+  def __init__(self):
+    self.signal: int | None = None
+    self._old = {}
+
+  def __enter__(self) -> "Deferred":
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if (self.signal is not None or _seen) and signum == signal.SIGINT:
+      _killed()
+    self.signal = signum
+
+  def __exit__(self, *exc):
+    if self.signal is None:
+      for sig, handler in self._old.items():
+        signal.signal(sig, handler)

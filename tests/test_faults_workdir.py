@@ -1,0 +1,237 @@
+"""Nothing lost, whatever is in the folders: --export, --predict --out, a run's and a sweep's workdir are
+written only when new, empty or the project's own; --fresh moves the previous run aside; a torn
+metrics.jsonl line, an unreadable or non-finite checkpoint and a torn result.json do not stop a rerun; a
+refused resume leaves the finished run's result.json. Real runs (launch.py processes) and real Orbax
+checkpoints; the in-process checks use the trainer's own functions."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import experiments
+from mian_jax import export, files, predict, sweep
+from mian_jax.data.errors import DataError
+from mian_jax.train import loop
+from mian_jax.train.checkpoint import Checkpoints
+from test_e2e import _launch
+
+RUN = ("--set", "train.steps=24", "--set", "train.checkpoint_every=8", "--set", "train.eval_every=8",
+       "--set", "train.keep_checkpoints=3")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_root):
+  """A finished run with checkpoints at steps 8, 16 and 24."""
+  w = tmp_path_factory.mktemp("finished") / "w"
+  run = _launch(w, data_root, *RUN)
+  assert run.returncode == 0, run.stderr
+  assert sorted(int(p.name) for p in (w / "checkpoints").iterdir() if p.name.isdigit()) == [8, 16, 24]
+  return w
+
+
+def _copy(finished: Path, tmp_path: Path) -> Path:
+  w = tmp_path / "w"
+  shutil.copytree(finished, w)
+  (w / ".lock").unlink(missing_ok=True)
+  return w
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _config(data_root, *sets: str):
+  config = experiments.get_config("commercial:tiny")
+  config.data.dir = str(data_root)
+  from mian_jax.config import apply_overrides
+
+  apply_overrides(config, [s for s in sets if "=" in s])
+  return config
+
+
+def _error_line(stderr: str) -> str:
+  lines = [l for l in stderr.strip().splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+  return lines[0]
+
+
+def test_export_into_the_workdir_is_refused_and_the_run_is_kept(finished, tmp_path, data_root):
+  w = _copy(finished, tmp_path)
+  before = _snapshot(w)
+  run = _launch(w, data_root, *RUN, "--export", str(w))
+  assert run.returncode == 2
+  assert "not an export's" in _error_line(run.stderr)
+  assert _snapshot(w) == before
+
+
+def test_export_writes_only_into_new_empty_or_earlier_export_folders(tmp_path):
+  foreign = tmp_path / "mine"
+  foreign.mkdir()
+  (foreign / "notes.txt").write_text("keep me")
+  with pytest.raises(files.NotOurs, match=r"mine holds files that are not an export's \(e.g. notes.txt\)"):
+    export.claim(foreign)
+  (tmp_path / "empty").mkdir()
+  export.claim(tmp_path / "empty")
+  export.claim(tmp_path / "new")
+  earlier = tmp_path / "earlier"
+  earlier.mkdir()
+  (earlier / export.MANIFEST_FILE).write_text(json.dumps({"format": export.FORMAT}))
+  export.claim(earlier)
+  (tmp_path / "a_file").write_text("x")
+  with pytest.raises(files.NotOurs, match="is a file"):
+    export.claim(tmp_path / "a_file")
+  assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_predict_never_overwrites_a_file_it_did_not_write(finished, tmp_path, data_root):
+  theirs = tmp_path / "theirs.csv"
+  theirs.write_text("id,name\n1,a\n")
+  run = _launch(finished, data_root, "--predict", str(data_root), "--out", str(theirs))
+  assert run.returncode == 2
+  assert "is not a --predict output" in _error_line(run.stderr)
+  assert theirs.read_text() == "id,name\n1,a\n"
+  earlier = tmp_path / "earlier.csv"
+  earlier.write_text("row,probability\n0,0.5\n")
+  predict._check_out(earlier)  # an earlier output may be replaced
+  with pytest.raises(DataError, match="is a folder"):
+    predict._check_out(tmp_path)
+
+
+def test_a_folder_holding_other_files_is_not_used_as_a_workdir_or_sweep_root(tmp_path, data_root):
+  home = tmp_path / "home"
+  home.mkdir()
+  (home / "thesis.tex").write_text("months of work")
+  run = _launch(home, data_root, *RUN)
+  assert run.returncode == 2
+  assert "home holds files that are not a run's (e.g. thesis.tex)" in _error_line(run.stderr)
+  assert sorted(p.name for p in home.iterdir()) == ["thesis.tex"]
+  with pytest.raises(files.NotOurs, match="not a sweep's"):
+    sweep.run("commercial:tiny", [{"model.name": "lr"}], home, [])
+  assert sorted(p.name for p in home.iterdir()) == ["thesis.tex"]
+
+
+def test_fresh_moves_the_previous_run_aside(finished, tmp_path, data_root):
+  w = _copy(finished, tmp_path)
+  old = _snapshot(w / "checkpoints")
+  run = _launch(w, data_root, *RUN, "--fresh", "--set", "train.steps=8")
+  assert run.returncode == 0, run.stderr
+  assert "resumed" not in run.stdout
+  (moved,) = [p for p in w.iterdir() if p.name.startswith("previous-")]
+  assert f"--fresh: the previous run's files are in {moved}" in run.stdout
+  assert _snapshot(moved / "checkpoints") == old
+  assert {"metrics.jsonl", "result.json", "config.json"} <= {p.name for p in moved.iterdir()}
+  assert sorted(p.name for p in (w / "checkpoints").iterdir() if p.name.isdigit()) == ["8"]
+
+
+def test_a_torn_log_line_and_unreadable_checkpoints_do_not_stop_a_rerun(finished, tmp_path, data_root):
+  w = _copy(finished, tmp_path)
+  with (w / "metrics.jsonl").open("a") as f:  # a full disk in the middle of a write
+    f.write('{"step": 13, "split": "tr')
+  (w / "result.json").unlink()  # as when the run was stopped before its end
+  state24 = w / "checkpoints" / "24" / "state"
+  largest = max((p for p in state24.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  with largest.open("r+b") as f:
+    f.truncate(10)
+  (w / "checkpoints" / "16" / "state" / "_METADATA").unlink()
+  run = _launch(w, data_root, *RUN, "--set", "train.steps=32")
+  assert run.returncode == 0, run.stderr
+  assert f"dropped 1 unreadable line(s) of {w / 'metrics.jsonl'}" in run.stdout
+  assert "checkpoint step 24 could not be read (" in run.stdout
+  assert "checkpoint step 16 could not be read (" in run.stdout
+  assert "resumed from step 8" in run.stdout and "another run" not in run.stdout + run.stderr
+  damaged = sorted(p.name.split("-")[0] for p in (w / "checkpoints.damaged").iterdir() if p.is_dir())
+  assert damaged == ["16", "24"]
+  events = [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()]  # every line readable
+  assert max(e["step"] for e in events) == 32
+  assert sorted(int(p.name) for p in (w / "checkpoints").iterdir() if p.name.isdigit())[-1] == 32
+
+
+def test_eval_falls_back_from_an_unreadable_best_checkpoint(finished, tmp_path, data_root):
+  w = _copy(finished, tmp_path)
+  config = _config(data_root, *RUN)
+  best = Checkpoints(w / "checkpoints").best_step()
+  (w / "checkpoints" / str(best) / "state" / "_METADATA").unlink()
+  *_, step = loop.restore_best(config, w, with_step=True)
+  assert step != best and step in (8, 16, 24)
+  assert (w / "checkpoints" / str(best)).exists()  # --eval / --export / --predict change nothing
+
+
+def _state_tree(w: Path, step: int):
+  with ocp.CheckpointManager((w / "checkpoints").absolute(), item_names=("state", "data", "config")) as m:
+    out = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore(),
+                                                  config=ocp.args.JsonRestore()))
+  return jax.tree.map(np.asarray, out.state), out.data, out.config
+
+
+def _save_scaled(w: Path, step: int, factor: float) -> int:
+  """A checkpoint at step + 1 whose parameters are step's times `factor` (what flipped exponent bits do)."""
+  state, data, config = _state_tree(w, step)
+  state["params"] = jax.tree.map(lambda x: (x * factor).astype(x.dtype) if np.issubdtype(x.dtype, np.floating) else x,
+                                 state["params"])
+  ckpt = Checkpoints(w / "checkpoints")
+  ckpt.save(step + 1, state, data, config)
+  ckpt.close()
+  return step + 1
+
+
+def test_non_finite_checkpoints_are_skipped_and_a_diverging_resume_blames_the_checkpoint(finished, tmp_path, data_root):
+  w = _copy(finished, tmp_path)
+  (w / "result.json").unlink()
+  nan_step = _save_scaled(w, 24, np.nan)
+  run = _launch(w, data_root, *RUN, "--set", "train.steps=26")
+  assert run.returncode == 0, run.stderr
+  assert f"checkpoint step {nan_step} could not be read (it holds non-finite values)" in run.stdout
+  assert "resumed from step 24" in run.stdout
+  w2 = _copy(finished, tmp_path / "huge")
+  (w2 / "result.json").unlink()
+  huge = _save_scaled(w2, 24, 1e30)
+  run = _launch(w2, data_root, *RUN, "--set", "train.steps=40")
+  assert run.returncode == 3
+  line = _error_line(run.stderr)
+  assert f"the first step after resuming from checkpoint step {huge}: that checkpoint may be damaged" in line
+  assert "check that data" not in line
+
+
+def test_a_refused_resume_keeps_the_finished_runs_result(finished, tmp_path, data_root):
+  w = _copy(finished, tmp_path)
+  before = _snapshot(w)
+  config = _config(data_root, *RUN)
+  config.model.name = "din"
+  with pytest.raises(loop.TrainingError, match="holds checkpoints of another run"):
+    loop.train_and_evaluate(config, w)
+  after = _snapshot(w)
+  assert after.pop(".lock", b"") in (b"",) and before == after
+
+
+def test_a_torn_trial_result_reruns_the_trial_instead_of_stopping_the_sweep(tmp_path):
+  trial = tmp_path / "name=lr"
+  trial.mkdir()
+  sets = ["model.name=lr"]
+  files.write_json(trial / "trial.json", {"overrides": {"model.name": "lr"}, "sets": sets})
+  (trial / "result.json").write_text('{"auc": 0.7')
+  assert sweep.is_sweep(tmp_path)
+  assert not sweep._finished(trial, sets)
+  assert sweep._row("name=lr", {"model.name": "lr"}, trial, 0, "cpu:0")["status"].startswith("failed")
+  files.write_json(trial / "result.json", {"auc": 0.7})
+  assert sweep._finished(trial, sets)
+
+
+def test_atomic_writes_name_the_file_and_leave_the_old_version(tmp_path, monkeypatch):
+  path = tmp_path / "result.json"
+  files.write_json(path, {"auc": 0.5})
+
+  def full_disk(fd):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(os, "fsync", full_disk)
+  with pytest.raises(OSError) as e:
+    files.write_json(path, {"auc": 0.9})
+  assert e.value.filename == str(path) and "No space left" in str(e.value)
+  assert json.loads(path.read_text()) == {"auc": 0.5}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
