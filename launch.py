@@ -13,11 +13,7 @@ import logging
 import os
 import sys
 
-# Exit codes (README "When things go wrong"): 0 done; 1 a sweep with failed trials; 2 an `error:` line
-# about the input, the configuration or the workdir; 3 diverged (non-finite loss, train.on_nonfinite=stop);
-# 75 interrupted by SIGTERM / Ctrl-C in any phase, with what was finished kept (rerun to resume); 130 a
-# second Ctrl-C.
-EXIT_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_KILLED = 2, 3, 75, 130
+# Exit codes and the errors behind them: mian_jax/errors.py (README "When things go wrong").
 
 
 def _parser(experiment_names: list[str], model_names: list[str], sweep_names: list[str]) -> argparse.ArgumentParser:
@@ -52,7 +48,9 @@ def _parser(experiment_names: list[str], model_names: list[str], sweep_names: li
 
 
 def main(argv: list[str] | None = None) -> int:
-  from mian_jax import interrupts
+  """Runs the command; returns its exit code. Every error the user can act on (mian_jax.errors.Error)
+  becomes one `error:` line and that error's exit code; SIGTERM / Ctrl-C in any phase, exit 75."""
+  from mian_jax import errors, interrupts
 
   previous = interrupts.install()  # from here on SIGTERM / Ctrl-C stop every phase cleanly (exit 75)
   try:
@@ -61,7 +59,21 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     print(f"error: stopped by {e.name} while {e.during}; finished data shards and checkpoints are kept (unfinished "
           f"ones are redone); run the same command again to go on", file=sys.stderr, flush=True)
-    return EXIT_PREEMPTED
+    return errors.EXIT_PREEMPTED
+  except errors.Error as e:
+    if getattr(e, "exit_at_once", False):
+      # Out at once: a failed checkpoint writer's pending futures would otherwise print tracebacks at
+      # shutdown after this line. Nothing is left to save (the complete checkpoints are on disk).
+      sys.stdout.flush()
+      print(f"error: {e}", file=sys.__stderr__, flush=True)
+      os._exit(e.exit_code)
+    print(f"error: {e}", file=sys.stderr)
+    return e.exit_code
+  except OSError as e:  # e.g. a full disk or a read-only directory while writing logs or results
+    where = f" {e.filename}" if e.filename else ""
+    print(f"error: cannot write{where}: {e.strerror or e}; free space or fix the directory's permissions, then rerun "
+          f"(training resumes from the last complete checkpoint)", file=sys.stderr)
+    return errors.EXIT_ERROR
   finally:
     interrupts.restore(previous)
 
@@ -73,83 +85,59 @@ def _main(argv: list[str] | None) -> int:
   logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # a failed checkpoint write's stray futures
   import experiments
   from experiments import sweeps
-  from mian_jax import files, interrupts, models
+  from mian_jax import distributed, interrupts, models
   from mian_jax.config import ConfigError, apply_overrides
 
   args = _parser(experiments.names(), models.names(), sweeps.names()).parse_args(argv)
   try:
-    try:
-      config = experiments.get_config(args.experiment)
-    except KeyError:
-      raise ConfigError(f"--experiment {args.experiment}: unknown; valid: {', '.join(experiments.names())}") from None
-    except ValueError as e:
-      raise ConfigError(f"--experiment {args.experiment}: {e}") from None
-    if args.model:
-      config.model.name = args.model
-    apply_overrides(config, args.set)
-    if config.model.name not in models.names():
-      raise ConfigError(f"model {config.model.name!r} is unknown; valid: {', '.join(models.names())}")
-    modes = [flag for flag, on in (("--sweep", args.sweep), ("--plot", args.plot), ("--eval", args.eval),
-                                   ("--predict", args.predict), ("--export", args.export)) if on]
-    if len(modes) > 1:
-      raise ConfigError(f"{' and '.join(modes)} cannot be combined; give one")
-    if args.predict and not args.out:
-      raise ConfigError("--predict PATH needs --out FILE (the CSV of probabilities to write)")
-    if args.sweep:
-      return _sweep(args, config, sweeps)
-    workdir = args.workdir or f"runs/{config.experiment}/{config.model.name}"
-    from mian_jax import distributed
-    try:
-      distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
+    config = experiments.get_config(args.experiment)
+  except KeyError:
+    raise ConfigError(f"--experiment {args.experiment}: unknown; valid: {', '.join(experiments.names())}") from None
+  except ValueError as e:
+    raise ConfigError(f"--experiment {args.experiment}: {e}") from None
+  if args.model:
+    config.model.name = args.model
+  apply_overrides(config, args.set)
+  if config.model.name not in models.names():
+    raise ConfigError(f"model {config.model.name!r} is unknown; valid: {', '.join(models.names())}")
+  modes = [flag for flag, on in (("--sweep", args.sweep), ("--plot", args.plot), ("--eval", args.eval),
+                                 ("--predict", args.predict), ("--export", args.export)) if on]
+  if len(modes) > 1:
+    raise ConfigError(f"{' and '.join(modes)} cannot be combined; give one")
+  if args.predict and not args.out:
+    raise ConfigError("--predict PATH needs --out FILE (the CSV of probabilities to write)")
+  if args.sweep:
+    return _sweep(args, config, sweeps)
+  workdir = args.workdir or f"runs/{config.experiment}/{config.model.name}"
+  try:
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
-    from mian_jax.data.pipeline import DataError
-    from mian_jax.data.records import RecordError
-    from mian_jax.train import loop
-    try:
-      if args.plot == "gim":
-        from mian_jax import plots
-        with interrupts.phase("drawing the GIM weights (nothing is written until they are drawn)"):
-          weights, columns = plots.gim_weights(config, workdir)
-          path = plots.gim_heatmap(weights, f"{workdir}/gim_attention.png", columns)
-        print(f"wrote {path}")
-      elif args.eval:
-        from mian_jax import predict
-        with interrupts.phase("evaluating (nothing is written)"):
-          step, m = predict.evaluate_best(config, workdir)
-        f = loop.fmt
-        print(f"final test auc={f(m['auc'])} gauc={f(m['gauc'])} logloss={f(m['logloss'])} (checkpoint step {step})")
-      elif args.predict:
-        from mian_jax import predict
-        with interrupts.phase(f"predicting ({args.out} is written only when complete)"):
-          n = predict.predict(config, workdir, args.predict, args.out)
-        print(f"wrote {n:,} probabilities to {args.out}")
-      elif args.export:
-        from mian_jax import export
-        with interrupts.phase(f"exporting ({args.export} is written only when complete)"):
-          out = export.export(config, workdir, args.export)
-        print(f"exported to {out}")
-      else:
-        loop.train_and_evaluate(config, workdir, fresh=args.fresh)
-    except loop.Diverged as e:
-      print(f"error: {e}", file=sys.stderr)
-      return EXIT_DIVERGED
-    except loop.CheckpointNotWritten as e:
-      # Out at once: the failed writer's pending futures would otherwise print tracebacks at shutdown
-      # after this line. Nothing is left to save (the complete checkpoints are on disk).
-      sys.stdout.flush()
-      print(f"error: {e}", file=sys.__stderr__, flush=True)
-      os._exit(EXIT_ERROR)
-    except (DataError, RecordError, loop.TrainingError, files.NotOurs, files.Damaged) as e:
-      raise ConfigError(str(e)) from None
-    except OSError as e:  # e.g. a full disk or a read-only directory while writing logs or results
-      where = f" {e.filename}" if e.filename else ""
-      raise ConfigError(f"cannot write{where}: {e.strerror or e}; free space or fix the directory's permissions, "
-                        f"then rerun (training resumes from the last complete checkpoint)") from None
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return EXIT_ERROR
+  from mian_jax import predict
+  from mian_jax.train import loop, report
+  if args.plot == "gim":
+    from mian_jax import plots
+    with interrupts.phase("drawing the GIM weights (nothing is written until they are drawn)"):
+      weights, columns = predict.gim_weights(config, workdir)
+      path = plots.gim_heatmap(weights, f"{workdir}/gim_attention.png", columns)
+    print(f"wrote {path}")
+  elif args.eval:
+    with interrupts.phase("evaluating (nothing is written)"):
+      step, m = predict.evaluate_best(config, workdir)
+    f = report.fmt
+    print(f"final test auc={f(m['auc'])} gauc={f(m['gauc'])} logloss={f(m['logloss'])} (checkpoint step {step})")
+  elif args.predict:
+    with interrupts.phase(f"predicting ({args.out} is written only when complete)"):
+      n = predict.predict(config, workdir, args.predict, args.out)
+    print(f"wrote {n:,} probabilities to {args.out}")
+  elif args.export:
+    from mian_jax import export
+    with interrupts.phase(f"exporting ({args.export} is written only when complete)"):
+      out = export.export(config, workdir, args.export)
+    print(f"exported to {out}")
+  else:
+    loop.train_and_evaluate(config, workdir, fresh=args.fresh)
   return 0
 
 
@@ -158,7 +146,7 @@ def _sweep(args, config, sweeps) -> int:
   prints and writes the summary."""
   from pathlib import Path
 
-  from mian_jax import sweep
+  from mian_jax import errors, sweep
   from mian_jax.config import ConfigError, apply_overrides
 
   try:
@@ -174,14 +162,16 @@ def _sweep(args, config, sweeps) -> int:
   root = Path(args.workdir or f"runs/{config.experiment}/sweeps/{args.sweep}")
   try:
     rows = sweep.run(args.experiment, trials, root, args.set, config.sweep.devices_per_trial, fresh=args.fresh)
-  except ValueError as e:
+  except ValueError as e:  # device groups that cannot be formed, a trial listed twice
+    if isinstance(e, errors.Error):
+      raise
     raise ConfigError(str(e)) from None
   print((root / "results.md").read_text())
   print(f"wrote {root / 'results.csv'}, {root / 'results.md'} and {root / 'results.png'}")
   if any(r["status"] == "interrupted" for r in rows):
     print("interrupted: run the same command again to resume", flush=True)
-    return sweep.EXIT_PREEMPTED
-  return 0 if all(r["status"] == "ok" for r in rows) else 1
+    return errors.EXIT_PREEMPTED
+  return errors.EXIT_OK if all(r["status"] == "ok" for r in rows) else errors.EXIT_TRIALS_FAILED
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mian_jax import models  # noqa: E402
-from mian_jax.config import ModelConfig, TrainConfig  # noqa: E402
+from mian_jax.config import Config, ModelConfig, TrainConfig  # noqa: E402
 from mian_jax.data import commercial  # noqa: E402
 from mian_jax.schema import FeatureSchema  # noqa: E402
-from mian_jax.train import optim, partition, state as state_lib, step as step_lib  # noqa: E402
+from mian_jax.train import partition  # noqa: E402
+from mian_jax.train.run import Run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -51,14 +51,13 @@ def batch(s: FeatureSchema, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def train_step(model_name: str, s: FeatureSchema, embedding_optimizer: str = "adam", embed_dim: int = 18,
                compute_dtype: str = "float32", devices=None):
-  """(jitted step, state, mesh) for one model, built as the trainer builds it."""
+  """(jitted step, state, mesh) for one model, built by the trainer's own Run (without data)."""
   mesh = partition.make_mesh(devices or jax.devices()[:1])
-  model = models.get(model_name, ModelConfig(embed_dim=embed_dim))
-  opt = optim.make_optimizer(TrainConfig(embedding_optimizer=embedding_optimizer, learning_rate=1e-3), 1000)
-  state = partition.jit_init(state_lib.make_init(model, s, embed_dim, opt), mesh)(
-      jax.random.key_data(jax.random.key(0)))
-  fn = step_lib.make_train_step(model, s, opt, compute_dtype=compute_dtype)
-  return partition.jit_train_step(fn, mesh), state, mesh
+  config = Config(model=ModelConfig(name=model_name, embed_dim=embed_dim),
+                  train=TrainConfig(embedding_optimizer=embedding_optimizer, learning_rate=1e-3,
+                                    compute_dtype=compute_dtype))
+  run = Run.assemble(config, s, mesh, total_steps=1000)
+  return run.train_step, run.init_state(seed=0), mesh
 
 
 def time_step(step: Callable, state: Any, batches: list, repeats: int = 20, warmup: int = 3

@@ -14,9 +14,7 @@ import math
 import typing
 from typing import Any, Literal
 
-
-class ConfigError(ValueError):
-  """A user mistake in the configuration; the message is one line saying what and how to fix it."""
+from mian_jax.errors import ConfigError  # the configuration's error; importable from here too
 
 
 # Size limits (`validate`): far above any real CTR run, low enough that a typo (an extra digit or
@@ -70,8 +68,15 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
+  # Every model receives all of these but reads only some: models.fields(name) lists each model's (declared
+  # per registry entry in mian_jax/models/__init__.py, checked by tests/test_model_fields.py). A run's
+  # identity holds name and those fields only, so a checkpoint resumes under a change of any other field.
+  # Below, "mian" includes its ablations except the one without the module named (mian_no_ibim, mian_no_gim).
   name: str = "mian"  # a name from the model registry (`python launch.py --help` lists them)
-  embed_dim: int = 18  # width D of every embedding table (DIN/DIEN reference default); 1..MAX_EMBED_DIM (4096)
+  # Width D of every embedding table (DIN/DIEN reference default); 1..MAX_EMBED_DIM (4096). Every model
+  # (the trainer builds the tables: LR's too).
+  embed_dim: int = 18
+  # mian: IBIM's fields (ibim_*)
   ibim_layers: int = 1  # Pre-LN Transformer blocks over the behaviours
   ibim_heads: int = 2  # attention heads; the behaviour width must divide by it
   ibim_ffn_mult: int = 2  # FFN hidden width = mult x behaviour width
@@ -83,18 +88,19 @@ class ModelConfig:
   # activation unit on [e_i, h_t, e_i - h_t, e_i * h_t] (hidden widths model.attention_mlp), softmax over
   # the real positions. Either way R_ibim = sum_t alpha_t [e_i; h_t].
   ibim_attention: Literal["additive", "target"] = "target"
-  # How e_b (for GIM and the MLP) pools the behaviours: mean (over the real ones) or sum (as DIN / DIEN
+  # mian: how e_b (for GIM and the MLP) pools the behaviours: mean (over the real ones) or sum (as DIN / DIEN
   # do; it keeps how many behaviours there are).
   behaviour_pool: Literal["mean", "sum"] = "sum"
-  gim_dim: int = 64  # GIM projects every r_l to this width before the weighted sum
-  mlp: tuple[int, ...] = (200, 80)  # prediction MLP hidden widths
+  gim_dim: int = 64  # mian: GIM projects every r_l to this width before the weighted sum
+  mlp: tuple[int, ...] = (200, 80)  # prediction MLP hidden widths (every model but lr)
   mlp_activation: Literal["relu", "dice"] = "dice"  # mian: the MLP's hidden activation (Dice: DIN's, running moments)
-  mlp_on_concat: bool = True  # feed [R_g; r_1..r_L] to the MLP (False = R_g only, the paper's literal form)
-  dropout: float = 0.0  # dropout in the MLP (train only)
+  mlp_on_concat: bool = True  # mian: feed [R_g; r_1..r_L] to the MLP (False = R_g only, the paper's literal form)
+  dropout: float = 0.0  # dropout in the MLP (train only; every model but lr)
   # The zoo's own fields (each model reads only its own).
   cross_layers: int = 3  # dcn: cross layers x_{l+1} = x_0 x_l^T w_l + b_l + x_l
   cin_layers: tuple[int, ...] = (100, 100)  # xdeepfm: feature maps per CIN layer
-  attention_mlp: tuple[int, ...] = (80, 40)  # din / dien: hidden widths of the attention unit (DIN reference)
+  # din / dien / mian (ibim_attention=target): hidden widths of DIN's attention unit (DIN reference)
+  attention_mlp: tuple[int, ...] = (80, 40)
   gru_dim: int = 0  # dien: GRU / AUGRU state width; 0 = the behaviour width (DIEN reference: 2 x 18 = 36)
   aux_loss_weight: float = 1.0  # dien: weight of the interest extractor's auxiliary loss (DIEN reference: 1)
 

@@ -1,6 +1,6 @@
 """Exports the best checkpoint of a run as a self-describing serving directory (read by `serving.py`).
 
-`export(config, workdir, out_dir)` restores the best checkpoint (`loop.restore_best`), takes the
+`export(config, workdir, out_dir)` restores the best checkpoint (`run.Run.restore`), takes the
 function the evaluation computes, `probs [B] = sigmoid(logit)` (`step.make_eval_step`, float32, one
 device), and serializes it with `jax.export` for a symbolic batch size `b`. The directory holds:
 
@@ -51,7 +51,8 @@ from mian_jax import files
 from mian_jax.config import Config
 from mian_jax.data import pipeline
 from mian_jax.schema import FeatureSchema
-from mian_jax.train import loop, step as step_lib
+from mian_jax.train import step as step_lib
+from mian_jax.train.run import Run
 
 FORMAT = "mian_jax.export/1"
 FUNCTION_FILE = "model.jaxexport"
@@ -79,8 +80,8 @@ def claim(out_dir: str | Path) -> Path:
 def export(config: Config, workdir: str | Path, out_dir: str | Path) -> Path:
   """Exports the best checkpoint in `workdir` (the latest when none was evaluated) to `out_dir`."""
   claim(out_dir)  # before the minutes of restoring and lowering
-  model, src, params, _ = loop.restore_best(config, workdir)
-  return write(model, src, jax.device_get(params), out_dir, config.model.name)
+  run, params, _ = Run.restore(config, workdir)
+  return write(run.model, run.src, jax.device_get(params), out_dir, config.model.name)
 
 
 def write(model: nn.Module, src: pipeline.Source, params: dict[str, Any], out_dir: str | Path,

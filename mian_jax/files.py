@@ -22,12 +22,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from mian_jax.errors import DataError, Error
 
-class Damaged(ValueError):
+
+class Damaged(DataError):
   """A file the project wrote earlier cannot be read back (torn or edited); the message names it."""
 
 
-class NotOurs(ValueError):
+class NotOurs(Error, ValueError):
   """A folder holds files the project did not write; the message names the folder and one such file."""
 
 

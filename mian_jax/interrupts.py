@@ -19,8 +19,7 @@ import os
 import signal
 import sys
 
-EXIT_PREEMPTED = 75  # interrupted by a signal; what was finished is kept; rerun to resume
-EXIT_KILLED = 130  # a second Ctrl-C: out at once
+from mian_jax.errors import EXIT_KILLED
 
 _current = ["starting"]
 _seen: list[int] = []

@@ -1,8 +1,10 @@
 """Pictures (matplotlib, headless): the paper's Figure 6 (GIM attention heatmap), a run's training curves and a
-sweep's AUC comparison."""
+sweep's AUC comparison. This module only draws what it is given (the GIM weights come from
+`predict.gim_weights`); it imports nothing of the trainer."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -11,39 +13,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mian_jax.config import Config  # noqa: E402
-from mian_jax.data import pipeline  # noqa: E402
-from mian_jax.models.mian import gim_inputs  # noqa: E402
 
-FIGURE6_ORDER = ("e_c", "R_icim", "e_u", "R_iuim", "e_i", "R_ibim", "e_b")  # the paper's columns
 PLOTS = ("gim",)
 
 
-def gim_weights(config: Config, workdir: str | Path, cases: int = 14, seed: int = 0) -> tuple[np.ndarray, tuple[str, ...]]:
-  """(GIM attention [cases, L] of `cases` random test samples, the L column names in FIGURE6_ORDER) from
-  the best checkpoint; L = the GIM inputs the model has (data without user or context fields has fewer)."""
-  import jax
-
-  from mian_jax.train import loop, partition, step as step_lib
-
-  model, src, params, mesh = loop.restore_best(config, workdir)
-  if not getattr(model, "use_gim", False):
-    raise loop.TrainingError(f"--plot gim needs a MIAN with GIM (model {config.model.name!r} has none); "
-                             f"use --model mian")
-  names = gim_inputs(model, len(src.schema.group("user")), len(src.schema.group("context")))
-  rows = partition.per_process_batch(max(cases, config.train.eval_batch_size), mesh)
-  _, batches = pipeline.eval_batches(src, "test", rows_per_process=rows, max_len=config.data.max_len,
-                                     process_index=0, process_count=1)
-  local = next(iter(batches))
-  forward = jax.jit(lambda p, b: step_lib.forward(model, src.schema, p, b, False)[1]["gim"])
-  weights = np.asarray(forward(params, partition.to_global(local, mesh)))
-  real = np.flatnonzero(np.asarray(local["weight"]) > 0)
-  pick = np.random.default_rng(seed).choice(real, size=min(cases, len(real)), replace=False)
-  shown = tuple(n for n in FIGURE6_ORDER if n in names)
-  return weights[np.sort(pick)][:, [names.index(n) for n in shown]], shown
-
-
-def gim_heatmap(weights: np.ndarray, path: str | Path, columns: tuple[str, ...] = FIGURE6_ORDER) -> Path:
+def gim_heatmap(weights: np.ndarray, path: str | Path, columns: tuple[str, ...]) -> Path:
   """Figure 6: one row per test case, one column per GIM input, the weight written in each cell."""
   fig, ax = plt.subplots(figsize=(1.0 * len(columns) + 1, 0.42 * len(weights) + 1.4))
   im = ax.imshow(weights, cmap="Blues", aspect="auto", vmin=0, vmax=max(0.5, float(weights.max())))
@@ -89,8 +63,6 @@ def sweep_auc(groups: list[dict], path: str | Path, title: str = "") -> Path:
 
 def training_curves(metrics_jsonl: str | Path, path: str | Path, title: str = "") -> Path:
   """The run's curves from metrics.jsonl: training loss, and validation / test AUC and logloss, by step."""
-  import json
-
   events = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
   train = [e for e in events if e.get("split") == "train" and e.get("loss") is not None]
   evals = {split: [e for e in events if e.get("split") == split] for split in ("valid", "test")}

@@ -33,18 +33,43 @@ from typing import Any
 import jax
 import numpy as np
 
+from mian_jax import data
 from mian_jax.config import Config
-from mian_jax.data import pipeline
-from mian_jax.data.errors import DataError
+from mian_jax.data import pipeline, tabular
+from mian_jax.export import vocab_of
+from mian_jax.errors import DataError
 from mian_jax.schema import FeatureSchema
-from mian_jax.train import loop, partition, step as step_lib
+from mian_jax.errors import RunError
+from mian_jax.models.mian import FIGURE6_ORDER, gim_inputs
+from mian_jax.train import partition, step as step_lib
+from mian_jax.train.run import Run
 
 
 def evaluate_best(config: Config, workdir: str | Path) -> tuple[int, dict[str, Any]]:
   """(checkpoint step, metrics) of the best checkpoint on the test split."""
-  model, src, params, mesh, step = loop.restore_best(config, workdir, with_step=True)
-  eval_step = partition.jit_eval_step(step_lib.make_eval_step(model, src.schema, config.train.compute_dtype), mesh)
-  return step, loop.evaluate(eval_step, params, src, config, mesh)
+  run, params, step = Run.restore(config, workdir)
+  return step, run.evaluate(params)
+
+
+def gim_weights(config: Config, workdir: str | Path, cases: int = 14, seed: int = 0) -> tuple[np.ndarray, tuple[str, ...]]:
+  """(GIM attention [cases, L] of `cases` random test samples, the L column names in FIGURE6_ORDER) from
+  the best checkpoint; L = the GIM inputs the model has (data without user or context fields has fewer).
+  plots.gim_heatmap draws them (the paper's Figure 6)."""
+  run, params, _ = Run.restore(config, workdir)
+  if not getattr(run.model, "use_gim", False):
+    raise RunError(f"--plot gim needs a MIAN with GIM (model {config.model.name!r} has none); use --model mian")
+  schema = run.schema
+  names = gim_inputs(run.model, len(schema.group("user")), len(schema.group("context")))
+  rows = partition.per_process_batch(max(cases, run.config.train.eval_batch_size), run.mesh, "train.eval_batch_size")
+  _, batches = pipeline.eval_batches(run.src, "test", rows_per_process=rows, max_len=run.config.data.max_len,
+                                     process_index=0, process_count=1)
+  local = next(iter(batches))
+  forward = jax.jit(lambda p, b: step_lib.forward(run.model, schema, p, b, False)[1]["gim"])
+  weights = np.asarray(forward(params, partition.to_global(local, run.mesh)))
+  real = np.flatnonzero(np.asarray(local["weight"]) > 0)
+  pick = np.random.default_rng(seed).choice(real, size=min(cases, len(real)), replace=False)
+  shown = tuple(n for n in FIGURE6_ORDER if n in names)
+  return weights[np.sort(pick)][:, [names.index(n) for n in shown]], shown
 
 
 def open_records(path: str | Path, schema: FeatureSchema) -> pipeline.Source:
@@ -71,24 +96,9 @@ def open_records(path: str | Path, schema: FeatureSchema) -> pipeline.Source:
 
 
 def _as_data_set(config: Config, src: pipeline.Source, path: Path) -> Path:
-  """`path` itself when it is a data set folder, else the data set its files encode to."""
-  if (path / "meta.json").exists() or config.data.source == "commercial":
-    return path
-  if not path.exists():
-    raise DataError(f"{path}: no such file or folder")
-  if config.data.source == "movielens":
-    from mian_jax.data import movielens
-
-    return movielens.encode_records(src.directory, str(path), str(src.directory.parent))[0]
-  from mian_jax.data import tabular
-
-  files = [str(path)] if path.is_file() else sorted(str(f) for f in path.iterdir() if f.is_file()
-                                                   and not f.name.startswith("."))
-  if not files:
-    raise DataError(f"{path}: no files to score")
-  options = tabular.Options.from_config(config.data)
-  directory, _ = tabular.encode_records(src.directory, files, str(src.directory.parent), options.part_bytes)
-  return directory
+  """`path` itself when it is a data set folder, else the data set its files encode to (the data set's
+  source decides: `mian_jax.data.DataSource.encode_records`)."""
+  return data.source_for(config.data).encode_records(config.data, src, path)
 
 
 def _check_out(out: Path) -> None:
@@ -110,9 +120,6 @@ def _check_out(out: Path) -> None:
 def user_names(src: pipeline.Source, groups: np.ndarray, trained: Path | None = None) -> list[str]:
   """The `user` column: each group index as its raw user key where `src`'s vocabularies (those of the data
   set `trained` when `src` has none: records it encoded) decode it, else as the index (module docstring)."""
-  from mian_jax.data import tabular
-  from mian_jax.export import vocab_of
-
   folder = src.directory / "vocab"
   folder = folder if folder.is_dir() or trained is None else Path(trained) / "vocab"
   name = vocab_of(src.schema, src.schema.user_key, [p.stem for p in folder.glob("*.json")])
@@ -127,16 +134,15 @@ def user_names(src: pipeline.Source, groups: np.ndarray, trained: Path | None = 
 def predict(config: Config, workdir: str | Path, path: str | Path, out: str | Path) -> int:
   """Scores every record of `path` with the best checkpoint; writes `out` (CSV); returns the count."""
   _check_out(Path(out))
-  model, src, params, mesh, _ = loop.restore_best(config, workdir, with_step=True)
+  run, params, _ = Run.restore(config, workdir)
+  src, mesh = run.src, run.mesh
   records = open_records(_as_data_set(config, src, Path(path)), src.schema)
-  eval_step = partition.jit_eval_step(step_lib.make_eval_step(model, src.schema, config.train.compute_dtype), mesh)
-  rows = partition.per_process_batch(config.train.eval_batch_size, mesh)
-  mapped: dict[str, int] = {}
+  rows = partition.per_process_batch(config.train.eval_batch_size, mesh, "train.eval_batch_size")
   _, batches = pipeline.eval_batches(records, "test", rows_per_process=rows, max_len=config.data.max_len,
-                                     oov=config.data.oov, mapped=mapped)
+                                     oov=config.data.oov)
   probs, groups = [], []
   for local in batches:
-    p = np.asarray(jax.device_get(eval_step(params, partition.to_global(local, mesh))))
+    p = np.asarray(jax.device_get(run.eval_step(params, partition.to_global(local, mesh))))
     probs.append(p[local["weight"] > 0])
     groups.append(local[records.group_key][local["weight"] > 0])
   scores = np.concatenate(probs) if probs else np.zeros(0, np.float32)
@@ -149,6 +155,7 @@ def predict(config: Config, workdir: str | Path, path: str | Path, out: str | Pa
     w.writerow(["row", "user", "probability"])
     w.writerows((i, u, f"{p:.6f}") for i, (u, p) in enumerate(zip(users, scores)))
   tmp.replace(out)
+  mapped = batches.counts.as_dict()
   if mapped:
     print("read as OOV id 0 / 0.0 (data.oov=map): " + ", ".join(f"{n:,} {k}" for k, n in sorted(mapped.items())))
   return len(scores)

@@ -7,7 +7,7 @@ summary (results.csv, results.md, results.png).
 - A trial whose workdir holds `result.json` written for the same overrides (`trial.json`) is finished
   and not run again; any other resumes from its own checkpoints (launch.py does that by itself).
 - SIGTERM / SIGINT to the sweep are passed on to the running trials, which save a checkpoint and stop;
-  the summary marks them `interrupted` and the sweep exits with loop.EXIT_PREEMPTED.
+  the summary marks them `interrupted` and the sweep exits with errors.EXIT_PREEMPTED (75).
 - One sweep runs on one host; a multi-host trial is a plain multi-host `launch.py` run.
 """
 
@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from mian_jax import files
+from mian_jax import errors, files
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_KEYS = ("best_step", "step", "valid_auc", "auc", "gauc", "logloss", "samples_per_s", "wall_s")
-EXIT_PREEMPTED = 75  # as mian_jax.train.loop.EXIT_PREEMPTED (not imported: this module does not load JAX)
+EXIT_PREEMPTED = errors.EXIT_PREEMPTED
 _TPU_BOUNDS = {1: "1,1,1", 2: "1,2,1", 4: "2,2,1"}
 
 
@@ -282,7 +282,7 @@ def results_markdown(rows: list[dict[str, Any]], reference: str = "mian") -> str
 
 def summarize(root: Path, rows: list[dict[str, Any]]) -> str:
   """Writes results.csv, results.md and results.png in `root`; returns the markdown."""
-  from mian_jax import plots
+  from mian_jax import plots  # here: matplotlib is needed for the summary only, not to run trials
 
   _write_csv(root / "results.csv", rows)
   text = results_markdown(rows)

@@ -25,25 +25,21 @@ def decode_split(directory: Path, meta: dict, split: str) -> dict[str, np.ndarra
 
 
 def train_briefly(name: str, config, source, steps: int) -> tuple[list[float], dict]:
-  """(losses, test metrics) after `steps` steps of model `name` on one device."""
-  from mian_jax import models
-  from mian_jax.train import loop, partition, state as state_lib, step as step_lib
+  """(losses, test metrics) after `steps` steps of model `name` on one device, through the trainer's Run."""
+  import copy
 
-  mesh = partition.make_mesh(jax.devices()[:1])
-  model = models.get(name, config.model)
-  tx = loop.make_optimizer(config.train, steps)
-  init = state_lib.make_init(model, source.schema, config.model.embed_dim, tx)
-  state = partition.jit_init(init, mesh)(jax.random.key_data(jax.random.key(0)))
-  train_step = partition.jit_train_step(
-      step_lib.make_train_step(model, source.schema, tx, config.model.aux_loss_weight), mesh)
-  it = loop.pipeline.train_iterator(source, batch_per_process=config.train.batch_size, seed=0,
-                                    max_len=config.data.max_len)
+  from mian_jax.train import partition
+  from mian_jax.train.run import Run
+
+  config = copy.deepcopy(config)
+  config.model.name, config.train.steps, config.train.seed = name, steps, 0
+  run = Run.build(config, src=source, mesh=partition.make_mesh(jax.devices()[:1]))
+  state, it = run.init_state(), run.train_iterator()
   losses = []
   for _ in range(steps):
-    state, metrics = train_step(state, partition.to_global(next(it), mesh))
+    state, metrics = run.train_step(state, partition.to_global(next(it), run.mesh))
     losses.append(float(metrics["loss"]))
-  eval_step = partition.jit_eval_step(step_lib.make_eval_step(model, source.schema), mesh)
-  return losses, loop.evaluate(eval_step, state.params, source, config, mesh)
+  return losses, run.evaluate(state.params)
 
 
 def launch(tmp_path: Path, experiment: str, *sets: str, extra: tuple[str, ...] = ()):

@@ -237,6 +237,7 @@ def test_converted_data_trains(tmp_path):
   """BARS-converted data (decoded equal to the DIEN layout's above) trains DIN to the planted signal."""
   config = experiments.get_config("books:tiny")
   config.train.learning_rate = 1e-2
+  config.data.validation = "test"  # the data set below is converted without a holdout
   folder = write_bars(tmp_path / "bars", samples(60), samples(20, seed=1))
   d, meta = amazon.build(str(folder), params(max_len=config.data.max_len, block_size=config.data.block_size),
                          str(tmp_path / "cache"))
@@ -264,11 +265,11 @@ def test_yelp_experiment_trains_and_plots_gim_without_context_fields(tmp_path, m
   assert plot.returncode == 0, plot.stderr
   png = tmp_path / "w" / "gim_attention.png"
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  from mian_jax import plots
+  from mian_jax import predict
 
   config = experiments.get_config("yelp:tiny")
   config.data.dir = str(folder)
   monkeypatch.setenv("MIAN_JAX_CACHE", str(tmp_path / "cache"))
-  weights, columns = plots.gim_weights(config, tmp_path / "w")
+  weights, columns = predict.gim_weights(config, tmp_path / "w")
   assert columns == ("e_u", "R_iuim", "e_i", "R_ibim", "e_b")  # Figure 6's order, without e_c and R_icim
   assert weights.shape == (14, 5) and np.allclose(weights.sum(1), 1.0, atol=1e-5)

@@ -33,8 +33,12 @@ def _listing(root: Path) -> list[tuple[str, int]]:
 
 
 def _eval_all(src, **kw):
+  return list(_eval(src, **kw))
+
+
+def _eval(src, **kw):
   _, batches = pipeline.eval_batches(src, "test", rows_per_process=512, max_len=10, **kw)
-  return list(batches)
+  return batches
 
 
 def test_truncated_and_corrupt_shards_are_named(tmp_path, data_root, tiny_source):
@@ -84,9 +88,10 @@ def test_ids_outside_the_vocabulary_and_non_finite_values_follow_data_oov(tmp_pa
   with pytest.raises(pipeline.DataError, match=rf"{path} record 0: feature item_id holds id 200 outside its "
                                                 r"vocabulary 0..41; .*set data.oov=map"):
     _eval_all(src, oov="error")
-  counted: dict = {}
-  batches = _eval_all(src, oov="map", mapped=counted)
-  assert counted == {"ids outside their vocabulary": 1, "non-finite numeric values": 1}
+  it = _eval(src, oov="map")
+  batches = list(it)
+  assert it.counts.as_dict() == {"ids outside their vocabulary": 1, "non-finite numeric values": 1}
+  assert all(set(b) == set(batches[0]) and not any(k.startswith("_") for k in b) for b in batches)  # data only
   assert all(b["item_id"].max() < 42 and np.isfinite(b["activity"]).all() for b in batches)
   nan_only = plant(tiny_source.directory, tmp_path / "nan", "test", 0, lambda b: b["activity"].__setitem__(3, np.inf))
   with pytest.raises(pipeline.DataError, match=rf"{nan_only} record 0: feature activity holds the non-finite value inf"):
@@ -98,6 +103,18 @@ def test_ids_outside_the_vocabulary_and_non_finite_values_follow_data_oov(tmp_pa
   assert mapped.returncode == 0, mapped.stderr
   assert ("read as OOV id 0 / 0.0 in the test data (data.oov=map): 1 ids outside their vocabulary, "
           "1 non-finite numeric values") in mapped.stdout
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_training_batches_count_values_read_as_zero(tmp_path, tiny_source, workers):
+  """The counts travel with each batch (from grain's worker processes too) and only into `counts`."""
+  src = _source(plant(tiny_source.directory, tmp_path / "data", "train", 0, _dirty).parent)
+  block = src.block_size()
+  it = pipeline.train_iterator(src, batch_per_process=block, seed=0, max_len=10, workers=workers)
+  batches = [next(it) for _ in src.blocks("train")]  # one epoch: every block once
+  assert it.counts.as_dict() == {"ids outside their vocabulary": 1, "non-finite numeric values": 1}
+  assert all(set(b) == set(batches[0]) and not any(k.startswith("_") for k in b) for b in batches)
+  assert max(int(b["item_id"].max()) for b in batches) < 42
 
 
 @pytest.mark.parametrize("experiment, folder, needle", [

@@ -36,10 +36,12 @@ def run(tmp_path_factory, data_root):
 def reference(run):
   """(model, source, host params, jitted eval step on one device, 20 test rows)."""
   from mian_jax.data import pipeline
-  from mian_jax.train import loop, step as step_lib
+  from mian_jax.train import step as step_lib
+  from mian_jax.train.run import Run
 
   config, workdir, _ = run
-  model, src, params, _ = loop.restore_best(config, workdir)
+  restored, params, _ = Run.restore(config, workdir)
+  model, src = restored.model, restored.src
   params = jax.device_get(params)
   _, batches = pipeline.eval_batches(src, "test", rows_per_process=20, max_len=config.data.max_len)
   rows = next(iter(batches))

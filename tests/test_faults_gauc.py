@@ -86,7 +86,8 @@ def config_for(folder: Path):
 
 def test_gauc_groups_test_users_unseen_in_training_by_their_raw_key(tmp_path, monkeypatch):
   from mian_jax import data, export
-  from mian_jax.train import loop, partition
+  from mian_jax.train import partition
+  from mian_jax.train.run import Run
 
   monkeypatch.setenv("MIAN_JAX_CACHE", str(tmp_path / "cache"))
   folder = write_data(tmp_path / "in")
@@ -94,7 +95,7 @@ def test_gauc_groups_test_users_unseen_in_training_by_their_raw_key(tmp_path, mo
   src = data.open_source(config.data)
   # The fixed predictions: the (standardised) price. evaluate() sees only what the shards hold.
   mesh = partition.make_mesh(jax.devices()[:1])
-  got = loop.evaluate(lambda params, batch: jax.nn.sigmoid(batch["price"]), None, src, config, mesh)
+  got = Run.build(config, src=src, mesh=mesh).evaluate(None, eval_step=lambda params, batch: jax.nn.sigmoid(batch["price"]))
 
   users = np.array([u for u, _, _ in TEST])
   y = np.array([l for _, l, _ in TEST], np.float64)

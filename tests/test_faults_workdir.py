@@ -16,8 +16,10 @@ import pytest
 
 import experiments
 from mian_jax import export, files, predict, sweep
-from mian_jax.data.errors import DataError
+from mian_jax.errors import DataError
+from mian_jax.errors import RunError
 from mian_jax.train import loop
+from mian_jax.train.run import Run
 from mian_jax.train.checkpoint import Checkpoints
 from test_e2e import _launch
 
@@ -157,7 +159,7 @@ def test_eval_falls_back_from_an_unreadable_best_checkpoint(finished, tmp_path, 
   config = _config(data_root, *RUN)
   best = Checkpoints(w / "checkpoints").best_step()
   (w / "checkpoints" / str(best) / "state" / "_METADATA").unlink()
-  *_, step = loop.restore_best(config, w, with_step=True)
+  *_, step = Run.restore(config, w)
   assert step != best and step in (8, 16, 24)
   assert (w / "checkpoints" / str(best)).exists()  # --eval / --export / --predict change nothing
 
@@ -203,7 +205,7 @@ def test_a_refused_resume_keeps_the_finished_runs_result(finished, tmp_path, dat
   before = _snapshot(w)
   config = _config(data_root, *RUN)
   config.model.name = "din"
-  with pytest.raises(loop.TrainingError, match="holds checkpoints of another run"):
+  with pytest.raises(RunError, match="holds checkpoints of another run"):
     loop.train_and_evaluate(config, w)
   after = _snapshot(w)
   assert after.pop(".lock", b"") in (b"",) and before == after

@@ -61,7 +61,8 @@ def test_predict_scores_every_record_in_input_order(trained, data_root, tiny_sou
   import jax
 
   import experiments
-  from mian_jax.train import loop, step as step_lib
+  from mian_jax.train import step as step_lib
+  from mian_jax.train.run import Run
 
   workdir, _ = trained
   out = tmp_path / "scores.csv"
@@ -76,7 +77,8 @@ def test_predict_scores_every_record_in_input_order(trained, data_root, tiny_sou
   # The same best checkpoint, scored in-process on the split in file order.
   config = experiments.get_config("commercial:tiny")
   config.data.dir = str(data_root)
-  model, src, params, _ = loop.restore_best(config, workdir)
+  restored, params, _ = Run.restore(config, workdir)
+  model, src = restored.model, restored.src
   probs = np.asarray(jax.jit(step_lib.make_eval_step(model, src.schema))(jax.device_get(params), expected_rows))
   assert got.std() > 1e-3  # the order matters: the scores differ
   np.testing.assert_allclose(got, probs, atol=2e-6)

@@ -118,11 +118,12 @@ def test_gim_figure_from_the_best_checkpoint(tmp_path, data_root):
   png = tmp_path / "w" / "gim_attention.png"
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert matplotlib.image.imread(png).shape[0] > 200  # 14 rows of cells
-  from mian_jax import plots
+  from mian_jax import predict
+  from mian_jax.models.mian import FIGURE6_ORDER
   import experiments
 
   config = experiments.get_config("commercial:tiny")
   config.data.dir = str(data_root)
-  w, columns = plots.gim_weights(config, tmp_path / "w")
-  assert w.shape == (14, 7) and columns == plots.FIGURE6_ORDER
+  w, columns = predict.gim_weights(config, tmp_path / "w")
+  assert w.shape == (14, 7) and columns == FIGURE6_ORDER
   assert abs(w.sum(1) - 1).max() < 1e-5  # a softmax over the seven inputs

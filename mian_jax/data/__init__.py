@@ -1,4 +1,7 @@
-"""Data sets by name: each turns a DataConfig into a `pipeline.Source` (shards on disk + schema).
+"""Data sets by name: `SOURCES[data.source]` is a `DataSource`, which owns every operation on its data:
+where it caches (`cache_root`), building / opening it as a `pipeline.Source` (shards on disk + schema:
+`open`), and encoding other files of its layout for --predict (`encode_records`). `source_for(cfg)` finds
+one, `open_source(cfg)` opens it.
 
 Converters are imported when their data set is opened: the converters' worker processes import this
 package, and should not pay for grain or for the other converters.
@@ -7,30 +10,82 @@ package, and should not pay for grain or for the other converters.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mian_jax.config import DataConfig
-from mian_jax.data.errors import DataError
+from mian_jax.errors import DataError
 from mian_jax.schema import FeatureSchema
 
 if TYPE_CHECKING:
   from mian_jax.data.pipeline import Source
 
 
-def _commercial(cfg: DataConfig) -> "Source":
-  from mian_jax.data import commercial, pipeline
+def default_cache_root() -> str:
+  """$MIAN_JAX_CACHE, else `data_cache` in the working directory: where converted data sets are cached
+  (never the data folder: it may be shared or read-only)."""
+  return os.environ.get("MIAN_JAX_CACHE") or "data_cache"
 
-  if not 0 < cfg.scale <= 10:
-    raise DataError(f"data.scale={cfg.scale} is out of range; use a value in (0, 10], 1.0 = full size")
-  valid_days = 1 if cfg.validation == "holdout" else 0
-  params = commercial.Params(scale=cfg.scale, seed=cfg.seed, max_len=cfg.max_len, days=cfg.days,
-                             test_days=cfg.test_days, block_size=cfg.block_size, shard_samples=cfg.shard_samples,
-                             valid_days=valid_days)
-  if not 0 < cfg.test_days < cfg.days - valid_days:
-    raise DataError(f"data.test_days={cfg.test_days} must be between 1 and {cfg.days - valid_days - 1} (data.days "
-                    f"minus {valid_days} validation day{'s' if valid_days != 1 else ''} minus one training day)")
-  directory, meta = commercial.build(cfg.dir, params)
-  return pipeline.Source(directory, _with_user_id(FeatureSchema.from_dict(meta["schema"]), cfg.embed_user_id), meta)
+
+class DataSource:
+  """One data set (a `SOURCES` entry). Converted from files by default: cached under `default_cache_root()`,
+  and --predict encodes files of the training layout with the training data's vocabularies."""
+
+  def cache_root(self, cfg: DataConfig) -> str:
+    """The folder its converted (or generated) data sets are cached in."""
+    return default_cache_root()
+
+  def open(self, cfg: DataConfig) -> "Source":
+    """Builds (or reuses) the data set `cfg` describes."""
+    raise NotImplementedError
+
+  def encode_records(self, cfg: DataConfig, trained: "Source", path: Path) -> Path:
+    """The data set folder --predict scores for `path`: `path` itself when it is one (meta.json), else the
+    data set its files encode to with the vocabularies of `trained` (the run's data set), cached next to it."""
+    if (path / "meta.json").exists():
+      return path
+    if not path.exists():
+      raise DataError(f"{path}: no such file or folder")
+    return self._encode_files(cfg, trained, path)
+
+  def _encode_files(self, cfg: DataConfig, trained: "Source", path: Path) -> Path:
+    """`path` (a file or a folder of files in the training layout) -> its data set (the tabular encoder)."""
+    from mian_jax.data import tabular  # here: see the module docstring
+
+    files = [str(path)] if path.is_file() else sorted(str(f) for f in path.iterdir() if f.is_file()
+                                                     and not f.name.startswith("."))
+    if not files:
+      raise DataError(f"{path}: no files to score")
+    options = tabular.Options.from_config(cfg)
+    directory, _ = tabular.encode_records(trained.directory, files, str(trained.directory.parent), options.part_bytes)
+    return directory
+
+
+class Commercial(DataSource):
+  """The generated commercial-scale set: generated into (and cached in) data.dir itself; --predict scores
+  data set folders only."""
+
+  def cache_root(self, cfg: DataConfig) -> str:
+    return cfg.dir
+
+  def open(self, cfg: DataConfig) -> "Source":
+    from mian_jax.data import commercial, pipeline  # here: see the module docstring
+
+    if not 0 < cfg.scale <= 10:
+      raise DataError(f"data.scale={cfg.scale} is out of range; use a value in (0, 10], 1.0 = full size")
+    valid_days = 1 if cfg.validation == "holdout" else 0
+    params = commercial.Params(scale=cfg.scale, seed=cfg.seed, max_len=cfg.max_len, days=cfg.days,
+                               test_days=cfg.test_days, block_size=cfg.block_size, shard_samples=cfg.shard_samples,
+                               valid_days=valid_days)
+    if not 0 < cfg.test_days < cfg.days - valid_days:
+      raise DataError(f"data.test_days={cfg.test_days} must be between 1 and {cfg.days - valid_days - 1} (data.days "
+                      f"minus {valid_days} validation day{'s' if valid_days != 1 else ''} minus one training day)")
+    directory, meta = commercial.build(self.cache_root(cfg), params)
+    return pipeline.Source(directory, _with_user_id(FeatureSchema.from_dict(meta["schema"]), cfg.embed_user_id), meta)
+
+  def encode_records(self, cfg: DataConfig, trained: "Source", path: Path) -> Path:
+    return path  # no raw-file layout to encode: open_records refuses a folder that is not a data set
 
 
 def _with_user_id(schema: FeatureSchema, embed: bool) -> FeatureSchema:
@@ -39,39 +94,57 @@ def _with_user_id(schema: FeatureSchema, embed: bool) -> FeatureSchema:
   return dataclasses.replace(schema, features=features)
 
 
-def _movielens(cfg: DataConfig) -> "Source":
-  from mian_jax.data import movielens, pipeline
+class MovieLens(DataSource):
+  """GroupLens MovieLens (ml-100k / ml-1m); --predict also scores a GroupLens folder."""
 
-  if cfg.test_per_user < 1:
-    raise DataError(f"data.test_per_user={cfg.test_per_user} must be >= 1")
-  if not 1 <= cfg.min_positive_rating <= 5:
-    raise DataError(f"data.min_positive_rating={cfg.min_positive_rating} must be in 1..5 (MovieLens stars)")
-  params = movielens.Params(max_len=cfg.max_len, block_size=cfg.block_size, min_positive_rating=cfg.min_positive_rating,
-                            test_per_user=cfg.test_per_user, seed=cfg.seed,
-                            valid_per_user=cfg.test_per_user if cfg.validation == "holdout" else 0)
-  directory, meta = movielens.build(cfg.dir, params)
-  return pipeline.Source(directory, _with_user_id(FeatureSchema.from_dict(meta["schema"]), cfg.embed_user_id), meta)
+  def open(self, cfg: DataConfig) -> "Source":
+    from mian_jax.data import movielens, pipeline  # here: see the module docstring
 
+    if cfg.test_per_user < 1:
+      raise DataError(f"data.test_per_user={cfg.test_per_user} must be >= 1")
+    if not 1 <= cfg.min_positive_rating <= 5:
+      raise DataError(f"data.min_positive_rating={cfg.min_positive_rating} must be in 1..5 (MovieLens stars)")
+    params = movielens.Params(max_len=cfg.max_len, block_size=cfg.block_size,
+                              min_positive_rating=cfg.min_positive_rating, test_per_user=cfg.test_per_user,
+                              seed=cfg.seed, valid_per_user=cfg.test_per_user if cfg.validation == "holdout" else 0)
+    directory, meta = movielens.build(cfg.dir, params, self.cache_root(cfg))
+    return pipeline.Source(directory, _with_user_id(FeatureSchema.from_dict(meta["schema"]), cfg.embed_user_id), meta)
 
-def _amazon(cfg: DataConfig) -> "Source":
-  from mian_jax.data import amazon, pipeline, tabular
+  def _encode_files(self, cfg: DataConfig, trained: "Source", path: Path) -> Path:
+    from mian_jax.data import movielens  # here: see the module docstring
 
-  directory, meta = amazon.build(cfg.dir, tabular.Options.from_config(cfg))
-  return pipeline.Source(directory, FeatureSchema.from_dict(meta["schema"]), meta)
-
-
-def _custom(cfg: DataConfig) -> "Source":
-  from mian_jax.data import custom, pipeline, tabular
-
-  directory, meta = custom.build(cfg.dir, cfg.schema, tabular.Options.from_config(cfg))
-  return pipeline.Source(directory, FeatureSchema.from_dict(meta["schema"]), meta)
+    return movielens.encode_records(trained.directory, str(path), str(trained.directory.parent))[0]
 
 
-SOURCES: dict[str, Callable[[DataConfig], "Source"]] = {
-    "commercial": _commercial, "movielens": _movielens, "amazon": _amazon, "custom": _custom}
+class Amazon(DataSource):
+  """Amazon reviews (books, electronics) and the Yelp copy: raw dumps, DIEN or BARS layouts."""
+
+  def open(self, cfg: DataConfig) -> "Source":
+    from mian_jax.data import amazon, pipeline, tabular  # here: see the module docstring
+
+    directory, meta = amazon.build(cfg.dir, tabular.Options.from_config(cfg), self.cache_root(cfg))
+    return pipeline.Source(directory, FeatureSchema.from_dict(meta["schema"]), meta)
+
+
+class Custom(DataSource):
+  """CSV / TSV / JSON lines / Parquet files described by a schema file (data.schema)."""
+
+  def open(self, cfg: DataConfig) -> "Source":
+    from mian_jax.data import custom, pipeline, tabular  # here: see the module docstring
+
+    directory, meta = custom.build(cfg.dir, cfg.schema, tabular.Options.from_config(cfg), self.cache_root(cfg))
+    return pipeline.Source(directory, FeatureSchema.from_dict(meta["schema"]), meta)
+
+
+SOURCES: dict[str, DataSource] = {
+    "commercial": Commercial(), "movielens": MovieLens(), "amazon": Amazon(), "custom": Custom()}
+
+
+def source_for(cfg: DataConfig) -> DataSource:
+  if cfg.source not in SOURCES:
+    raise DataError(f"data.source={cfg.source!r} is unknown; valid: {', '.join(sorted(SOURCES))}")
+  return SOURCES[cfg.source]
 
 
 def open_source(cfg: DataConfig) -> "Source":
-  if cfg.source not in SOURCES:
-    raise DataError(f"data.source={cfg.source!r} is unknown; valid: {', '.join(sorted(SOURCES))}")
-  return SOURCES[cfg.source](cfg)
+  return source_for(cfg).open(cfg)

@@ -40,7 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mian_jax.data import delimited, shards, tabular
-from mian_jax.data.errors import DataError
+from mian_jax.errors import DataError
 
 DIEN_FILES = ("local_train_splitByUser", "local_test_splitByUser")
 DIEN_NAMES = ("label", "uid", "mid", "cat", "mid_hist", "cat_hist")
@@ -254,17 +254,17 @@ def spec_for(layout: str, files: dict[str, Path], p: Params, cache_root: str) ->
                       given, holdout="last" if p.holdout else "")
 
 
-def build(folder: str, p: Params, cache_root: str | None = None) -> tuple[Path, dict[str, Any]]:
-  """Converts (or reuses) the Amazon files in `folder`; returns the data set directory and meta."""
-  root = cache_root or tabular.default_cache_root()
+def build(folder: str, p: Params, cache_root: str) -> tuple[Path, dict[str, Any]]:
+  """Converts (or reuses) the Amazon files in `folder` into the cache folder `cache_root`; returns the data set
+  directory and meta."""
   layout, files = find_layout(folder)
   if layout == "raw":
-    prepared = prepare(files, p, root)
+    prepared = prepare(files, p, cache_root)
     layout, files = "dien", {"train": prepared / DIEN_FILES[0], "test": prepared / DIEN_FILES[1]}
   if layout == "bars" and delimited.read_header(files["test"], ",") != delimited.read_header(files["train"], ","):
     raise DataError(f"{files['test']} line 1: its header differs from {files['train'].name}'s; both need the "
                     f"same columns")
-  spec = spec_for(layout, files, p, root)
+  spec = spec_for(layout, files, p, cache_root)
   inputs = {"train": [str(files["train"])], "test": [str(files["test"])]}
-  return tabular.build(spec, inputs, root, p.part_bytes, p.embed_user_id, {"layout": layout},
+  return tabular.build(spec, inputs, cache_root, p.part_bytes, p.embed_user_id, {"layout": layout},
                        desc=f"converting Amazon ({layout} layout, {folder})")

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from mian_jax.data import delimited, tabular
-from mian_jax.data.errors import DataError
+from mian_jax.errors import DataError
 
 GROUPS = ("item", "behaviour", "user", "context")
 KINDS = ("categorical", "numeric", "sequence")
@@ -263,7 +263,7 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
   return spec, inputs
 
 
-def build(folder: str, schema: str, p: tabular.Options, cache_root: str | None = None):
+def build(folder: str, schema: str, p: tabular.Options, cache_root: str):
   spec, inputs = load(schema, folder, p)
-  return tabular.build(spec, inputs, cache_root or tabular.default_cache_root(), p.part_bytes, p.embed_user_id,
+  return tabular.build(spec, inputs, cache_root, p.part_bytes, p.embed_user_id,
                        desc=f"converting {Path(schema).name} ({folder})")

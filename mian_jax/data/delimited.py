@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from mian_jax.data.errors import DataError
+from mian_jax.errors import DataError
 
 CHUNK_BYTES = 8 << 20
 PARQUET_MAGIC = b"PAR1"  # a Parquet file's first (and last) four bytes

@@ -46,7 +46,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from mian_jax.data import records, shards
-from mian_jax.data.errors import DataError
+from mian_jax.errors import DataError
 from mian_jax.schema import Feature, FeatureSchema
 
 VERSION = "movielens/1"
@@ -295,12 +295,12 @@ def _write_shard(layout: str, files: tuple, p: Params, directory: Path, index: i
   return out
 
 
-def build(folder: str, p: Params, cache_root: str | None = None) -> tuple[Path, dict[str, Any]]:
+def build(folder: str, p: Params, cache_root: str) -> tuple[Path, dict[str, Any]]:
   """Converts (or reuses) the MovieLens files in `folder`; returns the data set directory and meta."""
   layout, files = find_layout(folder)
   stamp = {k: [str(v.resolve()), v.stat().st_size, v.stat().st_mtime_ns] for k, v in files.items()}
   params = {"converter": VERSION, "layout": layout, "files": stamp, **dataclasses.asdict(p)}
-  directory = shards.dataset_dir(cache_root or default_cache_root(), f"movielens-{layout}", params)
+  directory = shards.dataset_dir(cache_root, f"movielens-{layout}", params)
   key = tuple(sorted((k, str(v.resolve())) for k, v in files.items()))
   meta = shards.load_meta(directory)
   if meta is not None and meta.get("params") == params:
@@ -316,12 +316,6 @@ def build(folder: str, p: Params, cache_root: str | None = None) -> tuple[Path, 
   finally:
     _converted.cache_clear()  # the files may change before the next call: never reuse parsed data
   return directory, meta
-
-
-def default_cache_root() -> str:
-  """$MIAN_JAX_CACHE, else `data_cache` (relative to the working directory, like the commercial data).
-  Never the data folder itself: it may be shared or read-only."""
-  return os.environ.get("MIAN_JAX_CACHE") or "data_cache"
 
 
 def encode_records(trained: Path, folder: str, cache_root: str) -> tuple[Path, dict[str, Any]]:

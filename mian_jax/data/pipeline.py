@@ -13,6 +13,11 @@ the number of processes: a position carries over to another process or device co
 another global batch when the blocks consumed are a whole number of new batches (`resume_from`).
 Evaluation reads every block of a split once, in order, padding the last
 batch with weight-0 rows; every process runs the same number of evaluation batches.
+Values read as 0 under data.oov=map are counted in a `Counts` that the iterator owns
+(`TrainIterator.counts`, `EvalIterator.counts`), filled as batches are consumed. Training batches are
+assembled by grain, possibly in worker processes that cannot add to the parent's counter, so each grain
+element is a (batch, per-batch counts) pair that `TrainIterator` unpacks: the batches callers see hold
+only the data set's fields.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from typing import Any, Iterator, Sequence
 
 import grain
 import numpy as np
+from absl import flags
+from array_record.python import array_record_module
 
 from mian_jax.data import records
-from mian_jax.data.errors import DataError  # noqa: F401  (re-exported: pipeline.DataError)
+from mian_jax.errors import DataError  # noqa: F401  (re-exported: pipeline.DataError)
 from mian_jax.schema import FeatureSchema
 
 
@@ -66,8 +73,6 @@ class _Located:
   opened or a record that cannot be read is a DataError saying which and how to fix it."""
 
   def __init__(self, src: Source, split: str):
-    from array_record.python import array_record_module
-
     self.paths, counts = src.paths(split), []
     missing = [p for p in self.paths if not Path(p).exists()]
     if missing:
@@ -115,13 +120,30 @@ def _first_line(e: Exception) -> str:
   return text.splitlines()[0] if text else type(e).__name__
 
 
-MAPPED = "__mapped__"  # batch key: [OOV ids, non-finite numeric values] read as 0 under data.oov=map
+@dataclasses.dataclass
+class Counts:
+  """How many values were read as 0 under data.oov=map, by kind: ids outside their feature's vocabulary
+  and non-finite numeric values (this process's reads)."""
+  oov_ids: int = 0
+  nonfinite: int = 0
+
+  NAMES = {"oov_ids": "ids outside their vocabulary", "nonfinite": "non-finite numeric values"}
+
+  def add(self, oov_ids: int = 0, nonfinite: int = 0) -> None:
+    self.oov_ids += int(oov_ids)
+    self.nonfinite += int(nonfinite)
+
+  def as_dict(self) -> dict[str, int]:
+    """The non-zero counts by their reported name (`mapped_values` in metrics and result.json); {} when
+    nothing was read as 0."""
+    return {name: getattr(self, field) for field, name in self.NAMES.items() if getattr(self, field)}
 
 
 def _decode_checked(schema: FeatureSchema, max_len: int | None, oov: str, located: _Located,
-                    item: tuple[int, bytes]) -> dict[str, np.ndarray]:
-  """Decodes one block; ids outside their vocabulary and non-finite numeric values become 0 and are
-  counted (oov=map) or stop the run naming the shard file, record and feature (oov=error)."""
+                    item: tuple[int, bytes]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """(block, [OOV ids, non-finite numeric values] in it): ids outside their vocabulary and non-finite
+  numeric values become 0 and are counted (oov=map) or stop the run naming the shard file, record and
+  feature (oov=error)."""
   index, blob = item
   try:
     block = records.decode_block(schema, blob, max_len)
@@ -129,7 +151,7 @@ def _decode_checked(schema: FeatureSchema, max_len: int | None, oov: str, locate
     path, record = located.where(index)
     raise DataError(f"{path} record {record}: {e}; the shard does not match this data set's schema: delete "
                     f"{located.directory} and rerun to regenerate the data") from None
-  counts = np.zeros(2, np.int32)
+  counts = np.zeros(2, np.int64)
   for f in schema.features:
     values = block[f.name]
     bad = ~np.isfinite(values) if f.kind == "numeric" else (values < 0) | (values >= f.vocab_size)
@@ -144,29 +166,21 @@ def _decode_checked(schema: FeatureSchema, max_len: int | None, oov: str, locate
                       f"data.oov=map to read such values as OOV id 0 / 0.0 (counted)")
     block[f.name] = np.where(bad, 0, values).astype(values.dtype)
     counts[int(f.kind == "numeric")] += int(bad.sum())
-  block[MAPPED] = np.broadcast_to(counts, (len(block["label"]), 2)) * (np.arange(len(block["label"])) == 0)[:, None]
-  return block
+  return block, counts
 
 
 def _decode_many(schema: FeatureSchema, max_len: int, oov: str, located: _Located,
-                 items: Sequence[tuple[int, bytes]]) -> dict[str, np.ndarray]:
-  return records.concat([_decode_checked(schema, max_len, oov, located, item) for item in items])
+                 items: Sequence[tuple[int, bytes]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """One training batch as grain carries it: (the batch, its [OOV ids, non-finite values] counts)."""
+  decoded = [_decode_checked(schema, max_len, oov, located, item) for item in items]
+  return records.concat([block for block, _ in decoded]), np.sum([counts for _, counts in decoded], axis=0)
 
 
-def _permute(seed: int, index: int, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _permute(seed: int, index: int, item: tuple[dict[str, np.ndarray], np.ndarray]
+             ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  batch, counts = item
   perm = np.random.default_rng([seed, index, 1]).permutation(len(batch["label"]))
-  return {k: v[perm] for k, v in batch.items()}
-
-
-def take_mapped(batch: dict[str, np.ndarray], into: dict[str, int]) -> dict[str, np.ndarray]:
-  """Removes the batch's count of values read as 0 (data.oov=map) and adds it to `into`."""
-  counts = batch.pop(MAPPED, None)
-  if counts is not None:
-    total = np.asarray(counts).sum(axis=0)
-    for name, n in zip(("ids outside their vocabulary", "non-finite numeric values"), total):
-      if n:
-        into[name] = into.get(name, 0) + int(n)
-  return batch
+  return {k: v[perm] for k, v in batch.items()}, counts
 
 
 def steps_per_epoch(src: Source, batch_per_process: int, process_count: int) -> int:
@@ -175,26 +189,24 @@ def steps_per_epoch(src: Source, batch_per_process: int, process_count: int) -> 
 
 
 class TrainIterator:
-  """Per-process training batches; `get_state()` is the position a checkpoint stores."""
+  """Per-process training batches; `get_state()` is the position a checkpoint stores; `counts`: the values
+  the batches returned so far read as 0 under data.oov=map."""
 
-  def __init__(self, it: Iterator[dict[str, np.ndarray]], start: int, blocks_per_batch: int):
+  def __init__(self, it: Iterator[tuple[dict[str, np.ndarray], np.ndarray]], start: int, blocks_per_batch: int):
     self._it, self.batches, self.blocks_per_batch = it, start, blocks_per_batch
-    self._mapped: dict[str, int] = {}
+    self.counts = Counts()
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = take_mapped(next(self._it), self._mapped)
+    batch, (oov_ids, nonfinite) = next(self._it)  # grain's element: (batch, its counts); see the module docstring
+    self.counts.add(oov_ids, nonfinite)
     self.batches += 1
     return batch
 
   def get_state(self) -> dict[str, int]:
     return {"batches": self.batches, "blocks_per_batch": self.blocks_per_batch}
-
-  def bad_values(self) -> dict[str, int]:
-    """How many values this iterator read as 0 under data.oov=map, by kind."""
-    return dict(self._mapped)
 
 
 def resume_from(state: dict[str, Any] | None, blocks_per_batch: int, reset: bool = False) -> int:
@@ -246,8 +258,6 @@ def train_iterator(src: Source, *, batch_per_process: int, seed: int, max_len: i
 
 
 def _absl_flags_parsed() -> None:
-  from absl import flags
-
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
@@ -259,13 +269,26 @@ def batch_sources(src: Source, seed: int, batch_index: int, blocks_per_batch: in
   return [located.where(int(order[batch_index * blocks_per_batch + j])) for j in range(blocks_per_batch)]
 
 
+class EvalIterator:
+  """Per-process evaluation batches (`eval_batches`); `counts`: the values the blocks read so far held that
+  data.oov=map read as 0 (complete once every batch is consumed)."""
+
+  def __init__(self, it: Iterator[dict[str, np.ndarray]], counts: Counts):
+    self._it, self.counts = it, counts
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._it)
+
+
 def eval_batches(src: Source, split: str, *, rows_per_process: int, max_len: int, process_index: int = 0,
-                 process_count: int = 1, oov: str = "map", mapped: dict[str, int] | None = None
-                 ) -> tuple[int, Iterator[dict[str, np.ndarray]]]:
+                 process_count: int = 1, oov: str = "map") -> tuple[int, EvalIterator]:
   """(number of batches, iterator) over every row of `split` held by this process, in order.
 
   Blocks are dealt to processes round robin; each process pads to the same number of batches. Values
-  read as 0 under data.oov=map are counted into `mapped`.
+  read as 0 under data.oov=map are counted in the iterator's `counts`.
   """
   sizes = src.blocks(split)
   mine = list(range(process_index, len(sizes), process_count))
@@ -273,25 +296,27 @@ def eval_batches(src: Source, split: str, *, rows_per_process: int, max_len: int
   num_batches = max(1, -(-max(counts) // rows_per_process))
   source = _Located(src, split)
   decode = functools.partial(_decode_checked, src.schema, max_len, oov, source)
-  counted = {} if mapped is None else mapped
+  counts = Counts()
 
   def gen() -> Iterator[dict[str, np.ndarray]]:
     pending: list[dict[str, np.ndarray]] = []
     have, emitted = 0, 0
     for start in range(0, len(mine), 64):  # one read call for 64 blocks
       for item in source.__getitems__(mine[start:start + 64]):
-        pending.append(decode(item))
-        have += len(pending[-1]["label"])
+        block, (oov_ids, nonfinite) = decode(item)
+        counts.add(oov_ids, nonfinite)
+        pending.append(block)
+        have += len(block["label"])
         while have >= rows_per_process:
           merged = records.concat(pending)
-          yield take_mapped({k: v[:rows_per_process] for k, v in merged.items()}, counted)
+          yield {k: v[:rows_per_process] for k, v in merged.items()}
           emitted += 1
           pending = [{k: v[rows_per_process:] for k, v in merged.items()}]
           have -= rows_per_process
-    template = decode(source[0])
+    template, _ = decode(source[0])  # only its fields and dtypes: not counted
     empty = {k: v[:0] for k, v in template.items()}
     while emitted < num_batches:
-      yield take_mapped(records.pad_rows(records.concat(pending + [empty]), rows_per_process), counted)
+      yield records.pad_rows(records.concat(pending + [empty]), rows_per_process)
       pending, emitted = [], emitted + 1
 
-  return num_batches, gen()
+  return num_batches, EvalIterator(gen(), counts)

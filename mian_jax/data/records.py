@@ -23,13 +23,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mian_jax.errors import DataError
 from mian_jax.schema import FeatureSchema
 
 MAGIC = b"MJB1"
 _HEADER = np.dtype([("magic", "S4"), ("n", "<u4"), ("total", "<u4")])
 
 
-class RecordError(ValueError):
+class RecordError(DataError):
   """A record that does not match the schema (bad magic, size or layout)."""
 
 

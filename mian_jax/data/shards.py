@@ -26,7 +26,7 @@ from array_record.python import array_record_module
 from tqdm import tqdm
 
 from mian_jax import files
-from mian_jax.data.errors import DataError
+from mian_jax.errors import DataError
 from mian_jax.schema import FeatureSchema
 
 SPLITS = ("train", "valid", "test")  # valid is empty unless data.validation=holdout

@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mian_jax.data import delimited, records, shards
-from mian_jax.data.errors import DataError
+from mian_jax.errors import DataError
 from mian_jax.schema import Feature, FeatureSchema
 
 VERSION = "tabular/2"  # 2: the user_group field (gAUC by the raw user key); older caches are rebuilt
@@ -449,7 +449,10 @@ def schema_of(spec: Spec, sizes: dict[str, int], embed_user_id: bool, unseen: in
 
 
 def _encode_chunk(spec: Spec, chunk: delimited.Chunk, vocabs: dict[str, pa.Array], numeric: dict[str, tuple],
-                  bad: delimited.BadRows, acc: dict[str, list], unseen: pa.Array) -> None:
+                  bad: delimited.BadRows, acc: dict[str, list], unseen: pa.Array,
+                  counted: dict[str, dict[str, int]]) -> None:
+  """Appends the chunk's columns to `acc`; adds its unseen values (per feature) to counted["oov"] and its
+  missing or non-finite numbers to counted["nonfinite"]."""
   unit = "row" if spec.fmt is None else "line"
   n = chunk.table.num_rows
   label = _column(chunk, spec.label.source)
@@ -462,13 +465,13 @@ def _encode_chunk(spec: Spec, chunk: delimited.Chunk, vocabs: dict[str, pa.Array
     array = _column(chunk, c.source)
     if c.kind == "numeric":
       values = _numeric(chunk, c, bad, unit)[0]
-      acc["_nonfinite:" + c.feature].append(int(np.isnan(values).sum()))
+      counted["nonfinite"][c.feature] += int(np.isnan(values).sum())
       mean, std = numeric[c.feature]
       acc[c.feature].append(np.where(np.isnan(values), 0.0, (values - mean) / std).astype(np.float32))
     elif c.kind == "categorical":
       strings = _strings(array)
       ids = _ids(strings, vocabs[c.vocab])
-      acc["_oov:" + c.feature].append(int(((ids == 0) & np.asarray(pc.not_equal(strings, ""))).sum()))
+      counted["oov"][c.feature] += int(((ids == 0) & np.asarray(pc.not_equal(strings, ""))).sum())
       acc[c.feature].append(ids)
       if c.feature == spec.user_key:  # the raw key's group: its id, else n + 1 + its place among the unseen
         extra = np.asarray(pc.fill_null(pc.index_in(strings, value_set=unseen), -1), np.int64)
@@ -478,7 +481,7 @@ def _encode_chunk(spec: Spec, chunk: delimited.Chunk, vocabs: dict[str, pa.Array
       full = _lengths(lists)
       flat = pc.list_flatten(lists)
       ids = _ids(flat, vocabs[c.vocab])
-      acc["_oov:" + c.feature].append(int(((ids == 0) & np.asarray(pc.not_equal(flat, ""))).sum()))
+      counted["oov"][c.feature] += int(((ids == 0) & np.asarray(pc.not_equal(flat, ""))).sum())
       keep = np.minimum(full, spec.max_len)
       ends = np.cumsum(full)
       starts = ends - full
@@ -541,8 +544,8 @@ def write_shard(spec: Spec, plan: list[dict[str, list[delimited.Part]]], directo
   for split in shards.SPLITS:
     acc: dict[str, list] = {k: [] for k in ["label", "_hist_full", "_lines", group_field(spec)]
                             + [c.feature for c in spec.features()]}
-    acc.update({f"_oov:{c.feature}": [] for c in spec.features() if c.kind != "numeric"})
-    acc.update({f"_nonfinite:{c.feature}": [] for c in spec.features("numeric")})
+    counted = {"oov": {c.feature: 0 for c in spec.features() if c.kind != "numeric"},
+               "nonfinite": {c.feature: 0 for c in spec.features("numeric")}}
     carved = spec.holdout and split in ("train", "valid")
     for part in plan[index].get("train" if carved else split, []):
       # the training parts are read twice when carving: count their bad rows on the train pass only
@@ -550,7 +553,7 @@ def write_shard(spec: Spec, plan: list[dict[str, list[delimited.Part]]], directo
         if carved:
           mask = held_out(spec, chunk, held)
           chunk = _take(chunk, mask if split == "valid" else ~mask)
-        _encode_chunk(spec, chunk, vocabs, numeric, bad, acc, unseen)
+        _encode_chunk(spec, chunk, vocabs, numeric, bad, acc, unseen, counted)
     cols = _stack(acc, spec)
     n = len(cols["label"])
     order = np.arange(n)
@@ -567,8 +570,7 @@ def write_shard(spec: Spec, plan: list[dict[str, list[delimited.Part]]], directo
     out["blocks"][split] = [min(spec.block_size, len(order) - s) for s in range(0, len(order), spec.block_size)]
     out["rows"][split] = int(len(order))
     out["positives"][split] = int(cols["label"][order].sum())
-    out["oov"][split] = {k[5:]: int(sum(v)) for k, v in acc.items() if k.startswith("_oov:")}
-    out["nonfinite"][split] = {k[11:]: int(sum(v)) for k, v in acc.items() if k.startswith("_nonfinite:")}
+    out["oov"][split], out["nonfinite"][split] = counted["oov"], counted["nonfinite"]
     unrelated, inside = _related(spec, {k: v[order] for k, v in cols.items()})
     out["unrelated"] += unrelated
     out["candidate_in_history"] += inside
@@ -684,12 +686,6 @@ def build(spec: Spec, inputs: dict[str, list[str]], cache_root: str, part_bytes:
                         lambda stats: summarize(spec, vocabs, numeric, stats, unseen), desc=f"{desc}: shards")
   schema = schema_of(spec, meta["stats"]["vocabularies"], embed_user_id, meta["stats"]["user_groups"]["unseen_users"])
   return directory, {**meta, "schema": schema.to_dict()}
-
-
-def default_cache_root() -> str:
-  """$MIAN_JAX_CACHE, else `data_cache` in the working directory (never the data folder: it may be
-  shared or read-only)."""
-  return os.environ.get("MIAN_JAX_CACHE") or "data_cache"
 
 
 def encode_records(trained: Path, files: list[str], cache_root: str, part_bytes: int) -> tuple[Path, dict[str, Any]]:

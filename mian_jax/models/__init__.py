@@ -3,35 +3,59 @@
 `extras` is a dict: attention weights by module (MIAN, DIN) and, for DIEN, `aux_loss` (added to the
 loss by the trainer with weight `model.aux_loss_weight`). A model class that sets `linear_terms = True`
 gets first-order weights per field in `groups.linear` (LR, Wide&Deep, DeepFM, xDeepFM).
-`get(name, cfg)` builds one; `names()` lists them (shown by `launch.py --help`). Entries are
-"module:factory" strings so that a model's file is imported only when it is used.
+`get(name, cfg)` builds one; `names()` lists them (shown by `launch.py --help`). Entries name their
+module and class so that a model's file is imported only when it is used.
+
+Every model receives the whole `ModelConfig` but reads only some of its fields: `fields(name)` lists
+them, declared by hand per entry below. They are the fields that change what the model computes or
+stores: its own reads of `cfg.*` (and the conditions on them, e.g. `attention_mlp` for MIAN's default
+target attention), plus what the trainer reads for it from `config.model` (`embed_dim`, the width of
+every embedding table, for all of them; `aux_loss_weight` for a model whose training extras hold an
+`aux_loss`). A checkpoint resumes under any change of the other fields: the run's identity
+(train/workdir.py) holds only `name` and these. tests/test_model_fields.py checks that changing any
+undeclared field changes neither a model's parameters nor its output.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 
 from mian_jax.config import ModelConfig
 
-# name -> (module under mian_jax.models, class, keyword arguments)
-_REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "lr": ("lr", "LR", {}),
-    "wdl": ("wdl", "WideDeep", {}),
-    "dcn": ("dcn", "DCN", {}),
-    "deepfm": ("deepfm", "DeepFM", {}),
-    "xdeepfm": ("xdeepfm", "XDeepFM", {}),
-    "din": ("din", "DIN", {}),
-    "dien": ("dien", "DIEN", {}),
-    "mian": ("mian", "MIAN", {}),
-    "mian_no_ibim": ("mian", "MIAN", {"use_ibim": False}),
-    "mian_no_iuim": ("mian", "MIAN", {"use_iuim": False}),
-    "mian_no_icim": ("mian", "MIAN", {"use_icim": False}),
-    "mian_no_iuim_icim": ("mian", "MIAN", {"use_iuim": False, "use_icim": False}),
-    "mian_no_gim": ("mian", "MIAN", {"use_gim": False}),
+
+class _Entry(NamedTuple):
+  module: str  # under mian_jax.models
+  cls: str
+  kwargs: dict[str, Any]
+  fields: tuple[str, ...]  # the ModelConfig fields this model reads (see the module docstring)
+
+
+# MIAN's fields by the module reading them (an ablation leaves out what its missing module reads).
+_IBIM = ("ibim_position", "ibim_encoder", "ibim_layers", "ibim_heads", "ibim_ffn_mult", "ibim_attention",
+         "attention_mlp")  # attention_mlp: the activation unit of ibim_attention=target
+_GIM = ("gim_dim", "mlp_on_concat")  # without GIM the MLP always reads the concatenation
+_MIAN_TOWER = ("behaviour_pool", "mlp", "mlp_activation", "dropout")
+
+_REGISTRY: dict[str, _Entry] = {
+    "lr": _Entry("lr", "LR", {}, ("embed_dim",)),  # reads no embedding, but the trainer builds the tables
+    "wdl": _Entry("wdl", "WideDeep", {}, ("embed_dim", "mlp", "dropout")),
+    "dcn": _Entry("dcn", "DCN", {}, ("embed_dim", "cross_layers", "mlp", "dropout")),
+    "deepfm": _Entry("deepfm", "DeepFM", {}, ("embed_dim", "mlp", "dropout")),
+    "xdeepfm": _Entry("xdeepfm", "XDeepFM", {}, ("embed_dim", "cin_layers", "mlp", "dropout")),
+    "din": _Entry("din", "DIN", {}, ("embed_dim", "attention_mlp", "mlp", "dropout")),
+    "dien": _Entry("dien", "DIEN", {}, ("embed_dim", "gru_dim", "attention_mlp", "mlp", "dropout",
+                                        "aux_loss_weight")),
+    "mian": _Entry("mian", "MIAN", {}, ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
+    "mian_no_ibim": _Entry("mian", "MIAN", {"use_ibim": False}, ("embed_dim", *_GIM, *_MIAN_TOWER)),
+    "mian_no_iuim": _Entry("mian", "MIAN", {"use_iuim": False}, ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
+    "mian_no_icim": _Entry("mian", "MIAN", {"use_icim": False}, ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
+    "mian_no_iuim_icim": _Entry("mian", "MIAN", {"use_iuim": False, "use_icim": False},
+                                ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
+    "mian_no_gim": _Entry("mian", "MIAN", {"use_gim": False}, ("embed_dim", *_IBIM, *_MIAN_TOWER)),
 }
 BASELINES = ("lr", "wdl", "dcn", "deepfm", "xdeepfm", "din", "dien")  # the paper's Table 2 order
 ABLATIONS = ("mian_no_iuim", "mian_no_icim", "mian_no_ibim", "mian_no_gim", "mian_no_iuim_icim")
@@ -41,9 +65,16 @@ def names() -> list[str]:
   return sorted(_REGISTRY)
 
 
+def fields(name: str) -> tuple[str, ...]:
+  """The ModelConfig fields model `name` reads (not `name` itself), in declaration order."""
+  if name not in _REGISTRY:
+    raise KeyError(name)
+  return _REGISTRY[name].fields
+
+
 def get(name: str, cfg: ModelConfig) -> nn.Module:
   if name not in _REGISTRY:
     raise KeyError(name)
-  module, cls, kwargs = _REGISTRY[name]
-  factory = getattr(importlib.import_module(f"mian_jax.models.{module}"), cls)
-  return functools.partial(factory, **kwargs)(cfg)
+  entry = _REGISTRY[name]
+  factory = getattr(importlib.import_module(f"mian_jax.models.{entry.module}"), entry.cls)
+  return functools.partial(factory, **entry.kwargs)(cfg)

@@ -50,6 +50,7 @@ def _broadcast_concat(e_bi: jax.Array, x_ble: jax.Array) -> jax.Array:
 
 
 GIM_INPUTS = ("e_i", "e_b", "e_c", "e_u", "R_ibim", "R_iuim", "R_icim")  # the order of extras["gim"]'s columns
+FIGURE6_ORDER = ("e_c", "R_icim", "e_u", "R_iuim", "e_i", "R_ibim", "e_b")  # the paper's Figure 6 columns
 
 
 def gim_inputs(model: "MIAN", user_fields: int, context_fields: int) -> tuple[str, ...]:

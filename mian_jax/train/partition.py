@@ -17,6 +17,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mian_jax.errors import ConfigError
+
 
 def make_mesh(devices: list[jax.Device] | None = None, spec: str = "") -> Mesh:
   """A mesh over `devices` (default: every device of every process): 1-D `data` when `spec` is "", else
@@ -65,8 +67,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def per_process_batch(global_batch: int, mesh: Mesh, key: str = "") -> int:
   """This process's share of the global batch; it must split evenly over processes and devices, else a
   ConfigError (a ValueError) naming `key`, the config field the batch came from."""
-  from mian_jax.config import ConfigError
-
   n_dev = mesh.devices.size
   if global_batch % n_dev:
     what = f"{key}={global_batch}" if key else f"batch size {global_batch} (train.batch_size or train.eval_batch_size)"

@@ -6,14 +6,14 @@ the same model and data.
   `checkpoints/`); any other folder is refused before anything is written there (`files.NotOurs`).
 - `set_aside_previous` (`--fresh`): the previous run's checkpoints, logs, results and TensorBoard events
   are moved to `<workdir>/previous-<time>/`, never deleted; the user removes that folder when done.
-
 - `Lock`: an exclusive `flock` on `<workdir>/.lock`, taken by process 0 for the whole run. The kernel
   drops it when the process ends in any way (kill -9 included), so a crashed run never leaves it stuck;
   the file holds the owner's pid and host, which the refusal names.
 - `identity` / `differences`: what must match between a checkpoint and the run resuming it: the model
-  (name and every model.* field), the embedding optimizer (its slots are part of the state) and the data
-  set (its cache directory, named by its generation / conversion parameters, and the feature schema's
-  fingerprint). Training fields (steps, learning rate, batch size, mesh, ...) may change on resume.
+  (its name and the fields that model reads, `models.fields`), the embedding optimizer (its slots are
+  part of the state) and the data set (its cache directory, named by its generation / conversion
+  parameters, and the feature schema's fingerprint). Training fields (steps, learning rate, batch
+  size, mesh, ...) may change on resume.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 from mian_jax import files
 from mian_jax.config import Config
+from mian_jax.errors import RunError
 
 RUN_MARKERS = (".lock", "trial.json", "metrics.jsonl", "checkpoints")  # what only a run (or the sweep
                                                                        # starting it) writes in its workdir
@@ -61,7 +62,7 @@ def set_aside_previous(workdir: Path) -> Path | None:
   return dest
 
 
-class WorkdirBusy(RuntimeError):
+class WorkdirBusy(RunError):
   """Another run holds the workdir."""
 
 
@@ -98,18 +99,29 @@ class Lock:
 
 
 def identity(config: Config, data_dir: Path, schema_fingerprint: str) -> dict[str, Any]:
-  return {"model": dataclasses.asdict(config.model), "train.embedding_optimizer": config.train.embedding_optimizer,
+  """What a checkpoint records of its run and a resuming run must match (see `differences`). "model" holds
+  the model's name and only the model.* fields that model reads (models.fields): a change of another
+  model's field (e.g. model.cin_layers under MIAN) does not refuse a resume."""
+  from mian_jax import models  # here: the registry imports flax, which the other guards do not need
+
+  every = dataclasses.asdict(config.model)
+  model = {"name": every["name"], **{f: every[f] for f in models.fields(config.model.name)}}
+  return {"model": model, "train.embedding_optimizer": config.train.embedding_optimizer,
           "data set": Path(data_dir).name, "feature schema": schema_fingerprint}
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-  """What differs, as `key: checkpoint X, this run Y` (model fields one by one)."""
+  """What differs, as `key: checkpoint X, this run Y` (model fields one by one). Only the model fields of
+  `current` are compared (its name and the fields its model reads): a saved identity holding more (older
+  checkpoints recorded every model.* field) still matches when those agree, and a field the checkpoint
+  lacks counts as equal."""
   out = []
   for key in current:
     if key == "model":
       for field, value in current["model"].items():
         was = saved.get("model", {}).get(field, value)
-        if was != value and not (isinstance(value, (list, tuple)) and list(was) == list(value)):
+        if was != value and not (isinstance(value, (list, tuple)) and isinstance(was, (list, tuple))
+                                 and list(was) == list(value)):
           out.append(f"model.{field}: checkpoint {was}, this run {value}")
     elif key in saved and saved[key] != current[key]:
       out.append(f"{key}: checkpoint {saved[key]}, this run {current[key]}")

@@ -1,0 +1,292 @@
+"""A run, assembled in one place: `Run.build(config)` and `Run.restore(config, workdir)`.
+
+A Run owns what every use of a trained or training model needs: the data source, the mesh, the model,
+the optimizer, the state's shapes and shardings, the jitted train / eval steps, the checkpoints of a
+workdir and `evaluate()`. The trainer (loop.py), --eval / --predict (predict.py), --export, --plot, the
+tests and the benchmarks all build their runs here; nothing else assembles these pieces.
+
+- `Run.build(config)` opens (generates / converts) the data once per host group (process 0 first),
+  resolves data.scale on a copy of the config (the caller's config is never changed) and checks the batch
+  against the data's block size and the device count before anything is compiled.
+- `Run.restore(config, workdir)` also restores the best checkpoint (the latest when none was evaluated),
+  falling back past unreadable ones (`restore_first_readable`).
+- `evaluate(params, split)` is exact: every row once, padding dropped, AUC / gAUC (grouped by the raw
+  user key, `Source.group_key`) / logloss over the whole split, gathered from every process.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from mian_jax import data as data_lib
+from mian_jax import distributed, interrupts, metrics as metrics_lib, models
+from mian_jax.config import Config, check_batch
+from mian_jax.data import pipeline
+from mian_jax.errors import ConfigError, Diverged, RunError
+from mian_jax.schema import FeatureSchema
+from mian_jax.train import optim, partition, state as state_lib, step as step_lib, workdir as workdir_lib
+from mian_jax.train.checkpoint import CheckpointMismatch, Checkpoints, abstract
+
+METRICS = ("auc", "gauc", "logloss")
+SELECTED_ON = {"holdout": "valid", "test": "test", "none": None}  # data.validation -> the split that selects
+
+
+def resolved(config: Config) -> tuple[Config, str | None]:
+  """(a copy of `config` with data.scale < 0 resolved: full scale with an accelerator, 1% on CPU, the
+  note saying so or None)."""
+  config = copy.deepcopy(config)
+  if config.data.scale >= 0:
+    return config, None
+  if jax.default_backend() == "cpu":
+    config.data.scale = 0.01
+    return config, "note: CPU only, so data.scale=0.01 (361k samples); full scale: --set data.scale=1.0"
+  config.data.scale = 1.0
+  return config, None
+
+
+def open_source(config: Config) -> pipeline.Source:
+  """Process 0 generates or converts the data set; the others wait for it, then open the cached result
+  (or stop with process 0's error)."""
+  try:
+    with interrupts.phase("building the data set"):
+      return distributed.process_zero_first("building the data set", lambda: data_lib.open_source(config.data))
+  except distributed.ProcessZeroFailed as e:
+    raise RunError(str(e)) from None
+
+
+def make_mesh(config: Config) -> Mesh:
+  """The run's mesh (train.mesh); a bad spec is a ConfigError."""
+  try:
+    return partition.make_mesh(spec=config.train.mesh)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def check_splits(config: Config, src: pipeline.Source) -> None:
+  """Empty splits are found out before anything is compiled or trained (a test file holding only a header)."""
+  if src.rows("test") == 0:
+    raise RunError(f"{src.directory} has no test rows (the test files are empty or hold only a header); give test "
+                   f"data with at least one row of each label")
+  if src.rows("train") == 0:
+    raise RunError(f"{src.directory} has no training rows (each shard keeps whole blocks of data.block_size="
+                   f"{config.data.block_size} samples only); give more training data or lower data.block_size")
+  if config.data.validation == "holdout" and src.rows("valid") == 0:
+    raise RunError(f"data.validation=holdout, but {src.directory} has no validation rows (no user has a training "
+                   f"sample besides its last one); set data.validation=test or none")
+
+
+@dataclasses.dataclass
+class Run:
+  config: Config  # resolved (data.scale >= 0); a copy, never the caller's
+  schema: FeatureSchema
+  mesh: Mesh
+  model: nn.Module
+  tx: optim.Optimizer
+  init: Callable[[jax.Array], state_lib.TrainState]  # key data -> state (pure)
+  shapes: state_lib.TrainState  # jax.ShapeDtypeStruct leaves
+  shardings: Any  # a NamedSharding per leaf of the state
+  total_steps: int  # train.steps, else train.epochs epochs
+  src: pipeline.Source | None = None  # None: a run without data (benchmarks on synthetic batches)
+  notes: tuple[str, ...] = ()  # lines the caller may print (e.g. the data.scale note)
+
+  @classmethod
+  def build(cls, config: Config, src: pipeline.Source | None = None, mesh: Mesh | None = None) -> "Run":
+    """The run `config` describes; `src` / `mesh` when the caller has them already (tests)."""
+    config, note = resolved(config)
+    src = src if src is not None else open_source(config)
+    check_splits(config, src)
+    mesh = mesh if mesh is not None else make_mesh(config)
+    check_batch(config.train.batch_size, src.block_size(), mesh.devices.size, jax.process_count())
+    batch = partition.per_process_batch(config.train.batch_size, mesh, "train.batch_size")
+    total = config.train.steps or config.train.epochs * pipeline.steps_per_epoch(src, batch, jax.process_count())
+    run = cls.assemble(config, src.schema, mesh, total)
+    return dataclasses.replace(run, src=src, notes=tuple(n for n in (note,) if n))
+
+  @classmethod
+  def assemble(cls, config: Config, schema: FeatureSchema, mesh: Mesh, total_steps: int) -> "Run":
+    """Model, optimizer, state shapes and shardings for `schema` on `mesh`, without data."""
+    model = models.get(config.model.name, config.model)
+    tx = optim.make_optimizer(config.train, total_steps)
+    init = state_lib.make_init(model, schema, config.model.embed_dim, tx, partition.model_size(mesh))
+    shapes = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
+    return cls(config, schema, mesh, model, tx, init, shapes, partition.state_shardings(shapes, mesh), total_steps)
+
+  @classmethod
+  def restore(cls, config: Config, workdir: str | Path) -> tuple["Run", dict[str, Any], int]:
+    """(run, params, step) of the best checkpoint in `workdir` (the latest when none was evaluated;
+    unreadable ones are skipped, said in one line, and left where they are): for --eval, --predict,
+    --export and --plot after training."""
+    workdir = Path(workdir)
+    run = cls.build(config)
+    ckpt = run.checkpoints(workdir)
+    best = ckpt.best_step()
+    steps = ([best] if best is not None else []) + [s for s in sorted(ckpt.all_steps(), reverse=True) if s != best]
+    if not steps:
+      raise RunError(f"no checkpoint in {workdir / 'checkpoints'}; train first (the same command without this flag)")
+    with interrupts.phase("restoring the checkpoint"):
+      state, _, step, notes = restore_first_readable(ckpt, steps, run.abstract_state(), run.identity(), workdir,
+                                                     set_aside=False)
+    ckpt.close()
+    for line in notes:
+      say(line)
+    return run, state.params, step
+
+  # ---------------------------------------------------------------- pieces
+  @property
+  def batch_per_process(self) -> int:
+    return partition.per_process_batch(self.config.train.batch_size, self.mesh, "train.batch_size")
+
+  @property
+  def blocks_per_batch(self) -> int:
+    return self.config.train.batch_size // self.src.block_size()
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return pipeline.steps_per_epoch(self.src, self.batch_per_process, jax.process_count())
+
+  @functools.cached_property
+  def train_step(self) -> Callable:
+    """(state, batch) -> (state, metrics), jitted with the state's shardings (the state is donated)."""
+    fn = step_lib.make_train_step(self.model, self.schema, self.tx, self.config.model.aux_loss_weight,
+                                  self.config.train.compute_dtype)
+    return partition.jit_train_step(fn, self.mesh, self.shardings)
+
+  @functools.cached_property
+  def eval_step(self) -> Callable:
+    """(params, batch) -> probabilities [B], jitted."""
+    fn = step_lib.make_eval_step(self.model, self.schema, self.config.train.compute_dtype)
+    return partition.jit_eval_step(fn, self.mesh, self.shardings.params)
+
+  def init_state(self, seed: int | None = None) -> state_lib.TrainState:
+    seed = self.config.train.seed if seed is None else seed
+    return partition.jit_init(self.init, self.mesh)(jax.random.key_data(jax.random.key(seed)))
+
+  def abstract_state(self):
+    return abstract(self.shapes, self.shardings)
+
+  def identity(self) -> dict[str, Any]:
+    return workdir_lib.identity(self.config, self.src.directory, self.schema.fingerprint())
+
+  def checkpoints(self, workdir: str | Path) -> Checkpoints:
+    return Checkpoints(Path(workdir) / "checkpoints", keep=self.config.train.keep_checkpoints)
+
+  def train_iterator(self, start: int = 0) -> pipeline.TrainIterator:
+    c = self.config
+    return pipeline.train_iterator(
+        self.src, batch_per_process=self.batch_per_process, seed=c.train.seed, max_len=c.data.max_len,
+        process_index=jax.process_index(), process_count=jax.process_count(), workers=c.data.workers,
+        prefetch=c.data.prefetch, start=start, oov=c.data.oov)
+
+  # ---------------------------------------------------------------- evaluation
+  def evaluate(self, params, split: str = "test", eval_step: Callable | None = None) -> dict[str, Any]:
+    """Exact AUC / gAUC / logloss over a whole split (every row once, padding rows dropped); with
+    `mapped_values` when data.oov=map read values as 0. `eval_step`: another (params, batch) -> probs."""
+    eval_step = eval_step or self.eval_step
+    c = self.config
+    rows = partition.per_process_batch(c.train.eval_batch_size, self.mesh, "train.eval_batch_size")
+    _, batches = pipeline.eval_batches(self.src, split, rows_per_process=rows, max_len=c.data.max_len,
+                                       process_index=jax.process_index(), process_count=jax.process_count(),
+                                       oov=c.data.oov)
+    group = self.src.group_key  # the raw user key's group
+    outs = []
+    for local in batches:
+      batch = partition.to_global(local, self.mesh)
+      probs = eval_step(params, batch)
+      outs.append(partition.gather({"p": probs, "y": batch["label"], "u": batch[group], "w": batch["weight"]}))
+    cat = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    real = cat["w"] > 0
+    try:
+      out: dict[str, Any] = metrics_lib.evaluate(cat["y"][real], cat["p"][real], cat["u"][real])
+    except metrics_lib.NaNScores as e:
+      raise Diverged(f"the model's {split} predictions are not finite: {e}; lower train.learning_rate or check the "
+                     f"data (the checkpoints written so far are kept)") from None
+    if np.isnan(out["auc"]):
+      labels = set(np.unique(cat["y"][real]).tolist())
+      say(f"warning: the {split} split has {'no rows' if not labels else f'one class only (every label {labels.pop():g})'}"
+          f": its AUC and gAUC are undefined, and model selection ignores them")
+    mapped = batches.counts.as_dict()
+    if mapped:  # this process's count (data.oov=map)
+      out["mapped_values"] = mapped
+    return out
+
+  def evaluate_splits(self, params, step: int) -> tuple[dict[str, dict[str, Any]], float]:
+    """({split: metrics} for the validation split (data.validation=holdout) and the test split, the value
+    the best checkpoint is chosen by): the validation AUC, the test AUC (validation=test) or the step
+    (validation=none: the latest evaluation is the one reported). An undefined AUC selects nothing: -1."""
+    on = SELECTED_ON[self.config.data.validation]
+    splits = ("valid", "test") if on == "valid" else ("test",)
+    evals = {split: self.evaluate(params, split) for split in splits}
+    if on is None:
+      return evals, float(step)
+    value = evals[on]["auc"]
+    return evals, -1.0 if np.isnan(value) else value
+
+
+def say(message: str) -> None:
+  """A line on stdout from process 0 (above a progress bar, if one is drawn)."""
+  if jax.process_index() == 0:
+    tqdm.write(message)
+
+
+def restore_first_readable(ckpt: Checkpoints, steps: list[int], target, identity: dict[str, Any], workdir: Path,
+                           set_aside: bool) -> tuple[Any, dict[str, Any] | None, int, list[str]]:
+  """(state, data position, step, lines to print) of the first of `steps` that can be read. A checkpoint
+  made for another model or data set is refused (RunError); one that cannot be read (missing or truncated
+  files, non-finite values) is reported and the next is tried; with `set_aside` (training, one process) it
+  is moved to `checkpoints.damaged/` so that a new checkpoint of its step can be written."""
+  failed: list[tuple[int, str]] = []
+  lines: list[str] = []
+  for step in steps:
+    try:
+      saved = ckpt.read_config(step).get("identity")
+    except Exception as e:  # a damaged checkpoint raises whatever the failing read raises
+      failed.append((step, _first_line(e)))
+    else:
+      diff = workdir_lib.differences(saved, identity) if saved else []
+      if diff:
+        raise RunError(f"{workdir} holds checkpoints of another run ({'; '.join(diff)}); use another --workdir, "
+                       f"or --fresh to move them aside and start over")
+      try:
+        state, data_state, _ = ckpt.restore(step, target)
+      except CheckpointMismatch as e:
+        raise RunError(f"{workdir} holds checkpoints of another run ({e}); use another --workdir, or --fresh "
+                       f"to move them aside and start over") from None
+      except Exception as e:
+        failed.append((step, _first_line(e)))
+      else:
+        if _finite(state.params):
+          if failed:
+            lines.append(f"using checkpoint step {step} ("
+                         + "; ".join(f"step {s} could not be read: {why}" for s, why in failed) + ")")
+          return state, data_state, step, lines
+        failed.append((step, "it holds non-finite values"))
+    if set_aside and jax.process_count() == 1:
+      where = ckpt.set_aside(step, failed[-1][1])
+      lines.append(f"warning: checkpoint step {step} could not be read ({failed[-1][1]}); moved to {where}")
+  for line in lines:
+    say(line)
+  moved = set_aside and jax.process_count() == 1
+  raise RunError(f"no checkpoint in {workdir / 'checkpoints'} can be read ("
+                 + "; ".join(f"step {s}: {why}" for s, why in failed)
+                 + (f"); they were moved to {workdir / 'checkpoints.damaged'}: rerun to start over" if moved
+                    else "); --fresh moves them aside and starts over"))
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def _finite(params) -> bool:
+  leaves = [x for x in jax.tree.leaves(params) if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)]
+  return all(bool(jax.numpy.isfinite(x).all()) for x in leaves)
