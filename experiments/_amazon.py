@@ -13,7 +13,6 @@ def amazon_config(name: str, folder: str, variant_name: str) -> Config:
   config = Config()
   config.data.source = "amazon"
   config.data.dir = folder
-  config.data.scale = 1.0  # unused by amazon (set so that nothing resolves a CPU scale for it)
   config.data.max_len = 100
   config.data.block_size = 32
   config.data.embed_user_id = True

@@ -25,7 +25,6 @@ def get_config(variant_name: str = "") -> Config:
   config.data.source = "custom"
   config.data.schema = str(SCHEMAS / "alimama.toml")
   config.data.dir = "data/alimama"
-  config.data.scale = 1.0  # unused by custom
   config.data.max_len = 50
   config.data.block_size = 64
   config.model.name = "mian"

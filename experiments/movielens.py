@@ -18,7 +18,6 @@ def get_config(variant_name: str = "") -> Config:
   config = Config()
   config.data.source = "movielens"
   config.data.dir = "data/movielens-100k"
-  config.data.scale = 1.0  # unused by movielens (set so that nothing resolves a CPU scale for it)
   config.data.max_len = 50
   config.data.block_size = 64
   config.data.test_per_user = 10

@@ -20,7 +20,6 @@ def get_config(variant_name: str = "") -> Config:
   config = Config()
   config.data.source = "amazon"
   config.data.dir = "data/yelp"
-  config.data.scale = 1.0  # unused by this source (set so that nothing resolves a CPU scale for it)
   config.data.max_len = 50
   config.data.block_size = 128
   config.data.embed_user_id = True

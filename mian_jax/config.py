@@ -33,8 +33,11 @@ MAX_LAYERS = 64  # stacked layers (model.ibim_layers, model.cross_layers, entrie
 @dataclasses.dataclass
 class DataConfig:
   source: str = "commercial"  # which data set (mian_jax.data.SOURCES)
-  dir: str = "data_cache"  # where generated / converted shards are cached (keyed by their parameters)
-  scale: float = -1.0  # commercial data: 1.0 = 36M samples / 2.16M users; -1 = 1.0 with an accelerator, 0.01 on CPU
+  # The data set's input folder: the files a converter reads (movielens, amazon, custom), or the folder
+  # the commercial generator writes its data set into (cached there by its parameters). Converted data
+  # sets are cached under $MIAN_JAX_CACHE (default data_cache/).
+  dir: str = "data_cache"
+  scale: float = -1.0  # commercial (generated) data only: 1.0 = 36M samples / 2.16M users; -1 = 1.0 with an accelerator, 0.01 on CPU
   # Behaviours kept per sample (the most recent ones): 1..MAX_LEN (100,000), and train.batch_size x max_len
   # and train.eval_batch_size x max_len at most MAX_BATCH_ENTRIES (2^28) history entries per batch.
   max_len: int = 50

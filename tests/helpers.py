@@ -42,6 +42,15 @@ def train_briefly(name: str, config, source, steps: int) -> tuple[list[float], d
   return losses, run.evaluate(state.params)
 
 
+def xla_flags(devices: int | None = None) -> str:
+  """XLA_FLAGS for a launch.py process a test starts: the suite's compile flags (conftest.py), and
+  `devices` fake CPU devices (None: one, the default)."""
+  import os
+
+  flags = os.environ.get("MIAN_JAX_TEST_XLA_FLAGS", "")
+  return f"{flags} --xla_force_host_platform_device_count={devices}".strip() if devices else flags
+
+
 def launch(tmp_path: Path, experiment: str, *sets: str, extra: tuple[str, ...] = ()):
   """`python launch.py --experiment EXPERIMENT --workdir tmp/w --set ... [extra]` on one CPU device, with
   its converted data cached under tmp/cache."""
@@ -52,7 +61,7 @@ def launch(tmp_path: Path, experiment: str, *sets: str, extra: tuple[str, ...] =
   root = Path(__file__).resolve().parents[1]
   cmd = [sys.executable, str(root / "launch.py"), "--experiment", experiment, "--workdir", str(tmp_path / "w")]
   cmd += [a for s in sets for a in ("--set", s)] + list(extra)
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "MIAN_JAX_CACHE": str(tmp_path / "cache")}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu", "MIAN_JAX_CACHE": str(tmp_path / "cache")}
   return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
 
 

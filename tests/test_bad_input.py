@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import plant
+from helpers import plant, xla_flags
 from mian_jax.data import pipeline
 from test_e2e import ROOT, _final_params, _launch
 
@@ -139,7 +139,7 @@ def test_missing_or_empty_input_folders(tmp_path, experiment, folder, needle):
 def _limited(cmd, limit_bytes: int):
   """Runs `cmd` with a file-size limit: a write past it fails with EFBIG, as a full disk fails with ENOSPC."""
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # no cache writes under the limit
-  env.update(XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env.update(XLA_FLAGS=xla_flags(), JAX_PLATFORMS="cpu")
   # The limit is set by a small Python wrapper that then execs the command (a preexec_fn would fork this
   # multithreaded process).
   wrapper = ("import os, resource, sys; n = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from test_e2e import ROOT, _launch
+from helpers import xla_flags
 
 # Many small shards, so that generation is still running when the signal comes.
 GENERATE = ("--experiment", "commercial", "--set", "data.scale=0.02", "--set", "data.shard_samples=2048")
@@ -21,7 +22,7 @@ GENERATE = ("--experiment", "commercial", "--set", "data.scale=0.02", "--set", "
 def _start(tmp_path: Path, *args: str) -> subprocess.Popen:
   cmd = [sys.executable, str(ROOT / "launch.py"), "--workdir", str(tmp_path / "w"), "--set",
          f"data.dir={tmp_path / 'data'}", *args]
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"}
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True)  # its own process group, as a terminal's foreground job
 

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from test_e2e import ROOT, _final_params
+from helpers import xla_flags
 
 
 def _free_port() -> int:
@@ -26,7 +27,7 @@ def _cmd(workdir, data_root, *extra):
 
 
 def test_two_processes_match_one_process_with_eight_devices(tmp_path, data_root):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(4)}
   port = _free_port()
   by_flags = _cmd(tmp_path / "two", data_root, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
                   "--process-id", "0")
@@ -37,7 +38,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path, data_root)
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert "on 8 device(s)" in outs[0][0] and "final test" not in outs[1][0]  # only process 0 reports
-  env8 = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env8 = {**env, "XLA_FLAGS": xla_flags(8)}
   one = subprocess.run(_cmd(tmp_path / "one", data_root), cwd=ROOT, env=env8, capture_output=True, text=True,
                        timeout=600)
   assert one.returncode == 0, one.stderr[-3000:]
@@ -67,7 +68,7 @@ def _restore_on_one_device(workdir, like):
 
 
 def test_process_zero_failing_to_build_the_data_stops_the_others(tmp_path):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(1)}
   port = _free_port()
   cmd = lambda i: [sys.executable, str(ROOT / "launch.py"), "--experiment", "movielens:tiny", "--workdir",
                    str(tmp_path / "w"), "--set", f"data.dir={tmp_path / 'missing'}", "--coordinator",

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from test_e2e import ROOT, _final_params
+from helpers import xla_flags
 
 
 def _run(workdir, data_root, devices, steps, *sets):
@@ -16,7 +17,7 @@ def _run(workdir, data_root, devices, steps, *sets):
          "--workdir", str(workdir), "--set", f"data.dir={data_root}", "--set", f"train.steps={steps}",
          "--set", "train.eval_every=100", "--set", "train.lr_schedule=constant"]  # the legs differ in length
   cmd += [a for s in sets for a in ("--set", s)]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(devices)}
   run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   return run.stdout

@@ -15,6 +15,7 @@ import pytest
 from experiments import sweeps
 from mian_jax import sweep
 from tests.test_e2e import ROOT, _launch
+from helpers import xla_flags
 
 
 def test_trial_ids_are_readable_stable_and_unique():
@@ -69,7 +70,7 @@ def _sweep_cmd(root, data_root, *sets):
 
 
 def test_sweep_runs_in_parallel_resumes_when_interrupted_and_skips_finished(tmp_path, data_root):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(8)}
   root = tmp_path / "smoke"
   cmd = _sweep_cmd(root, data_root, "train.steps=60", "train.checkpoint_every=10", "train.log_every=10",
                    "train.eval_every=30")
@@ -102,7 +103,7 @@ def test_sweep_runs_in_parallel_resumes_when_interrupted_and_skips_finished(tmp_
 def test_a_failing_trial_does_not_stop_the_others(tmp_path, data_root):
   trials = [{"train.mesh": "data=3"}, {"model.name": "lr"}]  # the first cannot build its mesh on one device
   base = [f"data.dir={data_root}", "train.steps=6", "train.log_every=3", "train.eval_every=6"]
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"}
   rows = sweep.run("commercial:tiny", trials, tmp_path, base, env=env)
   assert rows[0]["status"] == "failed: error: train.mesh=data=3: 3 x 1 = 3 devices, but there are 1"
   assert rows[1]["status"] == "ok" and rows[1]["step"] == 6

@@ -30,7 +30,10 @@ def default_cache_root() -> str:
 
 class DataSource:
   """One data set (a `SOURCES` entry). Converted from files by default: cached under `default_cache_root()`,
-  and --predict encodes files of the training layout with the training data's vocabularies."""
+  and --predict encodes files of the training layout with the training data's vocabularies. `data.dir` is
+  its input folder: the files it converts, or (commercial) the folder its generated data lives in."""
+
+  generated = False  # True: data.scale sizes the data set (resolved on CPU / accelerator by train.run)
 
   def cache_root(self, cfg: DataConfig) -> str:
     """The folder its converted (or generated) data sets are cached in."""
@@ -65,6 +68,8 @@ class DataSource:
 class Commercial(DataSource):
   """The generated commercial-scale set: generated into (and cached in) data.dir itself; --predict scores
   data set folders only."""
+
+  generated = True
 
   def cache_root(self, cfg: DataConfig) -> str:
     return cfg.dir

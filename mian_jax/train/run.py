@@ -42,10 +42,10 @@ SELECTED_ON = {"holdout": "valid", "test": "test", "none": None}  # data.validat
 
 
 def resolved(config: Config) -> tuple[Config, str | None]:
-  """(a copy of `config` with data.scale < 0 resolved: full scale with an accelerator, 1% on CPU, the
-  note saying so or None)."""
+  """(a copy of `config` with data.scale < 0 resolved for a generated data set: full scale with an
+  accelerator, 1% on CPU; the note saying so or None). Other data sets do not read data.scale."""
   config = copy.deepcopy(config)
-  if config.data.scale >= 0:
+  if config.data.scale >= 0 or not data_lib.source_for(config.data).generated:
     return config, None
   if jax.default_backend() == "cpu":
     config.data.scale = 0.01
