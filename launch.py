@@ -47,9 +47,11 @@ def _parser(experiment_names: list[str], model_names: list[str], sweep_names: li
   return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
   """Runs the command; returns its exit code. Every error the user can act on (mian_jax.errors.Error)
-  becomes one `error:` line and that error's exit code; SIGTERM / Ctrl-C in any phase, exit 75."""
+  becomes one `error:` line and that error's exit code; SIGTERM / Ctrl-C in any phase, exit 75. At the
+  end the previous signal handlers come back (a caller in the same process), or, as a script
+  (`restore_signals=False`), signals are ignored: the work is done and the process exits with its code."""
   from mian_jax import errors, interrupts
 
   previous = interrupts.install()  # from here on SIGTERM / Ctrl-C stop every phase cleanly (exit 75)
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(training resumes from the last complete checkpoint)", file=sys.stderr)
     return errors.EXIT_ERROR
   finally:
-    interrupts.restore(previous)
+    interrupts.restore(previous) if restore_signals else interrupts.ignore()
 
 
 def _main(argv: list[str] | None) -> int:
@@ -85,7 +87,7 @@ def _main(argv: list[str] | None) -> int:
   logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # a failed checkpoint write's stray futures
   import experiments
   from experiments import sweeps
-  from mian_jax import distributed, interrupts, models
+  from mian_jax import data, distributed, interrupts, models
   from mian_jax.config import ConfigError, apply_overrides
 
   args = _parser(experiments.names(), models.names(), sweeps.names()).parse_args(argv)
@@ -98,6 +100,7 @@ def _main(argv: list[str] | None) -> int:
   if args.model:
     config.model.name = args.model
   apply_overrides(config, args.set)
+  data.check_overrides(config.data, [a for a in args.set if a.strip().startswith("data.")])
   if config.model.name not in models.names():
     raise ConfigError(f"model {config.model.name!r} is unknown; valid: {', '.join(models.names())}")
   modes = [flag for flag, on in (("--sweep", args.sweep), ("--plot", args.plot), ("--eval", args.eval),
@@ -175,4 +178,4 @@ def _sweep(args, config, sweeps) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(main(restore_signals=False))

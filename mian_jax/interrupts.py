@@ -64,6 +64,12 @@ def restore(handlers: dict) -> None:
     signal.signal(sig, handler)
 
 
+def ignore() -> None:
+  """SIGTERM / SIGINT ignored from now on: for a process whose work is done and that only exits."""
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, signal.SIG_IGN)
+
+
 def set_phase(name: str) -> None:
   """Names what the process does from now on."""
   _current[0] = name

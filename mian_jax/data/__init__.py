@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mian_jax.config import DataConfig
-from mian_jax.errors import DataError
+from mian_jax.errors import ConfigError, DataError
 from mian_jax.schema import FeatureSchema
 
 if TYPE_CHECKING:
@@ -28,12 +28,18 @@ def default_cache_root() -> str:
   return os.environ.get("MIAN_JAX_CACHE") or "data_cache"
 
 
+# data.* fields every data set reads (the pipeline, the trainer and every converter).
+COMMON_FIELDS = ("source", "dir", "max_len", "block_size", "workers", "prefetch", "oov", "validation",
+                 "embed_user_id", "seed")
+
+
 class DataSource:
   """One data set (a `SOURCES` entry). Converted from files by default: cached under `default_cache_root()`,
   and --predict encodes files of the training layout with the training data's vocabularies. `data.dir` is
   its input folder: the files it converts, or (commercial) the folder its generated data lives in."""
 
   generated = False  # True: data.scale sizes the data set (resolved on CPU / accelerator by train.run)
+  fields: tuple[str, ...] = ()  # the data.* fields it reads beyond COMMON_FIELDS
 
   def cache_root(self, cfg: DataConfig) -> str:
     """The folder its converted (or generated) data sets are cached in."""
@@ -70,6 +76,7 @@ class Commercial(DataSource):
   data set folders only."""
 
   generated = True
+  fields = ("scale", "days", "test_days", "shard_samples")
 
   def cache_root(self, cfg: DataConfig) -> str:
     return cfg.dir
@@ -102,6 +109,8 @@ def _with_user_id(schema: FeatureSchema, embed: bool) -> FeatureSchema:
 class MovieLens(DataSource):
   """GroupLens MovieLens (ml-100k / ml-1m); --predict also scores a GroupLens folder."""
 
+  fields = ("min_positive_rating", "test_per_user")
+
   def open(self, cfg: DataConfig) -> "Source":
     from mian_jax.data import movielens, pipeline  # here: see the module docstring
 
@@ -124,6 +133,8 @@ class MovieLens(DataSource):
 class Amazon(DataSource):
   """Amazon reviews (books, electronics) and the Yelp copy: raw dumps, DIEN or BARS layouts."""
 
+  fields = ("max_bad_rows", "part_mb")
+
   def open(self, cfg: DataConfig) -> "Source":
     from mian_jax.data import amazon, pipeline, tabular  # here: see the module docstring
 
@@ -133,6 +144,8 @@ class Amazon(DataSource):
 
 class Custom(DataSource):
   """CSV / TSV / JSON lines / Parquet files described by a schema file (data.schema)."""
+
+  fields = ("max_bad_rows", "part_mb", "validation_fraction", "schema")
 
   def open(self, cfg: DataConfig) -> "Source":
     from mian_jax.data import custom, pipeline, tabular  # here: see the module docstring
@@ -149,6 +162,18 @@ def source_for(cfg: DataConfig) -> DataSource:
   if cfg.source not in SOURCES:
     raise DataError(f"data.source={cfg.source!r} is unknown; valid: {', '.join(sorted(SOURCES))}")
   return SOURCES[cfg.source]
+
+
+def check_overrides(cfg: DataConfig, keys: list[str]) -> None:
+  """ConfigError for a `--set data.X` that the chosen data set does not read (it would change nothing)."""
+  reads = set(COMMON_FIELDS) | set(source_for(cfg).fields)
+  for key in keys:
+    field = key.split("=", 1)[0].strip().removeprefix("data.")
+    if key.strip().startswith("data.") and field not in reads:
+      others = sorted(name for name, s in SOURCES.items() if field in s.fields)
+      raise ConfigError(f"--set {key.split('=', 1)[0].strip()}: data.source={cfg.source} does not read it"
+                        + (f" (only {', '.join(others)} does)" if others else "")
+                        + f"; drop it. It reads: {', '.join(sorted(reads - {'source'}))}")
 
 
 def open_source(cfg: DataConfig) -> "Source":
