@@ -2,6 +2,7 @@
 spawned shard writers are stopped, finished shards stay, one `error:` line, exit 75), at start-up, and
 while exporting (nothing half-written is left). In the training loop: test_faults.py."""
 
+import contextlib
 import os
 import random
 import signal
@@ -30,10 +31,8 @@ def _start(tmp_path: Path, *args: str) -> subprocess.Popen:
 def _children(pid: int) -> set[int]:
   out = set()
   for task in Path(f"/proc/{pid}/task").glob("*"):
-    try:
+    with contextlib.suppress(OSError):  # the thread ended while we looked
       out |= {int(c) for c in (task / "children").read_text().split()}
-    except OSError:
-      pass
   return out
 
 

@@ -9,6 +9,7 @@ package, and should not pay for grain or for the other converters.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import os
 from pathlib import Path
@@ -33,7 +34,7 @@ COMMON_FIELDS = ("source", "dir", "max_len", "block_size", "workers", "prefetch"
                  "embed_user_id", "seed")
 
 
-class DataSource:
+class DataSource(abc.ABC):
   """One data set (a `SOURCES` entry). Converted from files by default: cached under `default_cache_root()`,
   and --predict encodes files of the training layout with the training data's vocabularies. `data.dir` is
   its input folder: the files it converts, or (commercial) the folder its generated data lives in."""
@@ -45,9 +46,9 @@ class DataSource:
     """The folder its converted (or generated) data sets are cached in."""
     return default_cache_root()
 
+  @abc.abstractmethod
   def open(self, cfg: DataConfig) -> "Source":
     """Builds (or reuses) the data set `cfg` describes."""
-    raise NotImplementedError
 
   def encode_records(self, cfg: DataConfig, trained: "Source", path: Path) -> Path:
     """The data set folder --predict scores for `path`: `path` itself when it is one (meta.json), else the

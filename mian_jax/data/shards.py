@@ -131,10 +131,9 @@ def _run_shard(shard_fn: Callable[[int], dict[str, Any]], directory: Path, index
   """Runs one shard unless an earlier run finished it (its statistics file is written last)."""
   done = directory / f"shard-{index:05d}.stats.json"
   if done.exists():
-    try:
+    # Written atomically, so a damaged one is an outside edit or a disk fault: the shard is redone.
+    with contextlib.suppress(files.Damaged):
       return files.read_json(done)
-    except files.Damaged:  # written atomically, so only an outside edit or a disk fault: redo the shard
-      pass
   stats = shard_fn(index)
   write_text(done, json.dumps(stats))
   return stats
