@@ -137,6 +137,7 @@ def _main(argv: list[str] | None) -> int:
   elif args.export:
     from mian_jax import export
     with interrupts.phase(f"exporting ({args.export} is written only when complete)"):
+      print(f"exporting the best checkpoint of {workdir} to {args.export}", flush=True)
       out = export.export(config, workdir, args.export)
     print(f"exported to {out}")
   else:

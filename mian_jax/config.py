@@ -126,6 +126,9 @@ class TrainConfig:
   # softmaxes and the loss stay float32.
   compute_dtype: Literal["float32", "bfloat16"] = "float32"
   mesh: str = ""  # "" = data parallel over every device; "data=N,model=M": tables split by rows over `model`
+  # Devices the run uses: 0 = every device of every process; N = the first N devices of this process (one
+  # process only), e.g. to leave the others to another job. train.mesh then counts these N.
+  devices: int = 0
   eval_every: int = 0  # steps between evaluations (validation and test); 0 = once per epoch (and at the end)
   checkpoint_every: int = 200  # steps between checkpoints (also at every eval and at the end)
   log_every: int = 50  # steps between training-metric fetches
@@ -322,6 +325,7 @@ def validate(config: Config) -> None:
       (m.embed_dim >= 1, "model.embed_dim must be >= 1"),
       (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
       (0 <= t.seed < 2**31, "train.seed must be in 0..2^31-1"),
+      (t.devices >= 0, "train.devices must be >= 0 (0 = every device)"),
       (config.sweep.devices_per_trial >= 0, "sweep.devices_per_trial must be >= 0 (0 = automatic)"),
       (config.sweep.seeds >= 0, "sweep.seeds must be >= 0"),
       (0.0 < d.validation_fraction < 1.0, "data.validation_fraction must be in (0, 1)"),

@@ -16,7 +16,7 @@ import pytest
 
 from helpers import plant, xla_flags
 from mian_jax.data import pipeline
-from test_e2e import ROOT, _final_params, _launch
+from test_e2e import ROOT, _final_params, _launch, _run
 
 
 def _source(directory: Path) -> pipeline.Source:
@@ -49,7 +49,7 @@ def test_truncated_and_corrupt_shards_are_named(tmp_path, data_root, tiny_source
   with pytest.raises(pipeline.DataError, match=f"{shard}: cannot be opened .*truncated or corrupt: delete {copy}"):
     pipeline.train_iterator(_source(copy), batch_per_process=256, seed=0, max_len=10)
   before = _listing(tmp_path / "data")
-  run = _launch(tmp_path / "w", data_root, "--set", f"data.dir={tmp_path / 'data'}", "--set", "train.steps=2")
+  run = _run(tmp_path / "w", data_root, "--set", f"data.dir={tmp_path / 'data'}", "--set", "train.steps=2")
   assert run.returncode == 2
   assert run.stderr.strip().splitlines() == [run.stderr.strip().splitlines()[-1]]  # one line
   assert run.stderr.startswith(f"error: {shard}: cannot be opened")
@@ -97,9 +97,9 @@ def test_ids_outside_the_vocabulary_and_non_finite_values_follow_data_oov(tmp_pa
   with pytest.raises(pipeline.DataError, match=rf"{nan_only} record 0: feature activity holds the non-finite value inf"):
     _eval_all(_source(nan_only.parent), oov="error")
   sets = ("--set", f"data.dir={tmp_path / 'data'}", "--set", "train.steps=2")
-  refused = _launch(tmp_path / "w", data_root, *sets, "--set", "data.oov=error")
+  refused = _run(tmp_path / "w", data_root, *sets, "--set", "data.oov=error")
   assert refused.returncode == 2 and refused.stderr.startswith(f"error: {path} record 0: feature item_id holds id 200")
-  mapped = _launch(tmp_path / "w", data_root, *sets)
+  mapped = _run(tmp_path / "w", data_root, *sets)
   assert mapped.returncode == 0, mapped.stderr
   assert ("read as OOV id 0 / 0.0 in the test data (data.oov=map): 1 ids outside their vocabulary, "
           "1 non-finite numeric values") in mapped.stdout

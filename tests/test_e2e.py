@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from helpers import xla_flags
+from helpers import launch_here, xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,6 +20,12 @@ def _launch(workdir, data_root, *args, wait=True):
   if not wait:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _run(workdir, data_root, *args):
+  """_launch in this process (helpers.launch_here): for tests that need a run's results, not its process."""
+  return launch_here(["--experiment", "commercial:tiny", "--workdir", str(workdir), "--set", f"data.dir={data_root}",
+                      *args])
 
 
 def _final_params(workdir):
@@ -43,7 +49,7 @@ def _assert_same_params(a, b):
 
 
 def test_tiny_run_trains_evaluates_and_checkpoints(tmp_path, data_root):
-  run = _launch(tmp_path / "w", data_root)
+  run = _run(tmp_path / "w", data_root)
   assert run.returncode == 0, run.stderr
   last = run.stdout.strip().splitlines()[-1]
   assert last.startswith("final test auc=") and "gauc=" in last and "logloss=" in last and "(bayes auc=" in last
@@ -56,9 +62,9 @@ def test_tiny_run_trains_evaluates_and_checkpoints(tmp_path, data_root):
   config = json.loads((tmp_path / "w" / "config.json").read_text())
   assert config["model"]["name"] == "mian" and config["data"]["dir"] == str(data_root)
   # Run again: nothing left to train; it says it resumed and reports the same final metrics.
-  again = _launch(tmp_path / "w", data_root)
+  again = _run(tmp_path / "w", data_root)
   assert again.returncode == 0, again.stderr
   assert "resumed from step 24" in again.stdout
   assert again.stdout.strip().splitlines()[-1] == last
-  fresh = _launch(tmp_path / "w", data_root, "--fresh", "--set", "train.steps=5")
+  fresh = _run(tmp_path / "w", data_root, "--fresh", "--set", "train.steps=5")
   assert fresh.returncode == 0 and "resumed" not in fresh.stdout

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.test_e2e import ROOT, _launch
+from tests.test_e2e import ROOT, _run
 
 TIGHT = {"rtol": 1e-5, "atol": 1e-6}
 
@@ -25,7 +25,7 @@ def run(tmp_path_factory, data_root):
   from mian_jax import export
 
   root = tmp_path_factory.mktemp("export")
-  trained = _launch(root / "w", data_root)
+  trained = _run(root / "w", data_root)
   assert trained.returncode == 0, trained.stderr
   config = experiments.get_config("commercial:tiny")
   config.data.dir = str(data_root)

@@ -15,7 +15,7 @@ import pytest
 
 from helpers import plant
 from mian_jax.data import pipeline
-from test_e2e import _assert_same_params, _final_params, _launch
+from test_e2e import _assert_same_params, _final_params, _launch, _run
 
 RUN = ("--set", "train.steps=100", "--set", "train.checkpoint_every=2", "--set", "train.log_every=2",
        "--set", "train.eval_every=50", "--set", "train.keep_checkpoints=2")
@@ -25,7 +25,7 @@ RUN = ("--set", "train.steps=100", "--set", "train.checkpoint_every=2", "--set",
 def uninterrupted(tmp_path_factory, data_root):
   """(workdir, final state) of the uninterrupted run every interrupted one must reproduce."""
   workdir = tmp_path_factory.mktemp("uninterrupted")
-  ref = _launch(workdir, data_root, *RUN)
+  ref = _launch(workdir, data_root, *RUN)  # a real process, as the killed ones are: bit-for-bit alike
   assert ref.returncode == 0, ref.stderr
   return workdir, _final_params(workdir)[1]
 
@@ -98,7 +98,7 @@ def test_a_checkpoint_of_another_model_or_data_set_is_refused(tmp_path, data_roo
   w = tmp_path / "other"
   shutil.copytree(uninterrupted[0], w)
   before = sorted((p.name, p.stat().st_mtime) for p in (w / "checkpoints").rglob("*"))
-  run = _launch(w, data_root, *RUN, "--model", "din", "--set", "model.embed_dim=8", "--set", "data.seed=1")
+  run = _run(w, data_root, *RUN, "--model", "din", "--set", "model.embed_dim=8", "--set", "data.seed=1")
   assert run.returncode == 2
   error = run.stderr.strip().splitlines()[-1]
   assert error.startswith(f"error: {w} holds checkpoints of another run (")
@@ -117,7 +117,7 @@ def test_a_non_finite_step_stops_naming_its_records_or_is_skipped(tmp_path, data
   path = plant(tiny_source.directory, tmp_path / "data", "train", record, huge)
   sets = ("--set", f"data.dir={tmp_path / 'data'}", "--set", "train.steps=24", "--set", "train.checkpoint_every=4",
           "--set", "train.eval_every=24")
-  stop = _launch(tmp_path / "stop", data_root, *sets)
+  stop = _run(tmp_path / "stop", data_root, *sets)
   assert stop.returncode == 3, stop.stderr
   error = stop.stderr.strip().splitlines()[-1]
   assert error.startswith("error: non-finite loss or gradients at step ") and f"{path.name} record {record}" in error
@@ -128,7 +128,7 @@ def test_a_non_finite_step_stops_naming_its_records_or_is_skipped(tmp_path, data
   if kept:
     _, state = _final_params(tmp_path / "stop")
     assert all(np.isfinite(np.asarray(x)).all() for x in __import__("jax").tree.leaves(state))
-  skip = _launch(tmp_path / "skip", data_root, *sets, "--set", "train.on_nonfinite=skip_batch")
+  skip = _run(tmp_path / "skip", data_root, *sets, "--set", "train.on_nonfinite=skip_batch")
   assert skip.returncode == 0, skip.stderr
   assert "non-finite loss or gradients (train.on_nonfinite=skip_batch)" in skip.stdout
   skipped = int(skip.stdout.split("skipped ")[-1].split(" step(s)")[0])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from test_e2e import ROOT, _launch
+from test_e2e import ROOT, _launch, _run
 from helpers import xla_flags
 
 # Many small shards, so that generation is still running when the signal comes.
@@ -89,11 +89,14 @@ def test_sigterm_at_start_up_is_one_line_and_exit_75(tmp_path):
 
 def test_sigterm_while_exporting_leaves_no_partial_export(tmp_path, data_root):
   w = tmp_path / "w"
-  run = _launch(w, data_root, "--set", "train.steps=4")
+  run = _run(w, data_root, "--set", "train.steps=4")
   assert run.returncode == 0, run.stderr
   out_dir = tmp_path / "export"
   proc = _launch(w, data_root, "--export", str(out_dir), wait=False)
-  time.sleep(4.0)  # restoring the checkpoint, lowering, writing
+  for line in proc.stdout:  # its export phase has begun: from here on a signal is handled
+    if line.startswith("exporting the best checkpoint of "):
+      break
+  time.sleep(0.5)  # restoring the checkpoint, lowering, writing
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode in (0, 75), out

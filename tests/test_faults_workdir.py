@@ -21,7 +21,7 @@ from mian_jax.errors import RunError
 from mian_jax.train import loop
 from mian_jax.train.run import Run
 from mian_jax.train.checkpoint import Checkpoints
-from test_e2e import _launch
+from test_e2e import _run
 
 RUN = ("--set", "train.steps=24", "--set", "train.checkpoint_every=8", "--set", "train.eval_every=8",
        "--set", "train.keep_checkpoints=3")
@@ -31,7 +31,7 @@ RUN = ("--set", "train.steps=24", "--set", "train.checkpoint_every=8", "--set", 
 def finished(tmp_path_factory, data_root):
   """A finished run with checkpoints at steps 8, 16 and 24."""
   w = tmp_path_factory.mktemp("finished") / "w"
-  run = _launch(w, data_root, *RUN)
+  run = _run(w, data_root, *RUN)
   assert run.returncode == 0, run.stderr
   assert sorted(int(p.name) for p in (w / "checkpoints").iterdir() if p.name.isdigit()) == [8, 16, 24]
   return w
@@ -66,7 +66,7 @@ def _error_line(stderr: str) -> str:
 def test_export_into_the_workdir_is_refused_and_the_run_is_kept(finished, tmp_path, data_root):
   w = _copy(finished, tmp_path)
   before = _snapshot(w)
-  run = _launch(w, data_root, *RUN, "--export", str(w))
+  run = _run(w, data_root, *RUN, "--export", str(w))
   assert run.returncode == 2
   assert "not an export's" in _error_line(run.stderr)
   assert _snapshot(w) == before
@@ -94,7 +94,7 @@ def test_export_writes_only_into_new_empty_or_earlier_export_folders(tmp_path):
 def test_predict_never_overwrites_a_file_it_did_not_write(finished, tmp_path, data_root):
   theirs = tmp_path / "theirs.csv"
   theirs.write_text("id,name\n1,a\n")
-  run = _launch(finished, data_root, "--predict", str(data_root), "--out", str(theirs))
+  run = _run(finished, data_root, "--predict", str(data_root), "--out", str(theirs))
   assert run.returncode == 2
   assert "is not a --predict output" in _error_line(run.stderr)
   assert theirs.read_text() == "id,name\n1,a\n"
@@ -109,7 +109,7 @@ def test_a_folder_holding_other_files_is_not_used_as_a_workdir_or_sweep_root(tmp
   home = tmp_path / "home"
   home.mkdir()
   (home / "thesis.tex").write_text("months of work")
-  run = _launch(home, data_root, *RUN)
+  run = _run(home, data_root, *RUN)
   assert run.returncode == 2
   assert "home holds files that are not a run's (e.g. thesis.tex)" in _error_line(run.stderr)
   assert sorted(p.name for p in home.iterdir()) == ["thesis.tex"]
@@ -121,7 +121,7 @@ def test_a_folder_holding_other_files_is_not_used_as_a_workdir_or_sweep_root(tmp
 def test_fresh_moves_the_previous_run_aside(finished, tmp_path, data_root):
   w = _copy(finished, tmp_path)
   old = _snapshot(w / "checkpoints")
-  run = _launch(w, data_root, *RUN, "--fresh", "--set", "train.steps=8")
+  run = _run(w, data_root, *RUN, "--fresh", "--set", "train.steps=8")
   assert run.returncode == 0, run.stderr
   assert "resumed" not in run.stdout
   (moved,) = [p for p in w.iterdir() if p.name.startswith("previous-")]
@@ -141,7 +141,7 @@ def test_a_torn_log_line_and_unreadable_checkpoints_do_not_stop_a_rerun(finished
   with largest.open("r+b") as f:
     f.truncate(10)
   (w / "checkpoints" / "16" / "state" / "_METADATA").unlink()
-  run = _launch(w, data_root, *RUN, "--set", "train.steps=32")
+  run = _run(w, data_root, *RUN, "--set", "train.steps=32")
   assert run.returncode == 0, run.stderr
   assert f"dropped 1 unreadable line(s) of {w / 'metrics.jsonl'}" in run.stdout
   assert "checkpoint step 24 could not be read (" in run.stdout
@@ -186,14 +186,14 @@ def test_non_finite_checkpoints_are_skipped_and_a_diverging_resume_blames_the_ch
   w = _copy(finished, tmp_path)
   (w / "result.json").unlink()
   nan_step = _save_scaled(w, 24, np.nan)
-  run = _launch(w, data_root, *RUN, "--set", "train.steps=26")
+  run = _run(w, data_root, *RUN, "--set", "train.steps=26")
   assert run.returncode == 0, run.stderr
   assert f"checkpoint step {nan_step} could not be read (it holds non-finite values)" in run.stdout
   assert "resumed from step 24" in run.stdout
   w2 = _copy(finished, tmp_path / "huge")
   (w2 / "result.json").unlink()
   huge = _save_scaled(w2, 24, 1e30)
-  run = _launch(w2, data_root, *RUN, "--set", "train.steps=40")
+  run = _run(w2, data_root, *RUN, "--set", "train.steps=40")
   assert run.returncode == 3
   line = _error_line(run.stderr)
   assert f"the first step after resuming from checkpoint step {huge}: that checkpoint may be damaged" in line

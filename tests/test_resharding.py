@@ -1,24 +1,19 @@
 """A checkpoint written on N devices resumes on M: 1 device -> 8 devices with tables split over a `model`
 axis -> 4 devices, data parallel; the run ends where an uninterrupted one-device run ends."""
 
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 
-from test_e2e import ROOT, _final_params
-from helpers import xla_flags
+from test_e2e import _final_params
+from helpers import launch_here
 
 
 def _run(workdir, data_root, devices, steps, *sets):
-  cmd = [sys.executable, str(ROOT / "launch.py"), "--experiment", "commercial:tiny", "--model", "deepfm",
-         "--workdir", str(workdir), "--set", f"data.dir={data_root}", "--set", f"train.steps={steps}",
-         "--set", "train.eval_every=100", "--set", "train.lr_schedule=constant"]  # the legs differ in length
-  cmd += [a for s in sets for a in ("--set", s)]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(devices)}
-  run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  """A launch.py run in this process on the first `devices` of the 8 (train.devices)."""
+  args = ["--experiment", "commercial:tiny", "--model", "deepfm", "--workdir", str(workdir), "--set",
+          f"data.dir={data_root}", "--set", f"train.steps={steps}", "--set", "train.eval_every=100",
+          "--set", "train.lr_schedule=constant", "--set", f"train.devices={devices}"]  # the legs differ in length
+  run = launch_here(args + [a for s in sets for a in ("--set", s)])
   assert run.returncode == 0, run.stderr[-3000:]
   return run.stdout
 
@@ -40,3 +35,13 @@ def test_checkpoint_moves_between_device_counts(tmp_path, data_root):
   # about the learning rate, 4e-3 here).
   for a, b in zip(la, lb):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-4)
+
+
+def test_train_devices_picks_the_first_devices_or_says_how_many_there_are(tmp_path, data_root):
+  out = _run(tmp_path / "two", data_root, 2, 2)
+  assert "on 2 device(s)" in out
+  run = launch_here(["--experiment", "commercial:tiny", "--workdir", str(tmp_path / "nine"), "--set",
+                     f"data.dir={data_root}", "--set", "train.devices=9"])
+  assert run.returncode == 2
+  assert run.stderr.strip() == "error: train.devices=9, but this process has 8 devices; give at most 8 (0 = every device)"
+  assert not (tmp_path / "nine" / "checkpoints").exists()

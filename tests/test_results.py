@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from helpers import decode_split
-from test_e2e import _launch
+from test_e2e import _run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_root):
   workdir = tmp_path_factory.mktemp("results") / "w"
-  run = _launch(workdir, data_root, "--set", "train.steps=12", "--set", "train.eval_every=6", "--set", "train.log_every=3")
+  run = _run(workdir, data_root, "--set", "train.steps=12", "--set", "train.eval_every=6", "--set", "train.log_every=3")
   assert run.returncode == 0, run.stderr
   return workdir, run.stdout
 
@@ -45,7 +45,7 @@ def test_tensorboard_curves_and_summary(trained):
 
 def test_eval_prints_the_final_line_of_the_best_checkpoint(trained, data_root):
   workdir, out = trained
-  run = _launch(workdir, data_root, "--set", "train.steps=12", "--eval")
+  run = _run(workdir, data_root, "--set", "train.steps=12", "--eval")
   assert run.returncode == 0, run.stderr
   best = json.loads((workdir / "result.json").read_text())["best_step"]
   events = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -66,7 +66,7 @@ def test_predict_scores_every_record_in_input_order(trained, data_root, tiny_sou
 
   workdir, _ = trained
   out = tmp_path / "scores.csv"
-  run = _launch(workdir, data_root, "--set", "train.steps=12", "--predict", str(tiny_source.directory), "--out", str(out))
+  run = _run(workdir, data_root, "--set", "train.steps=12", "--predict", str(tiny_source.directory), "--out", str(out))
   assert run.returncode == 0, run.stderr
   with out.open() as f:
     rows = list(csv.DictReader(f))
@@ -82,15 +82,15 @@ def test_predict_scores_every_record_in_input_order(trained, data_root, tiny_sou
   probs = np.asarray(jax.jit(step_lib.make_eval_step(model, src.schema))(jax.device_get(params), expected_rows))
   assert got.std() > 1e-3  # the order matters: the scores differ
   np.testing.assert_allclose(got, probs, atol=2e-6)
-  bad = _launch(workdir, data_root, "--set", "train.steps=12", "--predict", str(tmp_path), "--out", str(out))
+  bad = _run(workdir, data_root, "--set", "train.steps=12", "--predict", str(tmp_path), "--out", str(out))
   assert bad.returncode == 2 and bad.stderr.startswith(f"error: {tmp_path}: no meta.json")
 
 
-def test_export_through_launch(trained, data_root, tmp_path):
+def test_export_through_run(trained, data_root, tmp_path):
   from mian_jax.serving import Scorer
 
   workdir, _ = trained
-  run = _launch(workdir, data_root, "--set", "train.steps=12", "--export", str(tmp_path / "exported"))
+  run = _run(workdir, data_root, "--set", "train.steps=12", "--export", str(tmp_path / "exported"))
   assert run.returncode == 0, run.stderr
   assert f"exported to {tmp_path / 'exported'}" in run.stdout
   scorer = Scorer.load(tmp_path / "exported")

@@ -17,7 +17,7 @@ from helpers import decode_split
 from mian_jax.data import amazon, custom, movielens
 from test_amazon import growing_samples, params as amazon_params, samples, write_bars
 from test_custom import HEADER, build as custom_build, write_csv
-from test_e2e import _launch
+from test_e2e import _run
 from test_movielens import _params as ml_params, write_100k
 
 
@@ -86,7 +86,7 @@ def _events(workdir: Path) -> list[dict]:
 @pytest.mark.parametrize("validation", ["holdout", "test"])
 def test_best_checkpoint_is_chosen_on_validation_and_reports_its_test_metrics(tmp_path, data_root, validation):
   w = tmp_path / "w"
-  run = _launch(w, data_root, "--set", f"data.validation={validation}", "--set", "train.steps=30",
+  run = _run(w, data_root, "--set", f"data.validation={validation}", "--set", "train.steps=30",
                 "--set", "train.eval_every=6", "--set", "train.learning_rate=0.03")
   assert run.returncode == 0, run.stderr
   events = _events(w)
@@ -109,7 +109,7 @@ def test_best_checkpoint_is_chosen_on_validation_and_reports_its_test_metrics(tm
 
 def test_early_stopping_and_no_selection(tmp_path, data_root):
   w = tmp_path / "stop"
-  run = _launch(w, data_root, "--set", "train.steps=48", "--set", "train.eval_every=2",
+  run = _run(w, data_root, "--set", "train.steps=48", "--set", "train.eval_every=2",
                 "--set", "train.early_stop_patience=1", "--set", "train.learning_rate=0.05")
   assert run.returncode == 0, run.stderr
   valid = [e for e in _events(w) if e["split"] == "valid"]
@@ -118,7 +118,7 @@ def test_early_stopping_and_no_selection(tmp_path, data_root):
   first_worse = next(i for i in range(1, len(aucs)) if aucs[i] <= max(aucs[:i]))
   assert len(aucs) == first_worse + 1 and valid[-1]["step"] < 48
   assert "early stop at step" in run.stdout
-  none = _launch(tmp_path / "none", data_root, "--set", "data.validation=none", "--set", "train.steps=12",
+  none = _run(tmp_path / "none", data_root, "--set", "data.validation=none", "--set", "train.steps=12",
                  "--set", "train.eval_every=6")
   assert none.returncode == 0, none.stderr
   result = json.loads((tmp_path / "none" / "result.json").read_text())

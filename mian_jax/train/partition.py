@@ -20,6 +20,21 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mian_jax.errors import ConfigError
 
 
+def first_devices(n: int) -> list[jax.Device] | None:
+  """The first `n` devices of this process (train.devices); None (every device) for 0. ValueError when there
+  are fewer, or when the run has several processes (each would pick its own: give 0 there)."""
+  if n == 0:
+    return None
+  if n < 0 or jax.process_count() > 1:
+    raise ValueError(f"train.devices={n}: expected 0 (every device) or, in a one-process run, 1.."
+                     f"{jax.local_device_count()}" + (f" (this run has {jax.process_count()} processes: use 0)"
+                                                       if jax.process_count() > 1 else ""))
+  if n > jax.local_device_count():
+    raise ValueError(f"train.devices={n}, but this process has {jax.local_device_count()} devices; give at most "
+                     f"{jax.local_device_count()} (0 = every device)")
+  return jax.local_devices()[:n]
+
+
 def make_mesh(devices: list[jax.Device] | None = None, spec: str = "") -> Mesh:
   """A mesh over `devices` (default: every device of every process): 1-D `data` when `spec` is "", else
   `data=N,model=M` with N x M = the number of devices. ValueError says what is wrong with `spec`."""

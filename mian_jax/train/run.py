@@ -67,7 +67,7 @@ def open_source(config: Config) -> pipeline.Source:
 def make_mesh(config: Config) -> Mesh:
   """The run's mesh (train.mesh); a bad spec is a ConfigError."""
   try:
-    return partition.make_mesh(spec=config.train.mesh)
+    return partition.make_mesh(partition.first_devices(config.train.devices), spec=config.train.mesh)
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
