@@ -1,7 +1,6 @@
 """Test setup: 8 fake CPU devices (set before jax is imported) and a shared tiny commercial data set."""
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,8 +18,6 @@ _run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"mian_jax_xla_cache_{_run_id}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import pytest  # noqa: E402
 
