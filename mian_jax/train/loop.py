@@ -79,7 +79,7 @@ class _Trainer:
       files.write_text(workdir / "config.json", config.to_json())
     self.data_start = pipeline.resume_from(data_state, run.blocks_per_batch, config.train.reset_data_position)
     self.data_it = run.train_iterator(self.data_start)
-    self.report = report = Reporter(workdir, self.start, run.total_steps)
+    self.report = report = Reporter(workdir, self.start, run.total_steps, config.train.log_every)
     for line in run.notes + self.start_lines:
       report.say(line)
     if self.fresh and self.lead and moved:

@@ -26,10 +26,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh
-from tqdm import tqdm
 
 from mian_jax import data as data_lib
-from mian_jax import distributed, interrupts, metrics as metrics_lib, models
+from mian_jax import distributed, interrupts, metrics as metrics_lib, models, progress
 from mian_jax.config import Config, check_batch
 from mian_jax.data import pipeline
 from mian_jax.errors import ConfigError, Diverged, RunError
@@ -138,7 +137,7 @@ class Run:
                                                      set_aside=False)
     ckpt.close()
     for line in notes:
-      say(line)
+      progress.say(line)
     return run, state.params, step
 
   # ---------------------------------------------------------------- pieces
@@ -194,15 +193,19 @@ class Run:
     eval_step = eval_step or self.eval_step
     c = self.config
     rows = partition.per_process_batch(c.train.eval_batch_size, self.mesh, "train.eval_batch_size")
-    _, batches = pipeline.eval_batches(self.src, split, rows_per_process=rows, max_len=c.data.max_len,
-                                       process_index=jax.process_index(), process_count=jax.process_count(),
-                                       oov=c.data.oov)
+    count, batches = pipeline.eval_batches(self.src, split, rows_per_process=rows, max_len=c.data.max_len,
+                                           process_index=jax.process_index(), process_count=jax.process_count(),
+                                           oov=c.data.oov)
     group = self.src.group_key  # the raw user key's group
     outs = []
-    for local in batches:
-      batch = partition.to_global(local, self.mesh)
-      probs = eval_step(params, batch)
-      outs.append(partition.gather({"p": probs, "y": batch["label"], "u": batch[group], "w": batch["weight"]}))
+    # In a log file one line per pass (when it is done); on a terminal a bar that goes away.
+    with progress.Progress(count, "batch", f"eval {split}", every=count, fields=(f"{self.src.rows(split):,} rows",),
+                           leave=False) as bar:
+      for local in batches:
+        batch = partition.to_global(local, self.mesh)
+        probs = eval_step(params, batch)
+        outs.append(partition.gather({"p": probs, "y": batch["label"], "u": batch[group], "w": batch["weight"]}))
+        bar.update()
     cat = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     real = cat["w"] > 0
     try:
@@ -212,7 +215,7 @@ class Run:
                      f"data (the checkpoints written so far are kept)") from None
     if np.isnan(out["auc"]):
       labels = set(np.unique(cat["y"][real]).tolist())
-      say(f"warning: the {split} split has {'no rows' if not labels else f'one class only (every label {labels.pop():g})'}"
+      progress.say(f"warning: the {split} split has {'no rows' if not labels else f'one class only (every label {labels.pop():g})'}"
           f": its AUC and gAUC are undefined, and model selection ignores them")
     mapped = batches.counts.as_dict()
     if mapped:  # this process's count (data.oov=map)
@@ -230,12 +233,6 @@ class Run:
       return evals, float(step)
     value = evals[on]["auc"]
     return evals, -1.0 if np.isnan(value) else value
-
-
-def say(message: str) -> None:
-  """A line on stdout from process 0 (above a progress bar, if one is drawn)."""
-  if jax.process_index() == 0:
-    tqdm.write(message)
 
 
 def restore_first_readable(ckpt: Checkpoints, steps: list[int], target, identity: dict[str, Any], workdir: Path,
@@ -274,7 +271,7 @@ def restore_first_readable(ckpt: Checkpoints, steps: list[int], target, identity
       where = ckpt.set_aside(step, failed[-1][1])
       lines.append(f"warning: checkpoint step {step} could not be read ({failed[-1][1]}); moved to {where}")
   for line in lines:
-    say(line)
+    progress.say(line)
   moved = set_aside and jax.process_count() == 1
   raise RunError(f"no checkpoint in {workdir / 'checkpoints'} can be read ("
                  + "; ".join(f"step {s}: {why}" for s, why in failed)
