@@ -60,6 +60,7 @@ SLOW = {
     "test_faults_data.py": {"test_a_test_split_with_one_class_prints_auc_as_undefined"},
     "test_faults_gauc.py": {"test_predict_writes_the_raw_user_of_every_row"},
     "test_faults_signals.py": "*",
+    "test_first_hour.py": {"test_eval_without_checkpoints_is_one_line_and_creates_nothing"},
     "test_layers.py": {"test_embedding_groups_share_tables_and_mask_padding", "test_mian_shapes_and_attention"},
     "test_mian_equations.py": {"test_each_ablation_mlp_input_is_mians_minus_the_module"},
     "test_model_edge_cases.py": "*",

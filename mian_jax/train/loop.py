@@ -24,7 +24,7 @@ from mian_jax.errors import Diverged, RunError
 from mian_jax.train import partition, state as state_lib, workdir as workdir_lib
 from mian_jax.train.checkpoint import CheckpointWriteError
 from mian_jax.train.report import Reporter
-from mian_jax.train.run import METRICS, SELECTED_ON, Run, restore_first_readable
+from mian_jax.train.run import METRICS, SELECTED_ON, Run, check_devices, restore_first_readable
 
 EXIT_PREEMPTED = errors.EXIT_PREEMPTED
 
@@ -39,6 +39,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
   """Trains `config` in `workdir` (resuming from its latest checkpoint unless `fresh`), evaluates, and
   returns the final metrics (also written to result.json). One run per workdir at a time."""
   workdir = Path(workdir)
+  check_devices(config)  # a wrong train.mesh or batch for these devices: an error line, and no workdir made
   try:
     with workdir_lib.Lock(workdir, enabled=jax.process_index() == 0):
       return _Trainer(Run.build(config), workdir, fresh).train()
@@ -137,9 +138,13 @@ class _Trainer:
     steps = sorted(self.ckpt.all_steps(), reverse=True)
     if not steps:
       return self.run.init_state(), None, 0, False
-    with interrupts.phase("restoring the checkpoint"):
-      state, data_state, start, lines = restore_first_readable(
-          self.ckpt, steps, self.run.abstract_state(), self.run.identity(), self.workdir, set_aside=True)
+    try:
+      with interrupts.phase("restoring the checkpoint"):
+        state, data_state, start, lines = restore_first_readable(
+            self.ckpt, steps, self.run.abstract_state(), self.run.identity(), self.workdir, set_aside=True)
+    except Exception:
+      self.ckpt.close()  # a manager left open prints Orbax's traceback at exit, after the error line
+      raise
     self.start_lines = (*lines, f"resumed from step {start} ({self.workdir / 'checkpoints'})")
     return state, data_state, start, True
 

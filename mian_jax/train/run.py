@@ -71,6 +71,15 @@ def make_mesh(config: Config) -> Mesh:
     raise ConfigError(str(e)) from None
 
 
+def check_devices(config: Config) -> Mesh:
+  """The run's mesh, with train.mesh and both batch sizes checked against the devices (ConfigError): before
+  any data is built (minutes at full scale) or any folder made."""
+  mesh = make_mesh(config)
+  check_batch(config.train.batch_size, config.data.block_size, mesh.devices.size, jax.process_count())
+  partition.per_process_batch(config.train.eval_batch_size, mesh, "train.eval_batch_size")
+  return mesh
+
+
 def check_splits(config: Config, src: pipeline.Source) -> None:
   """Empty splits are found out before anything is compiled or trained (a test file holding only a header)."""
   if src.rows("test") == 0:
@@ -102,9 +111,10 @@ class Run:
   def build(cls, config: Config, src: pipeline.Source | None = None, mesh: Mesh | None = None) -> "Run":
     """The run `config` describes; `src` / `mesh` when the caller has them already (tests)."""
     config, note = resolved(config)
+    if mesh is None:
+      mesh = check_devices(config) if src is None else make_mesh(config)
     src = src if src is not None else open_source(config)
     check_splits(config, src)
-    mesh = mesh if mesh is not None else make_mesh(config)
     check_batch(config.train.batch_size, src.block_size(), mesh.devices.size, jax.process_count())
     batch = partition.per_process_batch(config.train.batch_size, mesh, "train.batch_size")
     total = config.train.steps or config.train.epochs * pipeline.steps_per_epoch(src, batch, jax.process_count())
@@ -126,16 +136,20 @@ class Run:
     unreadable ones are skipped, said in one line, and left where they are): for --eval, --predict,
     --export and --plot after training."""
     workdir = Path(workdir)
+    if not workdir_lib.checkpoint_steps(workdir):  # before any data is built or any folder created
+      raise _no_checkpoint(workdir)
     run = cls.build(config)
     ckpt = run.checkpoints(workdir)
-    best = ckpt.best_step()
-    steps = ([best] if best is not None else []) + [s for s in sorted(ckpt.all_steps(), reverse=True) if s != best]
-    if not steps:
-      raise RunError(f"no checkpoint in {workdir / 'checkpoints'}; train first (the same command without this flag)")
-    with interrupts.phase("restoring the checkpoint"):
-      state, _, step, notes = restore_first_readable(ckpt, steps, run.abstract_state(), run.identity(), workdir,
-                                                     set_aside=False)
-    ckpt.close()
+    try:
+      best = ckpt.best_step()
+      steps = ([best] if best is not None else []) + [s for s in sorted(ckpt.all_steps(), reverse=True) if s != best]
+      if not steps:
+        raise _no_checkpoint(workdir)
+      with interrupts.phase("restoring the checkpoint"):
+        state, _, step, notes = restore_first_readable(ckpt, steps, run.abstract_state(), run.identity(), workdir,
+                                                       set_aside=False)
+    finally:
+      ckpt.close()  # also on an error: a manager left open prints Orbax's traceback at exit
     for line in notes:
       progress.say(line)
     return run, state.params, step
@@ -233,6 +247,11 @@ class Run:
       return evals, float(step)
     value = evals[on]["auc"]
     return evals, -1.0 if np.isnan(value) else value
+
+
+def _no_checkpoint(workdir: Path) -> RunError:
+  where = f"{workdir} does not exist" if not workdir.exists() else f"no checkpoint in {workdir / 'checkpoints'}"
+  return RunError(f"{where}; train first (the same command without this flag), or give the trained run's --workdir")
 
 
 def restore_first_readable(ckpt: Checkpoints, steps: list[int], target, identity: dict[str, Any], workdir: Path,
