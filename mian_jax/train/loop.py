@@ -39,10 +39,10 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
   """Trains `config` in `workdir` (resuming from its latest checkpoint unless `fresh`), evaluates, and
   returns the final metrics (also written to result.json). One run per workdir at a time."""
   workdir = Path(workdir)
-  check_devices(config)  # a wrong train.mesh or batch for these devices: an error line, and no workdir made
+  mesh = check_devices(config)  # a wrong train.mesh or batch for these devices: an error line, no workdir made
   try:
     with workdir_lib.Lock(workdir, enabled=jax.process_index() == 0):
-      return _Trainer(Run.build(config), workdir, fresh).train()
+      return _Trainer(Run.build(config, mesh=mesh), workdir, fresh).train()
   except (workdir_lib.WorkdirBusy, files.NotOurs) as e:
     raise RunError(str(e)) from None
 
