@@ -4,6 +4,7 @@
   python launch.py --experiment commercial --sweep paper_table     # every trial, then results.md / .csv / .png
   python launch.py --experiment commercial --model mian --plot gim  # the paper's Figure 6
   python launch.py --experiment commercial --eval | --predict PATH --out FILE | --export DIR
+  python launch.py --experiment commercial:tiny --print-config     # every field, its value and description
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ def _parser(experiment_names: list[str], model_names: list[str], sweep_names: li
              f"models: {', '.join(model_names)}\nsweeps: {', '.join(sweep_names)}",
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--experiment", required=True, help="experiment name (experiments/NAME.py), optionally NAME:VARIANT")
-  p.add_argument("--model", help="model name (overrides model.name)")
-  p.add_argument("--workdir", help="run directory (default runs/<experiment>/<model>)")
+  p.add_argument("--model", help="model name (overrides model.name; any case)")
+  p.add_argument("--workdir", help="run directory (default runs/<experiment>[-<variant>]/<model>, e.g. "
+                                   "runs/commercial-tiny/mian)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.batch_size=512")
+  p.add_argument("--print-config", action="store_true", help="print the resolved config (every field, its value and "
+                                                               "description) and exit")
   p.add_argument("--fresh", action="store_true", help="start over: the workdir's earlier checkpoints and logs are moved to "
                                                           "<workdir>/previous-<time>/ (nothing is deleted)")
   p.add_argument("--sweep", metavar="NAME", help="run a sweep (experiments/sweeps.py): one process per trial, in parallel on disjoint device groups "
@@ -87,22 +91,35 @@ def _main(argv: list[str] | None) -> int:
   logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # a failed checkpoint write's stray futures
   import experiments
   from experiments import sweeps
-  from mian_jax import data, distributed, interrupts, models
-  from mian_jax.config import ConfigError, apply_overrides
+  from mian_jax import config_fields, data, distributed, interrupts, models, progress
+  from mian_jax.config import ConfigError, apply_overrides, did_you_mean
+  from mian_jax.train import workdir as workdir_lib
 
   args = _parser(experiments.names(), models.names(), sweeps.names()).parse_args(argv)
   try:
     config = experiments.get_config(args.experiment)
   except KeyError:
-    raise ConfigError(f"--experiment {args.experiment}: unknown; valid: {', '.join(experiments.names())}") from None
+    name = args.experiment.partition(":")[0]
+    raise ConfigError(f"--experiment {args.experiment}: unknown{did_you_mean(name, experiments.names())}; valid: "
+                      f"{', '.join(experiments.names())}") from None
   except ValueError as e:
     raise ConfigError(f"--experiment {args.experiment}: {e}") from None
   if args.model:
     config.model.name = args.model
   apply_overrides(config, args.set)
   data.check_overrides(config.data, [a for a in args.set if a.strip().startswith("data.")])
-  if config.model.name not in models.names():
-    raise ConfigError(f"model {config.model.name!r} is unknown; valid: {', '.join(models.names())}")
+  known = {n.lower(): n for n in models.names()}
+  if config.model.name.lower() not in known:
+    raise ConfigError(f"model {config.model.name!r} is unknown{did_you_mean(config.model.name, models.names())}; "
+                      f"valid: {', '.join(models.names())}")
+  config.model.name = known[config.model.name.lower()]  # MIAN, DeepFM: any case
+  note = experiments.note(args.experiment)  # a tiny variant's first line
+  if args.print_config:
+    try:
+      print("\n".join(filter(None, [note, config_fields.render(config)])), flush=True)
+    except BrokenPipeError:  # `| head`: the reader has what it wanted; nothing more is written at exit
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
   modes = [flag for flag, on in (("--sweep", args.sweep), ("--plot", args.plot), ("--eval", args.eval),
                                  ("--predict", args.predict), ("--export", args.export)) if on]
   if len(modes) > 1:
@@ -110,12 +127,16 @@ def _main(argv: list[str] | None) -> int:
   if args.predict and not args.out:
     raise ConfigError("--predict PATH needs --out FILE (the CSV of probabilities to write)")
   if args.sweep:
+    if note:
+      print(note, flush=True)
     return _sweep(args, config, sweeps)
-  workdir = args.workdir or f"runs/{config.experiment}/{config.model.name}"
+  workdir = args.workdir or workdir_lib.default(config)
   try:
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if note:
+    progress.say(note)
 
   from mian_jax import predict
   from mian_jax.train import loop, report
@@ -151,19 +172,21 @@ def _sweep(args, config, sweeps) -> int:
   from pathlib import Path
 
   from mian_jax import errors, sweep
-  from mian_jax.config import ConfigError, apply_overrides
+  from mian_jax.config import ConfigError, apply_overrides, did_you_mean
+  from mian_jax.train import workdir as workdir_lib
 
   try:
     trials = sweeps.trials(args.sweep, config.sweep.seeds)
   except KeyError:
-    raise ConfigError(f"--sweep {args.sweep}: unknown; valid: {', '.join(sweeps.names())}") from None
+    raise ConfigError(f"--sweep {args.sweep}: unknown{did_you_mean(args.sweep, sweeps.names())}; valid: "
+                      f"{', '.join(sweeps.names())}") from None
   if args.model or args.plot:
     raise ConfigError("--sweep chooses the models itself; drop --model / --plot (use --set for common overrides)")
   if args.coordinator:
     raise ConfigError("--sweep runs on one host; run a multi-host trial as a plain launch.py run")
   for overrides in trials:  # every trial's overrides must be valid before anything runs
     apply_overrides(config, [f"{k}={v}" for k, v in overrides.items()])
-  root = Path(args.workdir or f"runs/{config.experiment}/sweeps/{args.sweep}")
+  root = Path(args.workdir or workdir_lib.default_sweep_root(config, args.sweep))
   try:
     rows = sweep.run(args.experiment, trials, root, args.set, config.sweep.devices_per_trial, fresh=args.fresh)
   except ValueError as e:  # device groups that cannot be formed, a trial listed twice

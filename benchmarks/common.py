@@ -8,25 +8,21 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+from mian_jax.config import Config, ModelConfig, TrainConfig
+from mian_jax.data import commercial
+from mian_jax.schema import FeatureSchema
+from mian_jax.train import partition
+from mian_jax.train.run import Run
 
-from mian_jax.config import Config, ModelConfig, TrainConfig  # noqa: E402
-from mian_jax.data import commercial  # noqa: E402
-from mian_jax.schema import FeatureSchema  # noqa: E402
-from mian_jax.train import partition  # noqa: E402
-from mian_jax.train.run import Run  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def schema(users: int = 20_000, history: int = 50) -> FeatureSchema:

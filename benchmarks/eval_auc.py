@@ -1,13 +1,13 @@
 """Benchmark 5: exact AUC and gAUC (mian_jax.metrics) over 10M predictions from 500k users.
 
-    python benchmarks/eval_auc.py [--n 10000000]
+    python -m benchmarks.eval_auc [--n 10000000]
 """
 
 import argparse
 import statistics
 import time
 
-from common import np, report
+from benchmarks.common import np, report
 from mian_jax import metrics
 
 

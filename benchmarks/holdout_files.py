@@ -1,7 +1,7 @@
 """Validation-only copies of the Yelp (BARS layout) and MovieLens files, for choosing options without test.
 
-    python benchmarks/holdout_files.py yelp  BARS_DIR OUT_DIR    # BARS_DIR: what ../shared/data/yelp/build.py wrote
-    python benchmarks/holdout_files.py movielens ML_DIR OUT_DIR  # ML_DIR: an unpacked ml-100k folder
+    python -m benchmarks.holdout_files yelp  BARS_DIR OUT_DIR    # BARS_DIR: what ../shared/data/yelp/build.py wrote
+    python -m benchmarks.holdout_files movielens ML_DIR OUT_DIR  # ML_DIR: an unpacked ml-100k folder
 
 The copy's test split is a validation split carved from the training data only, so a run on it never
 sees the real test rows:

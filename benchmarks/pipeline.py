@@ -1,14 +1,14 @@
 """Benchmark 3: the input pipeline alone (grain from ArrayRecord block shards through decode and batch,
 for 0, 1, 2 worker processes) and end to end (pipeline + MIAN step) against the step alone.
 
-    python benchmarks/pipeline.py [--scale 0.01] [--batch 1024]
+    python -m benchmarks.pipeline [--scale 0.01] [--batch 1024]
 """
 
 import argparse
 import tempfile
 import time
 
-from common import jax, partition, report, time_step, train_step
+from benchmarks.common import jax, partition, report, time_step, train_step
 from mian_jax import data
 from mian_jax.config import DataConfig
 from mian_jax.data import pipeline

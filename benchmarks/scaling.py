@@ -1,12 +1,12 @@
 """Benchmark 4: MIAN's step time vs the user-vocabulary size (20k -> 2.2M rows) for dense `adam` and
 row-sparse `lazy_adam`, vs history length (25 -> 200) and vs batch size (256 -> 8192).
 
-    python benchmarks/scaling.py [--model mian] [--quick]
+    python -m benchmarks.scaling [--model mian] [--quick]
 """
 
 import argparse
 
-from common import batch, partition, report, schema, time_step, train_step
+from benchmarks.common import batch, partition, report, schema, time_step, train_step
 
 
 def measure(model: str, users: int, history: int, rows: int, opt: str, repeats: int) -> dict:

@@ -1,12 +1,12 @@
 """Benchmarks 1 and 2: train-step throughput of every model (batch 1024, history 50, embedding 18, on
 synthetic batches, one device) and each step's share of this machine's matmul roofline.
 
-    python benchmarks/step_throughput.py [--models mian,din] [--batch 1024] [--dtype bfloat16]
+    python -m benchmarks.step_throughput [--models mian,din] [--batch 1024] [--dtype bfloat16]
 """
 
 import argparse
 
-from common import batch, jax, matmul_flops_per_s, models, partition, report, schema, step_flops, time_step, train_step
+from benchmarks.common import batch, jax, matmul_flops_per_s, models, partition, report, schema, step_flops, time_step, train_step
 
 
 def main(argv=None):

@@ -16,9 +16,19 @@ def names() -> list[str]:
 
 
 def get_config(spec: str):
+  """The config of `NAME[:VARIANT]`; config.experiment is the spec (the default workdir is named by it).
+  KeyError for an unknown NAME, ValueError for an unknown VARIANT."""
   name, _, variant = spec.partition(":")
   if name not in names():
     raise KeyError(name)
   config = importlib.import_module(f"experiments.{name}").get_config(variant)
-  config.experiment = name
+  config.experiment = f"{name}:{variant}" if variant else name
   return config
+
+
+def note(spec: str) -> str | None:
+  """The first line of every command on a tiny variant: its numbers are not results."""
+  if spec.partition(":")[2] != "tiny":
+    return None
+  return (f"note: {spec} is a seconds-long smoke run of a shrunk model on little data; its metrics (AUC below 0.5 "
+          f"included) only show that the machinery works and say nothing about the model")

@@ -3,8 +3,8 @@
   python launch.py --experiment EXP --sweep NAME [--set KEY=VALUE ...] [--set sweep.seeds=3]
 
 `grid(...)` is the product of its axes (first axis outermost), `+` joins lists. Every trial runs in
-`runs/<EXP>/sweeps/<NAME>/<trial id>/` (under `--workdir DIR` when given); the id is made from the
-overrides (`name=din,seed=1`), so the same trial always gets the same id and directory.
+`runs/<EXP>[-<VARIANT>]/sweeps/<NAME>/<trial id>/` (under `--workdir DIR` when given); the id is made
+from the overrides (`name=din,seed=1`), so the same trial always gets the same id and directory.
 `--set sweep.seeds=N` repeats every trial that does not set `train.seed` with seeds 0..N-1, and
 `results.md` reports each setting as mean ± std over them.
 """

@@ -9,6 +9,7 @@ meant to be printed as `error: ...`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import typing
@@ -50,7 +51,7 @@ class DataConfig:
   embed_user_id: bool = False  # feed the user id to the model (it is always stored, for gAUC)
   seed: int = 0  # generator seed (the data set, not the training order)
   days: int = 30  # commercial data: days covered; the last `test_days` are the test split
-  test_days: int = 3
+  test_days: int = 3  # commercial data: the last days, the test split (data.validation=holdout: the day before them validates)
   min_positive_rating: int = 4  # movielens: a rating >= this is a positive (label 1)
   test_per_user: int = 1  # movielens: each user's last ratings held out as the test split
   # Model selection (best checkpoint, --eval / --predict / --export, sweep tables, early stopping) on:
@@ -114,7 +115,7 @@ class TrainConfig:
   # processes that splits evenly over the devices (check_batch), batch x data.max_len <= 2^28.
   batch_size: int = 1024
   steps: int = 0  # optimisation steps; 0 = run `epochs` epochs
-  epochs: int = 2
+  epochs: int = 2  # passes over the training data when train.steps is 0
   seed: int = 0  # parameter init, data order and dropout
   learning_rate: float = 1e-3  # peak learning rate of the dense network and the tables (Adam)
   lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to 0 over the run's steps
@@ -131,7 +132,7 @@ class TrainConfig:
   devices: int = 0
   eval_every: int = 0  # steps between evaluations (validation and test); 0 = once per epoch (and at the end)
   checkpoint_every: int = 200  # steps between checkpoints (also at every eval and at the end)
-  log_every: int = 50  # steps between training-metric fetches
+  log_every: int = 50  # steps between training-metric fetches (metrics.jsonl, TensorBoard; a progress line in a log file)
   keep_checkpoints: int = 3  # latest checkpoints kept (the best by validation AUC is kept as well)
   # Rows per evaluation / prediction batch (global; scores do not depend on it): 1..MAX_BATCH (2^24), and
   # eval_batch_size x data.max_len <= 2^28.
@@ -156,7 +157,7 @@ class SweepConfig:
 
 @dataclasses.dataclass
 class Config:
-  experiment: str = ""
+  experiment: str = ""  # --experiment NAME[:VARIANT] (experiments/NAME.py); not a --set key
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -208,19 +209,45 @@ def _parse(key: str, raw: str, hint: Any) -> Any:
   return raw
 
 
+def did_you_mean(word: str, choices: list[str]) -> str:
+  """` (did you mean X?)` naming the closest of `choices` (difflib, ignoring case), or "" when none is close."""
+  by_lower = {c.lower(): c for c in choices}
+  close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+  return f" (did you mean {by_lower[close[0]]}?)" if close else ""
+
+
+def _unknown_key(config: Config, key: str) -> ConfigError:
+  """The error for an unknown `--set` key: the closest field of its section, else of any section (e.g.
+  model.batch_size -> train.batch_size), else the section's keys, else the sections."""
+  keys = [k for k in _keys(config) if k != "experiment"]
+  section, _, name = key.rpartition(".")
+  for pool, cutoff in (([k for k in keys if k.rpartition(".")[0] == section], 0.6), (keys, 0.8)):
+    close = difflib.get_close_matches(name.lower(), sorted({k.rpartition(".")[2] for k in pool}), n=1, cutoff=cutoff)
+    if close:
+      return ConfigError(f"--set {key}: unknown key (did you mean "
+                         f"{' or '.join(k for k in pool if k.rpartition('.')[2] == close[0])}?)")
+  where = "; --print-config lists every key with its description"
+  mine = [k.split(".", 1)[1] for k in keys if k.startswith(section + ".")]
+  if mine:
+    return ConfigError(f"--set {key}: unknown key; the {section}.* keys are {', '.join(mine)}{where}")
+  sections = sorted({k.split(".")[0] for k in keys})
+  return ConfigError(f"--set {key}: unknown key; keys start with {', '.join(s + '.' for s in sections)}{where}")
+
+
 def apply_override(config: Config, assignment: str) -> None:
   """Applies one `a.b=c` override in place, type-checked against the dataclass annotation."""
   if "=" not in assignment:
     raise ConfigError(f"--set {assignment}: expected KEY=VALUE, e.g. --set train.batch_size=512")
   key, raw = assignment.split("=", 1)
   key = key.strip()
+  if key == "experiment":
+    raise ConfigError("--set experiment: the experiment is chosen with --experiment NAME[:VARIANT], not --set")
   parts = key.split(".")
   node: Any = config
   for i, part in enumerate(parts):
     names = [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
     if part not in names:
-      valid = ", ".join(_keys(config))
-      raise ConfigError(f"--set {key}: unknown key; valid keys are {valid}")
+      raise _unknown_key(config, key)
     if i == len(parts) - 1:
       if dataclasses.is_dataclass(getattr(node, part)):
         raise ConfigError(f"--set {key}: is a section; set one of its fields, e.g. {key}.{_keys(getattr(node, part))[0]}")

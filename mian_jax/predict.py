@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from mian_jax import data
+from mian_jax import data, progress
 from mian_jax.config import Config
 from mian_jax.data import pipeline, tabular
 from mian_jax.export import vocab_of
@@ -138,10 +138,10 @@ def predict(config: Config, workdir: str | Path, path: str | Path, out: str | Pa
   src, mesh = run.src, run.mesh
   records = open_records(_as_data_set(config, src, Path(path)), src.schema)
   rows = partition.per_process_batch(config.train.eval_batch_size, mesh, "train.eval_batch_size")
-  _, batches = pipeline.eval_batches(records, "test", rows_per_process=rows, max_len=config.data.max_len,
-                                     oov=config.data.oov)
+  count, batches = pipeline.eval_batches(records, "test", rows_per_process=rows, max_len=config.data.max_len,
+                                         oov=config.data.oov)
   probs, groups = [], []
-  for local in batches:
+  for local in progress.counted(batches, "batch", "predict", total=count, every=max(1, count // 10)):
     p = np.asarray(jax.device_get(run.eval_step(params, partition.to_global(local, mesh))))
     probs.append(p[local["weight"] > 0])
     groups.append(local[records.group_key][local["weight"] > 0])

@@ -38,6 +38,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path, data_root)
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert "on 8 device(s)" in outs[0][0] and "final test" not in outs[1][0]  # only process 0 reports
+  assert "step 6/6 (100%)" in outs[0][0] and "step " not in outs[1][0] and "eval " not in outs[1][0]  # progress too
   env8 = {**env, "XLA_FLAGS": xla_flags(8)}
   one = subprocess.run(_cmd(tmp_path / "one", data_root), cwd=ROOT, env=env8, capture_output=True, text=True,
                        timeout=600)

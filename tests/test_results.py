@@ -5,13 +5,16 @@ test_export.py)."""
 
 import csv
 import json
+import re
 
 import matplotlib.image
 import numpy as np
 import pytest
 
 from helpers import decode_split
-from test_e2e import _run
+from test_e2e import ROOT, _run
+
+README = ROOT / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,9 @@ def test_tensorboard_curves_and_summary(trained):
   acc = EventAccumulator(str(workdir / "tensorboard"))
   acc.Reload()
   tags = set(acc.Tags()["scalars"])
-  assert {"train/loss", "train/samples_per_s", "train/learning_rate", "test/auc", "test/gauc", "test/logloss"} <= tags
+  assert tags == {"train/loss", "train/samples_per_s", "train/learning_rate", "train/grad_norm", "train/skipped",
+                  "valid/auc", "valid/gauc", "valid/logloss", "test/auc", "test/gauc", "test/logloss"}
+  assert all(f"`{tag}`" in README.read_text() for tag in tags)  # the README lists each
   assert [e.step for e in acc.Scalars("train/loss")] == [3, 6, 9, 10, 12]  # and before the checkpoint at 10
   assert [e.step for e in acc.Scalars("test/auc")] == [6, 12]
   events = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -41,6 +46,28 @@ def test_tensorboard_curves_and_summary(trained):
   assert lines[-1].startswith("final test auc=")
   assert any(l.startswith("best checkpoint: step ") and str(workdir / "checkpoints") in l for l in lines)
   assert any(str(png) in l for l in lines) and any("tensorboard --logdir" in l for l in lines)
+
+
+def test_metrics_jsonl_holds_the_fields_the_readme_names(trained):
+  workdir, _ = trained
+  events = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  kinds = {tuple(sorted(e)) for e in events}
+  assert kinds == {("grad_norm", "loss", "samples_per_s", "skipped", "split", "step"),
+                   ("auc", "gauc", "logloss", "split", "step")}
+  assert all(f'"{field}"' in README.read_text() for kind in kinds for field in kind)  # the README names each
+
+
+def test_a_log_file_gets_a_progress_line_every_log_every_steps_and_per_evaluation(trained):
+  """stdout is a pipe here, as in a batch job's log: no bar, plain lines (mian_jax/progress.py)."""
+  _, out = trained
+  assert out.splitlines()[0].startswith("note: commercial:tiny is a seconds-long smoke run")  # tiny: not results
+  steps = [l for l in out.splitlines() if l.startswith("step ") and "/12 (" in l]
+  assert [int(l.split()[1].split("/")[0]) for l in steps] == [3, 6, 9, 12]  # train.log_every=3
+  assert re.fullmatch(r"step 3/12 \(25%\) loss=\d\.\d{4} [\d,]+ samples/s eta \d+(m\d\d)?s", steps[0]), steps[0]
+  assert re.fullmatch(r"step 12/12 \(100%\) loss=\d\.\d{4} [\d,]+ samples/s in \d+(m\d\d)?s", steps[-1]), steps[-1]
+  passes = [l.split(":")[0] for l in out.splitlines() if l.startswith("eval ")]
+  assert passes == ["eval valid", "eval test"] * 2  # two evaluations (train.eval_every=6)
+  assert "\r" not in out
 
 
 def test_eval_prints_the_final_line_of_the_best_checkpoint(trained, data_root):

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from tqdm import tqdm
 
+from mian_jax import progress
 from mian_jax.data import delimited, shards, tabular
 from mian_jax.errors import DataError
 
@@ -181,7 +181,7 @@ def prepare(files: dict[str, Path], p: Params, cache_root: str) -> Path:
   users: dict[str, int] = {}
   items: dict[str, int] = {}
   cols: list[list[int]] = [[], [], []]
-  for number, obj in tqdm(_records(files["reviews"], bad), desc="reading reviews", unit=" lines", disable=None):
+  for number, obj in progress.counted(_records(files["reviews"], bad), "line", "reading reviews", every=1_000_000):
     try:
       user, item, time = str(obj["reviewerID"]), str(obj["asin"]), int(obj["unixReviewTime"])
     except (KeyError, TypeError, ValueError) as e:
@@ -194,7 +194,7 @@ def prepare(files: dict[str, Path], p: Params, cache_root: str) -> Path:
     raise DataError(f"{files['reviews']}: no reviews")
   names = list(items)
   category = ["(none)"] * len(names)
-  for _, obj in tqdm(_records(files["meta"], bad), desc="reading item meta", unit=" lines", disable=None):
+  for _, obj in progress.counted(_records(files["meta"], bad), "line", "reading item meta", every=1_000_000):
     index = items.get(str(obj.get("asin")))
     if index is not None:
       category[index] = _category(obj) or "(none)"
@@ -214,8 +214,8 @@ def prepare(files: dict[str, Path], p: Params, cache_root: str) -> Path:
   starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
   ends = np.r_[starts[1:], len(u)]
   try:
-    for a, b in tqdm(zip(starts, ends), total=len(starts), desc="writing the DIEN layout", unit=" users",
-                     disable=None):
+    for a, b in progress.counted(zip(starts, ends), "user", "writing the DIEN layout", total=len(starts),
+                                 every=max(1, len(starts) // 10)):
       uid = user_names[u[a]]
       for k in range(a + 1, b):
         h = slice(max(a, k - p.max_len), k)

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from array_record.python import array_record_module
-from tqdm import tqdm
 
-from mian_jax import files
+from mian_jax import files, progress
 from mian_jax.errors import DataError
 from mian_jax.schema import FeatureSchema
 
@@ -86,11 +85,12 @@ def write_text(path: Path, text: str) -> None:
 
 
 def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], desc: str, unit: str = "part") -> list[Any]:
-  """[fn(x) for x in items] in worker processes, with a progress bar. Spawned, not forked: the parent
-  may already hold JAX's threads; `fn` must be picklable (a module-level function or a partial of one)."""
+  """[fn(x) for x in items] in worker processes, with a progress bar (in a log file: a line per finished
+  item). Spawned, not forked: the parent may already hold JAX's threads; `fn` must be picklable (a
+  module-level function or a partial of one)."""
   out: list[Any] = [None] * len(items)
   workers = min(len(items), os.cpu_count() or 1)
-  with tqdm(total=len(items), desc=desc, unit=unit, disable=None) as bar:
+  with progress.Progress(len(items), unit, desc) as bar:
     if workers <= 1:
       for i, x in enumerate(items):
         out[i] = fn(x)

@@ -24,7 +24,7 @@ from mian_jax.errors import Diverged, RunError
 from mian_jax.train import partition, state as state_lib, workdir as workdir_lib
 from mian_jax.train.checkpoint import CheckpointWriteError
 from mian_jax.train.report import Reporter
-from mian_jax.train.run import METRICS, SELECTED_ON, Run, restore_first_readable
+from mian_jax.train.run import METRICS, SELECTED_ON, Run, check_devices, restore_first_readable
 
 EXIT_PREEMPTED = errors.EXIT_PREEMPTED
 
@@ -39,9 +39,10 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
   """Trains `config` in `workdir` (resuming from its latest checkpoint unless `fresh`), evaluates, and
   returns the final metrics (also written to result.json). One run per workdir at a time."""
   workdir = Path(workdir)
+  mesh = check_devices(config)  # a wrong train.mesh or batch for these devices: an error line, no workdir made
   try:
     with workdir_lib.Lock(workdir, enabled=jax.process_index() == 0):
-      return _Trainer(Run.build(config), workdir, fresh).train()
+      return _Trainer(Run.build(config, mesh=mesh), workdir, fresh).train()
   except (workdir_lib.WorkdirBusy, files.NotOurs) as e:
     raise RunError(str(e)) from None
 
@@ -79,7 +80,7 @@ class _Trainer:
       files.write_text(workdir / "config.json", config.to_json())
     self.data_start = pipeline.resume_from(data_state, run.blocks_per_batch, config.train.reset_data_position)
     self.data_it = run.train_iterator(self.data_start)
-    self.report = report = Reporter(workdir, self.start, run.total_steps)
+    self.report = report = Reporter(workdir, self.start, run.total_steps, config.train.log_every)
     for line in run.notes + self.start_lines:
       report.say(line)
     if self.fresh and self.lead and moved:
@@ -137,9 +138,13 @@ class _Trainer:
     steps = sorted(self.ckpt.all_steps(), reverse=True)
     if not steps:
       return self.run.init_state(), None, 0, False
-    with interrupts.phase("restoring the checkpoint"):
-      state, data_state, start, lines = restore_first_readable(
-          self.ckpt, steps, self.run.abstract_state(), self.run.identity(), self.workdir, set_aside=True)
+    try:
+      with interrupts.phase("restoring the checkpoint"):
+        state, data_state, start, lines = restore_first_readable(
+            self.ckpt, steps, self.run.abstract_state(), self.run.identity(), self.workdir, set_aside=True)
+    except Exception:
+      self.ckpt.close()  # a manager left open prints Orbax's traceback at exit, after the error line
+      raise
     self.start_lines = (*lines, f"resumed from step {start} ({self.workdir / 'checkpoints'})")
     return state, data_state, start, True
 

@@ -1,5 +1,6 @@
-"""What a run tells the user, in one place: metrics.jsonl, TensorBoard scalars, the progress bar, the
-console lines and the final summary with curves.png. The loop calls it; it computes nothing.
+"""What a run tells the user, in one place: metrics.jsonl, TensorBoard scalars, the progress (a bar on a
+terminal, a line every train.log_every steps in a log file: mian_jax/progress.py), the console lines and the
+final summary with curves.png. The loop calls it; it computes nothing.
 
 - `metrics.jsonl`: one JSON object per event (`{"step", "split": train | valid | test, ...}`), appended;
   on resume the events a killed run logged after its last checkpoint are dropped, and so is a line torn by
@@ -12,15 +13,13 @@ console lines and the final summary with curves.png. The loop calls it; it compu
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
-from mian_jax import files, plots, summaries
+from mian_jax import files, plots, progress, summaries
 
 
 def fmt(value: float | None) -> str:
@@ -39,7 +38,7 @@ def events(path: Path) -> list[dict[str, Any]]:
 
 
 class Reporter:
-  def __init__(self, workdir: Path, resume_step: int, total_steps: int):
+  def __init__(self, workdir: Path, resume_step: int, total_steps: int, log_every: int = 1):
     self.workdir = workdir
     self.path = workdir / "metrics.jsonl"
     self.lead = jax.process_index() == 0
@@ -52,13 +51,10 @@ class Reporter:
         kept = [e for e in kept if isinstance(e.get("step"), int) and e["step"] <= resume_step]
         files.write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
       self._tb = summaries.Scalars(workdir / "tensorboard")
-    self.bar = tqdm(total=total_steps, initial=resume_step, desc="train", unit="step", disable=not self.lead or None,
-                    dynamic_ncols=True)
+    self.bar = progress.Progress(total_steps, "step", initial=resume_step, every=log_every)
 
   def say(self, message: str) -> None:
-    if self.lead:
-      tqdm.write(message, file=sys.stdout)
-      sys.stdout.flush()
+    progress.say(message)
 
   def write(self, event: dict[str, Any], **extra: float) -> None:
     """One event into metrics.jsonl and TensorBoard (`extra`: TensorBoard only)."""
@@ -74,9 +70,8 @@ class Reporter:
     event: dict[str, Any] = {"step": step, "split": "train", "samples_per_s": rate, "skipped": skipped}
     if loss is not None:
       event.update(loss=loss, grad_norm=grad_norm)
-      self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:,.0f}")
     self.write(event, learning_rate=learning_rate)
-    self.bar.update(steps)
+    self.bar.update(steps, *((f"loss={loss:.4f}",) if loss is not None else ()), f"{rate:,.0f} samples/s")
 
   def evaluation(self, step: int, evals: dict[str, dict[str, float]]) -> None:
     for split, m in evals.items():

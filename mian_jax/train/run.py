@@ -26,10 +26,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh
-from tqdm import tqdm
 
 from mian_jax import data as data_lib
-from mian_jax import distributed, interrupts, metrics as metrics_lib, models
+from mian_jax import distributed, interrupts, metrics as metrics_lib, models, progress
 from mian_jax.config import Config, check_batch
 from mian_jax.data import pipeline
 from mian_jax.errors import ConfigError, Diverged, RunError
@@ -72,6 +71,15 @@ def make_mesh(config: Config) -> Mesh:
     raise ConfigError(str(e)) from None
 
 
+def check_devices(config: Config) -> Mesh:
+  """The run's mesh, with train.mesh and both batch sizes checked against the devices (ConfigError): before
+  any data is built (minutes at full scale) or any folder made."""
+  mesh = make_mesh(config)
+  check_batch(config.train.batch_size, config.data.block_size, mesh.devices.size, jax.process_count())
+  partition.per_process_batch(config.train.eval_batch_size, mesh, "train.eval_batch_size")
+  return mesh
+
+
 def check_splits(config: Config, src: pipeline.Source) -> None:
   """Empty splits are found out before anything is compiled or trained (a test file holding only a header)."""
   if src.rows("test") == 0:
@@ -103,9 +111,10 @@ class Run:
   def build(cls, config: Config, src: pipeline.Source | None = None, mesh: Mesh | None = None) -> "Run":
     """The run `config` describes; `src` / `mesh` when the caller has them already (tests)."""
     config, note = resolved(config)
+    if mesh is None:
+      mesh = check_devices(config) if src is None else make_mesh(config)
     src = src if src is not None else open_source(config)
     check_splits(config, src)
-    mesh = mesh if mesh is not None else make_mesh(config)
     check_batch(config.train.batch_size, src.block_size(), mesh.devices.size, jax.process_count())
     batch = partition.per_process_batch(config.train.batch_size, mesh, "train.batch_size")
     total = config.train.steps or config.train.epochs * pipeline.steps_per_epoch(src, batch, jax.process_count())
@@ -127,18 +136,22 @@ class Run:
     unreadable ones are skipped, said in one line, and left where they are): for --eval, --predict,
     --export and --plot after training."""
     workdir = Path(workdir)
+    if not workdir_lib.checkpoint_steps(workdir):  # before any data is built or any folder created
+      raise _no_checkpoint(workdir)
     run = cls.build(config)
     ckpt = run.checkpoints(workdir)
-    best = ckpt.best_step()
-    steps = ([best] if best is not None else []) + [s for s in sorted(ckpt.all_steps(), reverse=True) if s != best]
-    if not steps:
-      raise RunError(f"no checkpoint in {workdir / 'checkpoints'}; train first (the same command without this flag)")
-    with interrupts.phase("restoring the checkpoint"):
-      state, _, step, notes = restore_first_readable(ckpt, steps, run.abstract_state(), run.identity(), workdir,
-                                                     set_aside=False)
-    ckpt.close()
+    try:
+      best = ckpt.best_step()
+      steps = ([best] if best is not None else []) + [s for s in sorted(ckpt.all_steps(), reverse=True) if s != best]
+      if not steps:
+        raise _no_checkpoint(workdir)
+      with interrupts.phase("restoring the checkpoint"):
+        state, _, step, notes = restore_first_readable(ckpt, steps, run.abstract_state(), run.identity(), workdir,
+                                                       set_aside=False)
+    finally:
+      ckpt.close()  # also on an error: a manager left open prints Orbax's traceback at exit
     for line in notes:
-      say(line)
+      progress.say(line)
     return run, state.params, step
 
   # ---------------------------------------------------------------- pieces
@@ -194,15 +207,19 @@ class Run:
     eval_step = eval_step or self.eval_step
     c = self.config
     rows = partition.per_process_batch(c.train.eval_batch_size, self.mesh, "train.eval_batch_size")
-    _, batches = pipeline.eval_batches(self.src, split, rows_per_process=rows, max_len=c.data.max_len,
-                                       process_index=jax.process_index(), process_count=jax.process_count(),
-                                       oov=c.data.oov)
+    count, batches = pipeline.eval_batches(self.src, split, rows_per_process=rows, max_len=c.data.max_len,
+                                           process_index=jax.process_index(), process_count=jax.process_count(),
+                                           oov=c.data.oov)
     group = self.src.group_key  # the raw user key's group
     outs = []
-    for local in batches:
-      batch = partition.to_global(local, self.mesh)
-      probs = eval_step(params, batch)
-      outs.append(partition.gather({"p": probs, "y": batch["label"], "u": batch[group], "w": batch["weight"]}))
+    # In a log file one line per pass (when it is done); on a terminal a bar that goes away.
+    with progress.Progress(count, "batch", f"eval {split}", every=count, fields=(f"{self.src.rows(split):,} rows",),
+                           leave=False) as bar:
+      for local in batches:
+        batch = partition.to_global(local, self.mesh)
+        probs = eval_step(params, batch)
+        outs.append(partition.gather({"p": probs, "y": batch["label"], "u": batch[group], "w": batch["weight"]}))
+        bar.update()
     cat = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     real = cat["w"] > 0
     try:
@@ -212,7 +229,7 @@ class Run:
                      f"data (the checkpoints written so far are kept)") from None
     if np.isnan(out["auc"]):
       labels = set(np.unique(cat["y"][real]).tolist())
-      say(f"warning: the {split} split has {'no rows' if not labels else f'one class only (every label {labels.pop():g})'}"
+      progress.say(f"warning: the {split} split has {'no rows' if not labels else f'one class only (every label {labels.pop():g})'}"
           f": its AUC and gAUC are undefined, and model selection ignores them")
     mapped = batches.counts.as_dict()
     if mapped:  # this process's count (data.oov=map)
@@ -232,10 +249,9 @@ class Run:
     return evals, -1.0 if np.isnan(value) else value
 
 
-def say(message: str) -> None:
-  """A line on stdout from process 0 (above a progress bar, if one is drawn)."""
-  if jax.process_index() == 0:
-    tqdm.write(message)
+def _no_checkpoint(workdir: Path) -> RunError:
+  where = f"{workdir} does not exist" if not workdir.exists() else f"no checkpoint in {workdir / 'checkpoints'}"
+  return RunError(f"{where}; train first (the same command without this flag), or give the trained run's --workdir")
 
 
 def restore_first_readable(ckpt: Checkpoints, steps: list[int], target, identity: dict[str, Any], workdir: Path,
@@ -274,7 +290,7 @@ def restore_first_readable(ckpt: Checkpoints, steps: list[int], target, identity
       where = ckpt.set_aside(step, failed[-1][1])
       lines.append(f"warning: checkpoint step {step} could not be read ({failed[-1][1]}); moved to {where}")
   for line in lines:
-    say(line)
+    progress.say(line)
   moved = set_aside and jax.process_count() == 1
   raise RunError(f"no checkpoint in {workdir / 'checkpoints'} can be read ("
                  + "; ".join(f"step {s}: {why}" for s, why in failed)

@@ -36,6 +36,23 @@ RUN_FILES = ("checkpoints", "checkpoints.damaged", "metrics.jsonl", "result.json
              "tensorboard", "gim_attention.png")  # what a run writes there (moved aside by --fresh)
 
 
+def default(config: Config) -> Path:
+  """`runs/<experiment>[-<variant>]/<model>`: a variant (commercial:tiny) never shares the main run's workdir."""
+  return Path("runs") / config.experiment.replace(":", "-") / config.model.name
+
+
+def default_sweep_root(config: Config, sweep: str) -> Path:
+  """`runs/<experiment>[-<variant>]/sweeps/<sweep>`."""
+  return Path("runs") / config.experiment.replace(":", "-") / "sweeps" / sweep
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+  """The steps of the checkpoint folders in `<workdir>/checkpoints` (complete or not), read without opening
+  Orbax, which would create the folder."""
+  folder = Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir()) if folder.is_dir() else []
+
+
 def is_run(folder: Path) -> bool:
   return any((Path(folder) / m).exists() for m in RUN_MARKERS)
 

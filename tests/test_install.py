@@ -1,0 +1,54 @@
+"""Installing: pyproject.toml pins what requirements.txt pins (CI installs the latter), its extras name the same
+jax, the serving module needs only jax and numpy, and nothing reaches the package through sys.path edits."""
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pins(lines: list[str]) -> dict[str, str]:
+  """{normalised name: version} of `name==version` requirement lines (extras dropped)."""
+  out = {}
+  for line in lines:
+    found = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([^\s;#]+).*", line)
+    if found:
+      out[found.group(1).lower().replace("_", "-")] = found.group(2)
+  return out
+
+
+def test_pyproject_pins_the_tested_versions_of_requirements_txt():
+  project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+  tested = _pins((ROOT / "requirements.txt").read_text().splitlines())
+  runtime = _pins(project["dependencies"])
+  assert len(runtime) == len(project["dependencies"]), "every dependency is pinned with =="
+  assert {name: tested.get(name) for name in runtime} == runtime
+  extras = project["optional-dependencies"]
+  for extra in ("cuda12", "tpu"):
+    assert extras[extra] == [f"jax[{extra}]=={tested['jax']}"]
+  assert _pins(extras["test"]) == {name: tested[name] for name in ("pytest", "pytest-xdist")}
+  assert project["requires-python"] == ">=3.11"
+
+
+def test_serving_imports_from_outside_the_repository_without_training_packages(tmp_path):
+  code = ("import sys, mian_jax.serving\n"
+          "bad = sorted({m.split('.')[0] for m in sys.modules} & {'flax', 'optax', 'orbax', 'grain', 'tqdm', "
+          "'matplotlib', 'pyarrow', 'tensorboard', 'array_record', 'experiments'})\n"
+          "print(bad)\n")
+  out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == "[]"
+
+
+def test_nothing_edits_sys_path():
+  """Tests run with pytest.ini's `pythonpath = .`, benchmarks as `python -m benchmarks.NAME`."""
+  found = [f"{path.relative_to(ROOT)}:{i}" for path in sorted(ROOT.rglob("*.py"))
+           if not any(part.startswith(".") or part in ("build", "venv", "runs", "data_cache")
+                      for part in path.relative_to(ROOT).parts)
+           for i, line in enumerate(path.read_text().splitlines(), 1)
+           if re.search(r"sys\.path\.(insert|append|extend)|sys\.path\s*\+?=", line)]
+  assert found == []
