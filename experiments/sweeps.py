@@ -48,6 +48,8 @@ SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
     # MIAN with DIN's Dice MLP, with and without IBIM's encoder.
     "mian_dice": lambda: [{"model.ibim_attention": "target", "model.ibim_position": "none", "model.mlp_activation": "dice",
                            **extra} for extra in ({}, {"model.ibim_encoder": "none"})],
+    # IBIM's shape around the default (1 block, 2 heads, FFN 2 x width): a second block, one head, FFN 4 x width.
+    "ibim_shape": lambda: [{}, {"model.ibim_layers": "2"}, {"model.ibim_heads": "1"}, {"model.ibim_ffn_mult": "4"}],
     # A minute-long check of a machine: two fast models, two seeds.
     "smoke": lambda: grid({"model.name": ["lr", "deepfm"], "train.seed": [0, 1]}),
 }
