@@ -139,6 +139,12 @@ def _run_shard(shard_fn: Callable[[int], dict[str, Any]], directory: Path, index
   return stats
 
 
+def _remove_unfinished(directory: Path) -> None:
+  """Removes the build's unfinished shards (`*.tmp`, written only by write_records in its own folder)."""
+  for leftover in directory.glob("*.tmp"):
+    leftover.unlink(missing_ok=True)
+
+
 def build(directory: Path, schema: FeatureSchema, params: dict[str, Any], num_shards: int,
           shard_fn: Callable[[int], dict[str, Any]], finish: Callable[[list[dict]], dict[str, Any]],
           desc: str) -> dict[str, Any]:
@@ -154,9 +160,12 @@ def build(directory: Path, schema: FeatureSchema, params: dict[str, Any], num_sh
   if meta is not None:  # same hash, other parameters: never mix shards of two data sets
     raise ValueError(f"{directory}/meta.json was written for other parameters; remove {directory} to rebuild")
   directory.mkdir(parents=True, exist_ok=True)
-  for leftover in directory.glob("*.tmp"):
-    leftover.unlink()
-  stats = parallel_map(functools.partial(_run_shard, shard_fn, directory), range(num_shards), desc, unit="shard")
+  _remove_unfinished(directory)
+  try:
+    stats = parallel_map(functools.partial(_run_shard, shard_fn, directory), range(num_shards), desc, unit="shard")
+  except BaseException:  # a failed shard, SIGTERM, Ctrl-C: the stopped workers' unfinished shards go too
+    _remove_unfinished(directory)
+    raise
   # A shard with no block of a split writes no file for it.
   files = {s: [shard_path(directory, s, i, num_shards).name for i in range(num_shards) if stats[i]["blocks"][s]]
            for s in SPLITS}
