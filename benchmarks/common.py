@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mian_jax import models  # noqa: F401  (the model list the benchmarks import from here)
 from mian_jax.config import Config, ModelConfig, TrainConfig
 from mian_jax.data import commercial
 from mian_jax.schema import FeatureSchema

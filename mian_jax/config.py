@@ -145,6 +145,13 @@ class TrainConfig:
   # A step whose loss or gradients are not finite is never applied; stop = end the run naming the step and
   # its batch's shard records (the last checkpoint is kept); skip_batch = go on, counting such batches.
   on_nonfinite: Literal["stop", "skip_batch"] = "stop"
+  # "A:B": a jax.profiler trace of training steps A..B (1-based, both included) into <workdir>/tensorboard,
+  # for TensorBoard's profile plugin; "" = none.
+  profile_steps: str = ""
+  # JAX's persistent compilation cache: compiled steps are kept in this folder (~ expanded) and reused by
+  # later runs of the same program (a rerun, a sweep's other seeds); "" = off. JAX_COMPILATION_CACHE_DIR,
+  # when set, wins.
+  compilation_cache: str = "~/.cache/mian_jax/xla"
 
 
 @dataclasses.dataclass
@@ -330,6 +337,15 @@ def _sizes(config: Config) -> str | None:
   return None
 
 
+def profile_range(spec: str) -> tuple[int, int] | None:
+  """(first, last) of train.profile_steps "A:B", or None when it is not 1 <= A <= B."""
+  first, _, last = spec.partition(":")
+  if not (first.strip().isdigit() and last.strip().isdigit()):
+    return None
+  first_i, last_i = int(first), int(last)
+  return (first_i, last_i) if 1 <= first_i <= last_i else None
+
+
 def validate(config: Config) -> None:
   d, t, m = config.data, config.train, config.model
   floats = [("data.part_mb", d.part_mb), ("data.validation_fraction", d.validation_fraction),
@@ -367,6 +383,9 @@ def validate(config: Config) -> None:
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
+  if t.profile_steps and profile_range(t.profile_steps) is None:
+    raise ConfigError(f"train.profile_steps={t.profile_steps}: expected FIRST:LAST steps, 1 <= FIRST <= LAST (e.g. "
+                      f"10:15), or empty for none")
   too_big = _sizes(config)
   if too_big:
     raise ConfigError(too_big)

@@ -10,6 +10,14 @@ s_t   = MLP_A([q, k_t, q - k_t, q * k_t]) -> Dense(1)      hidden activations: s
 w_t   = s_t at real positions, 0 at padding (normalise=False: DIN, the paper's "softmax abandoned"), or
         softmax_t over the real positions (normalise=True: DIEN's AUGRU scores, softmax_stag=1)
 out   = sum_t w_t k_t  [B, E];  returns (out, w [B, T])
+
+The first layer is computed as the same linear map, regrouped: with its kernel's four row blocks
+W = [W_q; W_k; W_d; W_p] (the parameters of Dense(A_1) on the concatenation, unchanged),
+  [q, k, q - k, q * k] W = q (W_q + W_d) + k (W_k - W_d) + (q * k) W_p,
+so the query's part is computed once per row instead of once per position, and the [B, T, 4E] input is
+never built (half the first layer's multiplications). The MLP then runs in cache-sized chunks of rows
+(layers/chunks.py). Measured on 2 CPU cores (B = 1024, T = 50, E = 36, A = 80-40, forward + backward, CPU
+time): 184 ms as the concatenation, 142 ms regrouped, 104 ms regrouped and chunked.
 """
 
 from __future__ import annotations
@@ -21,6 +29,17 @@ import jax
 import jax.numpy as jnp
 
 from mian_jax.layers.attention import masked_softmax
+from mian_jax.layers.chunks import in_chunks
+from mian_jax.layers.params import DenseParams
+
+
+def activation_scores(layers: list[dict[str, jax.Array]], q_be: jax.Array, k_bte: jax.Array) -> jax.Array:
+  """s [B, T] of the activation unit with the parameters of its layers (the first kernel [4E, A_1])."""
+  w_q, w_k, w_d, w_p = jnp.split(layers[0]["kernel"], 4, axis=0)
+  x = (q_be @ (w_q + w_d) + layers[0]["bias"])[:, None, :] + k_bte @ (w_k - w_d) + (q_be[:, None, :] * k_bte) @ w_p
+  for p in layers[1:]:
+    x = jax.nn.sigmoid(x) @ p["kernel"] + p["bias"]
+  return x[..., 0]
 
 
 class TargetAttention(nn.Module):
@@ -35,11 +54,11 @@ class TargetAttention(nn.Module):
       q_bd = nn.Dense(e, name="query")(q_bd)
       alpha = self.param("prelu_alpha", nn.initializers.constant(0.1), (e,))
       q_bd = jnp.maximum(q_bd, 0.0) + alpha * jnp.minimum(q_bd, 0.0)
-    q_bte = jnp.broadcast_to(q_bd[:, None, :], k_bte.shape)
-    x = jnp.concatenate([q_bte, k_bte, q_bte - k_bte, q_bte * k_bte], axis=-1)
-    for i, width in enumerate(self.hidden):
-      x = jax.nn.sigmoid(nn.Dense(width, name=f"dense{i}")(x))
-    s_bt = nn.Dense(1, name="score")(x)[..., 0]
+    widths, fan_in = list(self.hidden) + [1], [4 * e] + list(self.hidden)
+    names = [f"dense{i}" for i in range(len(self.hidden))] + ["score"]
+    layers = [DenseParams((w,), name=n)((f,)) for n, w, f in zip(names, widths, fan_in)]
+    layers = jax.tree.map(lambda p: p.astype(k_bte.dtype), layers)
+    s_bt = in_chunks(lambda k, q: activation_scores(layers, q, k), (k_bte,), (q_bd.astype(k_bte.dtype),), mask_bt)
     if self.normalise:
       w_bt = masked_softmax(s_bt, mask_bt)  # float32; an empty history gets all 0
     else:

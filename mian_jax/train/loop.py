@@ -23,7 +23,7 @@ from mian_jax.data import pipeline
 from mian_jax.errors import Diverged, RunError
 from mian_jax.train import partition, state as state_lib, workdir as workdir_lib
 from mian_jax.train.checkpoint import CheckpointWriteError
-from mian_jax.train.report import Reporter
+from mian_jax.train.report import Reporter, StepTrace
 from mian_jax.train.run import METRICS, SELECTED_ON, Run, check_devices, restore_first_readable
 
 EXIT_PREEMPTED = errors.EXIT_PREEMPTED
@@ -94,14 +94,19 @@ class _Trainer:
     eval_every = config.train.eval_every or run.steps_per_epoch
     patience = config.train.early_stop_patience
     self.step, self.t_log = self.start, time.perf_counter()
+    trace = StepTrace(config.train.profile_steps, workdir / "tensorboard")
     with interrupts.Deferred() as stop:
       while self.step < run.total_steps:
         batch = partition.to_global(next(self.data_it), run.mesh)
+        trace.before(self.step + 1)
         with jax.transfer_guard("disallow"):
           self.state, step_metrics = run.train_step(self.state, batch)
         self.pending.append(step_metrics)
         self.step += 1
         step = self.step
+        if trace.after(step, step_metrics):
+          report.say(f"profile of steps {config.train.profile_steps}: {workdir / 'tensorboard'} (TensorBoard's "
+                     f"profile plugin)")
         evaluating = step % eval_every == 0 or step == run.total_steps
         if step % config.train.log_every == 0 or evaluating or step % config.train.checkpoint_every == 0 \
             or stop.signal is not None:
@@ -121,6 +126,8 @@ class _Trainer:
           report.say(f"interrupted by {interrupts.Interrupted(stop.signal, '').name} at step {step} (training); "
                      f"checkpoint saved in {workdir / 'checkpoints'}; run the same command again to resume")
           raise SystemExit(EXIT_PREEMPTED)
+    if trace.close(self.state):  # the run ended before the last traced step
+      report.say(f"profile of steps {config.train.profile_steps} (up to step {self.step}): {workdir / 'tensorboard'}")
     report.close_bar()
     interrupts.set_phase("the final evaluation")
     if not any(e["split"] == "test" and e["step"] == self.step for e in report.events()):  # resumed after the end

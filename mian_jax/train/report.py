@@ -8,6 +8,7 @@ final summary with curves.png. The loop calls it; it computes nothing.
 - TensorBoard (`<workdir>/tensorboard`, tags `train/...`, `valid/...`, `test/...`); after a resume it
   shows the dropped steps twice until it reloads.
 - Written by process 0 only; the other processes' Reporter prints and writes nothing.
+- `StepTrace`: train.profile_steps' jax.profiler trace, into `<workdir>/tensorboard` (process 0).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax
 import numpy as np
 
 from mian_jax import files, plots, progress, summaries
+from mian_jax.config import profile_range
 
 
 def fmt(value: float | None) -> str:
@@ -115,3 +117,32 @@ class Reporter:
     if result["bayes_auc"] is not None:
       line += f" (bayes auc={result['bayes_auc']:.4f})"
     self.say(line)
+
+
+class StepTrace:
+  """A jax.profiler trace of the training steps train.profile_steps = "A:B" names (1-based, both included;
+  those of them this run executes) into `logdir`, where TensorBoard's profile plugin finds it."""
+
+  def __init__(self, spec: str, logdir: Path):
+    self.first, self.last = profile_range(spec) if spec else (0, -1)
+    self.logdir = logdir
+    self.active = False
+
+  def before(self, step: int) -> None:
+    """Called before training step `step` runs."""
+    if not self.active and self.first <= step <= self.last and jax.process_index() == 0:
+      jax.profiler.start_trace(str(self.logdir))
+      self.active = True
+
+  def after(self, step: int, outputs: Any) -> bool:
+    """Called after step `step` was dispatched (its outputs); True when that ended the trace."""
+    return self.close(outputs) if step >= self.last else False
+
+  def close(self, outputs: Any = None) -> bool:
+    """Ends the trace once `outputs` are computed; True when a trace was running."""
+    if not self.active:
+      return False
+    jax.block_until_ready(outputs)  # the traced steps' work, not only their dispatch
+    jax.profiler.stop_trace()
+    self.active = False
+    return True
