@@ -23,7 +23,9 @@ from mian_jax.schema import FeatureSchema
 from mian_jax.train import partition
 from mian_jax.train.run import Run
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Where report() writes: benchmarks/results, or $MIAN_JAX_BENCH_RESULTS (benchmarks/accelerator.sh gives
+# each of its phases a folder of its own).
+RESULTS = Path(os.environ.get("MIAN_JAX_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def schema(users: int = 20_000, history: int = 50) -> FeatureSchema:

@@ -27,7 +27,7 @@ HLO_CALL = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?calls=%?([\w.\-]+)', re.
 HLO_COMPUTATION = re.compile(r'^%?([\w.\-]+) [^\n]*\{\n(.*?)^\}', re.M | re.S)
 # Executor bookkeeping, Python frames and the ends of asynchronous ops are not ops; a loop's or a
 # conditional's own event spans its body's ops, which are counted themselves.
-SKIPPED = ("ThunkExecutor", "PjRt", "SlinkyThreadPool", "$", "end: ")
+SKIPPED = ("ThunkExecutor", "ThreadpoolListener", "PjRt", "SlinkyThreadPool", "$", "end: ")
 CONTAINER = re.compile(r"^(while|conditional|cond|call)(\.\d+)*(\.clone)?$")
 NOT_MODULES = {"while", "body", "cond", "closed_call", "checkpoint", "remat", "rematted_computation", "map"}
 
