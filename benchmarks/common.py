@@ -33,11 +33,23 @@ def schema(users: int = 20_000, history: int = 50) -> FeatureSchema:
   return commercial.make_schema(users, history, embed_user_id=True)
 
 
-def batch(s: FeatureSchema, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """Random ids within every vocabulary, full-length histories half of the time."""
+LENGTHS = ("uniform", "commercial")
+
+
+def history_lengths(rng: np.random.Generator, rows: int, max_len: int, lengths: str = "uniform") -> np.ndarray:
+  """hist_len [rows]: uniform in [T/2, T] (the benchmarks' default, every history at least half full), or
+  as the commercial generator draws them (data/commercial.py: Poisson of a per-user lognormal mean 18,
+  capped at T; for T = 50: mean 22, median 18, 13% full)."""
+  if lengths == "commercial":
+    return np.minimum(rng.poisson(rng.lognormal(np.log(18), 0.9, rows)), max_len).astype(np.int32)
+  return rng.integers(max_len // 2, max_len + 1, rows).astype(np.int32)
+
+
+def batch(s: FeatureSchema, rows: int, seed: int = 0, lengths: str = "uniform") -> dict[str, np.ndarray]:
+  """Random ids within every vocabulary; history lengths as `history_lengths` draws them."""
   rng = np.random.default_rng(seed)
   out = {"label": rng.integers(0, 2, rows).astype(np.float32), "weight": np.ones(rows, np.float32),
-         "hist_len": rng.integers(s.max_len // 2, s.max_len + 1, rows).astype(np.int32)}
+         "hist_len": history_lengths(rng, rows, s.max_len, lengths)}
   for f in s.features:
     if f.kind == "numeric":
       out[f.name] = rng.normal(size=rows).astype(np.float32)

@@ -3,7 +3,7 @@ trace is read back (jax.profiler.ProfileData), and the XLA ops are summed per st
 model code it came from (the HLO's op_name metadata: the Flax module path, `bwd` for the backward pass).
 Two tables: the top ops, and the time per model module.
 
-    python -m benchmarks.profile MODEL [--batch 1024] [--steps 5] [--top 25] [--trace-dir DIR]
+    python -m benchmarks.profile MODEL [--batch 1024] [--steps 5] [--top 25] [--lengths commercial] [--trace-dir DIR]
 
 On CPU the ops are those the thunk executor runs (on 2 cores two may run at once, so op time can exceed
 the wall time); on a GPU / TPU the device's "XLA Ops" line. The trace folder (kept with --trace-dir)
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import batch, jax, partition, report, schema, table, train_step
+from benchmarks.common import LENGTHS, batch, jax, partition, report, schema, table, train_step
 
 HLO_OP = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name="([^"]*)"', re.M)
 HLO_CALL = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?calls=%?([\w.\-]+)', re.M)
@@ -55,7 +55,8 @@ def readable(op_name: str) -> str:
 
 def module_of(op_name: str, depth: int = 2) -> str:
   """The model module an op belongs to (its path without the primitive), at most `depth` levels."""
-  parts = [p for p in readable(op_name).removeprefix("bwd ").split("/") if p not in NOT_MODULES]
+  parts = [p for p in readable(op_name).removeprefix("bwd ").split("/")
+           if p not in NOT_MODULES and not p.startswith(("branch_", "vmap("))]
   return "/".join(parts[:-1][:depth]) or "(step: embedding, loss, optimizer)"
 
 
@@ -86,11 +87,12 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=5, help="traced steps (after 3 untraced ones)")
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--dtype", default="float32")
+  p.add_argument("--lengths", choices=LENGTHS, default="uniform", help="history lengths (benchmarks/common.py)")
   p.add_argument("--trace-dir", help="keep the trace here (default: a temporary folder, removed)")
   args = p.parse_args(argv)
   s = schema(history=args.history)
   step, state, mesh = train_step(args.model, s, compute_dtype=args.dtype)
-  batches = [partition.to_global(batch(s, args.batch, seed=i), mesh) for i in range(2)]
+  batches = [partition.to_global(batch(s, args.batch, seed=i, lengths=args.lengths), mesh) for i in range(2)]
   names = op_names(step.lower(state, batches[0]).compile().as_text())
   for i in range(3):
     state, metrics = step(state, batches[i % 2])
