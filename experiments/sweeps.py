@@ -28,6 +28,8 @@ SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
     "paper_table": lambda: grid({"model.name": [*BASELINES, "mian"]}),
     # The same eight models on real behaviour data (yelp, movielens; README "MIAN on real data").
     "real_table": lambda: grid({"model.name": [*BASELINES, "mian"]}),
+    # The sequence models alone (their layers' speed work is checked against real_table's AUCs: README, "Speed and scale").
+    "sequence_models": lambda: grid({"model.name": ["din", "dien", "mian"]}),
     # The paper's ablations: MIAN, each module removed, and the IBIM encoder variants.
     "ablations": lambda: grid({"model.name": ["mian", *ABLATIONS]})
                          + grid({"model.name": ["mian"], "model.ibim_encoder": ["post_ln", "none"]}),
