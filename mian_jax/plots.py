@@ -7,11 +7,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def _pyplot():
+  """matplotlib.pyplot on the headless Agg backend, imported on the first drawing: its import is ~0.35 s of
+  every launch.py process's start-up, and many of them never draw (stopped, --eval, --predict, errors)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
 
 
 PLOTS = ("gim",)
@@ -19,6 +26,7 @@ PLOTS = ("gim",)
 
 def gim_heatmap(weights: np.ndarray, path: str | Path, columns: tuple[str, ...]) -> Path:
   """Figure 6: one row per test case, one column per GIM input, the weight written in each cell."""
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(1.0 * len(columns) + 1, 0.42 * len(weights) + 1.4))
   im = ax.imshow(weights, cmap="Blues", aspect="auto", vmin=0, vmax=max(0.5, float(weights.max())))
   ax.set_xticks(range(len(columns)), [n.replace("_", "$_{", 1) + "}$" if n.startswith("e_") else n for n in columns])
@@ -38,6 +46,7 @@ def gim_heatmap(weights: np.ndarray, path: str | Path, columns: tuple[str, ...])
 def sweep_auc(groups: list[dict], path: str | Path, title: str = "") -> Path:
   """A sweep's test AUC per setting: a bar at the mean over seeds, a line for ± std, a dot per trial."""
   groups = [g for g in groups if g["n"]]
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(7, 0.45 * max(1, len(groups)) + 1.3))
   for y, g in enumerate(groups):
     mean, std = g["auc"]
@@ -66,6 +75,7 @@ def training_curves(metrics_jsonl: str | Path, path: str | Path, title: str = ""
   events = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
   train = [e for e in events if e.get("split") == "train" and e.get("loss") is not None]
   evals = {split: [e for e in events if e.get("split") == split] for split in ("valid", "test")}
+  plt = _pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
   style = lambda rows: "-o" if len(rows) < 30 else "-"
   axes[0].plot([e["step"] for e in train], [e["loss"] for e in train], style(train), markersize=3)

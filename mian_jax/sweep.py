@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mian_jax import errors, files
+from mian_jax import errors, files, plots
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_KEYS = ("best_step", "step", "valid_auc", "auc", "gauc", "logloss", "samples_per_s", "wall_s")
@@ -282,8 +282,6 @@ def results_markdown(rows: list[dict[str, Any]], reference: str = "mian") -> str
 
 def summarize(root: Path, rows: list[dict[str, Any]]) -> str:
   """Writes results.csv, results.md and results.png in `root`; returns the markdown."""
-  from mian_jax import plots  # here: matplotlib is needed for the summary only, not to run trials
-
   _write_csv(root / "results.csv", rows)
   text = results_markdown(rows)
   files.write_text(root / "results.md", text)

@@ -17,15 +17,26 @@ from helpers import plant
 from mian_jax.data import pipeline
 from test_e2e import _assert_same_params, _final_params, _launch, _run
 
-RUN = ("--set", "train.steps=100", "--set", "train.checkpoint_every=2", "--set", "train.log_every=2",
-       "--set", "train.eval_every=50", "--set", "train.keep_checkpoints=2")
+# DIN: the trainer's state in all its kinds (embedding tables, a dense network, Dice's running moments, Adam's
+# slots, the RNG, the data position) at about two thirds of MIAN's start-up cost per process (tracing, loading
+# compiled programs); these tests start 17 processes. The trainer saves and restores the state as one pytree
+# whatever the model (restoring checks every array's name and shape), so what is checked here holds for MIAN.
+RUN = ("--model", "din", "--set", "train.steps=100", "--set", "train.checkpoint_every=2", "--set",
+       "train.log_every=2", "--set", "train.eval_every=50", "--set", "train.keep_checkpoints=2")
+
+
+# One worker runs this file (pytest.ini: --dist loadgroup), so its module fixture's run is made once, not
+# once in each xdist worker that gets one of its tests.
+pytestmark = pytest.mark.xdist_group("test_faults")
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data_root):
   """(workdir, final state) of the uninterrupted run every interrupted one must reproduce."""
   workdir = tmp_path_factory.mktemp("uninterrupted")
-  ref = _launch(workdir, data_root, *RUN)  # a real process, as the killed ones are: bit-for-bit alike
+  # A real process, as the killed ones are (bit-for-bit alike), saving only at its evaluations (steps 50 and
+  # 100): how often a run saves must not change what it computes, and 48 fewer saves are ~20 s less.
+  ref = _launch(workdir, data_root, *RUN, "--set", "train.checkpoint_every=50")
   assert ref.returncode == 0, ref.stderr
   return workdir, _final_params(workdir)[1]
 
@@ -98,11 +109,11 @@ def test_a_checkpoint_of_another_model_or_data_set_is_refused(tmp_path, data_roo
   w = tmp_path / "other"
   shutil.copytree(uninterrupted[0], w)
   before = sorted((p.name, p.stat().st_mtime) for p in (w / "checkpoints").rglob("*"))
-  run = _run(w, data_root, *RUN, "--model", "din", "--set", "model.embed_dim=8", "--set", "data.seed=1")
+  run = _run(w, data_root, *RUN, "--model", "deepfm", "--set", "model.embed_dim=8", "--set", "data.seed=1")
   assert run.returncode == 2
   error = run.stderr.strip().splitlines()[-1]
   assert error.startswith(f"error: {w} holds checkpoints of another run (")
-  assert "model.name: checkpoint mian, this run din" in error and "model.embed_dim: checkpoint 4, this run 8" in error
+  assert "model.name: checkpoint din, this run deepfm" in error and "model.embed_dim: checkpoint 4, this run 8" in error
   assert "data set: checkpoint commercial-" in error and "--fresh" in error
   assert sorted((p.name, p.stat().st_mtime) for p in (w / "checkpoints").rglob("*")) == before
 

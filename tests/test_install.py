@@ -30,6 +30,7 @@ def test_pyproject_pins_the_tested_versions_of_requirements_txt():
   for extra in ("cuda12", "tpu"):
     assert extras[extra] == [f"jax[{extra}]=={tested['jax']}"]
   assert _pins(extras["test"]) == {name: tested[name] for name in ("pytest", "pytest-xdist")}
+  assert list(_pins(extras["profile"])) == ["tensorboard-plugin-profile"], "pinned, and only the profile plugin"
   assert project["requires-python"] == ">=3.11"
 
 
