@@ -30,6 +30,11 @@ SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
     "real_table": lambda: grid({"model.name": [*BASELINES, "mian"]}),
     # The sequence models alone (their layers' speed work is checked against real_table's AUCs: README, "Speed and scale").
     "sequence_models": lambda: grid({"model.name": ["din", "dien", "mian"]}),
+    # The models FuxiCTR's Yelp numbers cover (../shared/data/yelp/PEER.md), and MIAN, for a run under PEER.md's
+    # protocol (--set data.validation=test): DeepFM and DIN with 3 seeds, then DIEN and MIAN (each ~20 minutes a
+    # trial on a 2-core CPU) with one; `--set sweep.seeds=3` gives every model 3 seeds.
+    "peer": lambda: [{"model.name": m, "train.seed": str(s)} for m in ("deepfm", "din") for s in range(3)]
+                    + grid({"model.name": ["dien", "mian"]}),
     # The paper's ablations: MIAN, each module removed, and the IBIM encoder variants.
     "ablations": lambda: grid({"model.name": ["mian", *ABLATIONS]})
                          + grid({"model.name": ["mian"], "model.ibim_encoder": ["post_ln", "none"]}),
