@@ -61,8 +61,12 @@ SLOW = {
     "test_faults_gauc.py": {"test_predict_writes_the_raw_user_of_every_row"},
     "test_faults_signals.py": "*",
     "test_first_hour.py": {"test_eval_without_checkpoints_is_one_line_and_creates_nothing"},
+    "test_layer_rewrites.py": {"test_encoder_equals_flax_attention_and_layer_norms", "test_masked_rnn_equals_the_scan_of_cells",
+                               "test_activation_unit_regrouped_first_layer_equals_the_concatenation",
+                               "test_auxiliary_pair_loss_equals_the_concatenation"},
     "test_layers.py": {"test_embedding_groups_share_tables_and_mask_padding", "test_mian_shapes_and_attention"},
-    "test_mian_equations.py": {"test_each_ablation_mlp_input_is_mians_minus_the_module"},
+    "test_mian_equations.py": {"test_each_ablation_mlp_input_is_mians_minus_the_module",
+                               "test_ibim_pools_candidate_and_encoded_behaviours"},
     "test_model_edge_cases.py": "*",
     "test_movielens.py": {"test_tiny_training_run"},
     "test_multihost.py": "*",
@@ -76,7 +80,8 @@ SLOW = {
     "test_validation.py": {"test_best_checkpoint_is_chosen_on_validation_and_reports_its_test_metrics",
                            "test_custom_data_holds_out_a_share_of_users_or_reads_valid_files",
                            "test_early_stopping_and_no_selection"},
-    "test_zoo_fm_cin_cross.py": {"test_model_builds_and_gives_finite_logits"},
+    "test_zoo_din_dien.py": {"test_models_train_and_eval"},
+    "test_zoo_fm_cin_cross.py": {"test_model_builds_and_gives_finite_logits", "test_models_read_every_group"},
     "test_zoo_train.py": "*",
 }
 
