@@ -17,11 +17,6 @@ from tests.test_e2e import ROOT, _run
 TIGHT = {"rtol": 1e-5, "atol": 1e-6}
 
 
-# One worker runs this file (pytest.ini: --dist loadgroup), so its module fixture's run is made once, not
-# once in each xdist worker that gets one of its tests.
-pytestmark = pytest.mark.xdist_group("test_export")
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_root):
   """(config, workdir, export dir) of a tiny MIAN run (1 epoch, 24 steps: the run test_e2e makes first, so

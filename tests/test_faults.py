@@ -25,11 +25,6 @@ RUN = ("--model", "din", "--set", "train.steps=100", "--set", "train.checkpoint_
        "train.log_every=2", "--set", "train.eval_every=50", "--set", "train.keep_checkpoints=2")
 
 
-# One worker runs this file (pytest.ini: --dist loadgroup), so its module fixture's run is made once, not
-# once in each xdist worker that gets one of its tests.
-pytestmark = pytest.mark.xdist_group("test_faults")
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data_root):
   """(workdir, final state) of the uninterrupted run every interrupted one must reproduce."""

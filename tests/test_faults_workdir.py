@@ -27,11 +27,6 @@ RUN = ("--set", "train.steps=24", "--set", "train.checkpoint_every=8", "--set", 
        "--set", "train.keep_checkpoints=3")
 
 
-# One worker runs this file (pytest.ini: --dist loadgroup), so its module fixture's run is made once, not
-# once in each xdist worker that gets one of its tests.
-pytestmark = pytest.mark.xdist_group("test_faults_workdir")
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, data_root):
   """A finished run with checkpoints at steps 8, 16 and 24."""

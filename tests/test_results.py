@@ -17,11 +17,6 @@ from test_e2e import ROOT, _run
 README = ROOT / "README.md"
 
 
-# One worker runs this file (pytest.ini: --dist loadgroup), so its module fixture's run is made once, not
-# once in each xdist worker that gets one of its tests.
-pytestmark = pytest.mark.xdist_group("test_results")
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_root):
   workdir = tmp_path_factory.mktemp("results") / "w"
