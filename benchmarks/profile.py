@@ -67,9 +67,11 @@ def op_events(trace_dir: Path) -> dict[str, float]:
   planes = list(jax.profiler.ProfileData.from_file(str(path)).planes)
   devices = [p for p in planes if p.name.startswith("/device:")]
   total: dict[str, float] = collections.Counter()
+  # A GPU trace without the "XLA Ops" line (CUPTI's kernels only) is read from its stream lines.
+  wanted = ("XLA Ops",) if any(l.name == "XLA Ops" for p in devices for l in p.lines) else ("Stream",)
   for plane in devices or planes:
     for line in plane.lines:
-      if devices and line.name != "XLA Ops":
+      if devices and not line.name.startswith(wanted):
         continue
       if not devices and not line.name.startswith("tf_XLA"):
         continue
@@ -109,6 +111,9 @@ def main(argv=None):
     shutil.rmtree(trace_dir, ignore_errors=True)
   total_ms = sum(per_op.values()) / 1e6 / args.steps
   if not total_ms:
+    path = next(trace_dir.rglob("*.xplane.pb"), None)
+    for plane in (jax.profiler.ProfileData.from_file(str(path)).planes if path else []):
+      print(f"plane {plane.name}: " + ", ".join(f"{l.name} ({sum(1 for _ in l.events)})" for l in plane.lines))
     raise SystemExit("error: the trace holds no XLA op events (is the profiler supported on this backend?)")
   rows = [{"op": op, "ms": ns / 1e6 / args.steps, "share": ns / 1e6 / args.steps / total_ms,
            "from": readable(names.get(op, "?"))} for op, ns in per_op.most_common(args.top)]

@@ -57,6 +57,11 @@ SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
                            **extra} for extra in ({}, {"model.ibim_encoder": "none"})],
     # IBIM's shape around the default (1 block, 2 heads, FFN 2 x width): a second block, one head, FFN 4 x width.
     "ibim_shape": lambda: [{}, {"model.ibim_layers": "2"}, {"model.ibim_heads": "1"}, {"model.ibim_ffn_mult": "4"}],
+    # The accelerator default batch of --experiment commercial (experiments/commercial.py: ACCELERATOR): test AUC
+    # at equal epochs for batch 1024 (the CPU default) and 8192 at two learning rates.
+    "accelerator_batch": lambda: [{"train.batch_size": "1024", "train.learning_rate": "0.004"},
+                                  {"train.batch_size": "8192", "train.learning_rate": "0.004"},
+                                  {"train.batch_size": "8192", "train.learning_rate": "0.008"}],
     # A minute-long check of a machine: two fast models, two seeds.
     "smoke": lambda: grid({"model.name": ["lr", "deepfm"], "train.seed": [0, 1]}),
 }

@@ -46,8 +46,10 @@ class DataConfig:
   # see check_batch).
   block_size: int = 128
   shard_samples: int = 262144  # samples per shard file (rounded to whole blocks)
-  workers: int = 0  # grain worker processes for decoding; 0 = decode in a background thread
-  prefetch: int = 4  # batches prefetched ahead of the step
+  workers: int = 0  # grain worker processes for decoding; 0 = decode in threads of the training process
+  threads: int = 0  # decoding threads (workers=0); 0 = one per host core, at most 8
+  prefetch: int = 4  # decoded batches kept ready ahead of the step (at least one per thread)
+  device_prefetch: int = 2  # batches placed on the devices ahead of the step (copies overlap it); 0 = when asked
   embed_user_id: bool = False  # feed the user id to the model (it is always stored, for gAUC)
   seed: int = 0  # generator seed (the data set, not the training order)
   days: int = 30  # commercial data: days covered; the last `test_days` are the test split
@@ -318,6 +320,8 @@ def _sizes(config: Config) -> str | None:
       ("data.shard_samples", d.shard_samples, 1, 1 << 31, ""),
       ("data.workers", d.workers, 0, 1024, ""),
       ("data.prefetch", d.prefetch, 0, 1024, ""),
+      ("data.threads", d.threads, 0, 1024, " (0 = one per host core, at most 8)"),
+      ("data.device_prefetch", d.device_prefetch, 0, 64, ""),
       ("train.keep_checkpoints", t.keep_checkpoints, 1, 1 << 20, ""),
   ):
     message = _bounds(key, value, low, high, unit)

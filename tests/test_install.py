@@ -1,5 +1,6 @@
-"""Installing: pyproject.toml pins what requirements.txt pins (CI installs the latter), its extras name the same
-jax, the serving module needs only jax and numpy, and nothing reaches the package through sys.path edits."""
+"""Installing: pyproject.toml's ranges admit what requirements.txt pins (CI installs the latter) and the JAX
+stack a GPU machine ran the code with, its extras name the same jax range, the serving module needs only jax
+and numpy, and nothing reaches the package through sys.path edits."""
 
 import re
 import subprocess
@@ -7,7 +8,15 @@ import sys
 import tomllib
 from pathlib import Path
 
+from packaging.requirements import Requirement  # pytest's own dependency: present wherever the tests run
+
 ROOT = Path(__file__).resolve().parents[1]
+# Found installed on a GPU machine that ran the code unchanged.
+GPU_STACK = {"jax": "0.11.2", "jaxlib": "0.11.2", "flax": "0.12.10", "orbax-checkpoint": "0.12.4", "numpy": "2.5.0"}
+
+
+def _name(requirement: Requirement) -> str:
+  return requirement.name.lower().replace("_", "-")
 
 
 def _pins(lines: list[str]) -> dict[str, str]:
@@ -20,18 +29,30 @@ def _pins(lines: list[str]) -> dict[str, str]:
   return out
 
 
-def test_pyproject_pins_the_tested_versions_of_requirements_txt():
+def test_pyproject_admits_the_tested_versions_of_requirements_txt():
   project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
   tested = _pins((ROOT / "requirements.txt").read_text().splitlines())
-  runtime = _pins(project["dependencies"])
-  assert len(runtime) == len(project["dependencies"]), "every dependency is pinned with =="
-  assert {name: tested.get(name) for name in runtime} == runtime
+  runtime = {_name(r): r for r in map(Requirement, project["dependencies"])}
+  assert len(runtime) == len(project["dependencies"])
+  for name, r in runtime.items():
+    assert name in tested, f"{name}: not in requirements.txt"
+    assert r.specifier.contains(tested[name]), f"{r} leaves out the tested {name}=={tested[name]}"
+    # bounded above, so a new release line is admitted only once it has been run
+    assert any(s.operator in ("<", "<=", "==", "~=") for s in r.specifier), f"{r}: no upper bound"
   extras = project["optional-dependencies"]
   for extra in ("cuda12", "tpu"):
-    assert extras[extra] == [f"jax[{extra}]=={tested['jax']}"]
+    (r,) = map(Requirement, extras[extra])
+    assert r.name == "jax" and r.extras == {extra} and r.specifier == runtime["jax"].specifier
   assert _pins(extras["test"]) == {name: tested[name] for name in ("pytest", "pytest-xdist")}
   assert list(_pins(extras["profile"])) == ["tensorboard-plugin-profile"], "pinned, and only the profile plugin"
   assert project["requires-python"] == ">=3.11"
+
+
+def test_pyproject_admits_the_jax_stack_of_the_gpu_machine():
+  project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+  runtime = {_name(r): r for r in map(Requirement, project["dependencies"])}
+  for name, version in GPU_STACK.items():
+    assert runtime[name].specifier.contains(version), f"{runtime[name]} leaves out {name}=={version}"
 
 
 def test_serving_imports_from_outside_the_repository_without_training_packages(tmp_path):

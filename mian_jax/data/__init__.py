@@ -30,8 +30,8 @@ def default_cache_root() -> str:
 
 
 # data.* fields every data set reads (the pipeline, the trainer and every converter).
-COMMON_FIELDS = ("source", "dir", "max_len", "block_size", "workers", "prefetch", "oov", "validation",
-                 "embed_user_id", "seed")
+COMMON_FIELDS = ("source", "dir", "max_len", "block_size", "workers", "threads", "prefetch", "device_prefetch", "oov",
+                 "validation", "embed_user_id", "seed")
 
 
 class DataSource(abc.ABC):

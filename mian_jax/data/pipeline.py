@@ -24,15 +24,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import threading
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import grain
 import numpy as np
+from grain.experimental import index_shuffle
 from absl import flags
 from array_record.python import array_record_module
 
 from mian_jax.data import records
+from mian_jax.data.ahead import Ahead
+from mian_jax.data.memory import keep_freed_memory
 from mian_jax.errors import DataError  # noqa: F401  (re-exported: pipeline.DataError)
 from mian_jax.schema import FeatureSchema
 
@@ -70,7 +75,12 @@ class Source:
 class _Located:
   """The records of a split's shard files as one random-access source (what grain reads), each record
   returned with its index so that a failure can name the shard file and record; a file that cannot be
-  opened or a record that cannot be read is a DataError saying which and how to fix it."""
+  opened or a record that cannot be read is a DataError saying which and how to fix it.
+
+  Records are read with one ArrayRecordReader per shard file, shared by the decoding threads (the reader
+  is thread-safe), and a batch's records of one file in one call. grain's ArrayRecordDataSource would
+  start a thread pool for every call (one thread per file a batch touches): measured, that made reading
+  ~3x slower than the reads themselves."""
 
   def __init__(self, src: Source, split: str):
     self.paths, counts = src.paths(split), []
@@ -85,9 +95,25 @@ class _Located:
       except Exception as e:
         raise DataError(f"{path}: cannot be opened ({_first_line(e)}); the shard is truncated or corrupt: delete "
                         f"{src.directory} and rerun to regenerate the data") from None
-    self.ends = np.cumsum(counts)
+    self.ends = np.cumsum(counts, dtype=np.int64)
     self.directory = src.directory
-    self._source = grain.sources.ArrayRecordDataSource(self.paths)
+    self._readers: list[Any] = [None] * len(self.paths)
+    self._lock = threading.Lock()
+
+  def __getstate__(self):  # grain's worker processes open their own readers
+    return {k: v for k, v in self.__dict__.items() if k not in ("_readers", "_lock")}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._readers, self._lock = [None] * len(self.paths), threading.Lock()
+
+  def _reader(self, f: int):
+    if self._readers[f] is None:
+      with self._lock:
+        if self._readers[f] is None:
+          self._readers[f] = array_record_module.ArrayRecordReader(
+              self.paths[f], options="readahead_buffer_size:0", file_reader_buffer_size=32768)
+    return self._readers[f]
 
   def __len__(self) -> int:
     return int(self.ends[-1]) if len(self.ends) else 0
@@ -102,15 +128,29 @@ class _Located:
     return DataError(f"{path} record {record}: cannot be read ({_first_line(e)}); the shard is truncated or corrupt: "
                      f"delete {self.directory} and rerun to regenerate the data")
 
+  def _read(self, indices: Sequence[int]) -> list[bytes]:
+    """The records `indices` (global numbers), one read call per shard file they are in."""
+    keys = np.asarray(indices, np.int64)
+    if keys.size and (keys.min() < 0 or keys.max() >= len(self)):
+      raise IndexError(f"record {int(keys.max() if keys.max() >= len(self) else keys.min())} of {len(self)}")
+    files = np.searchsorted(self.ends, keys, side="right")
+    out: list[bytes] = [b""] * len(keys)
+    for f in np.unique(files).tolist():
+      at = np.flatnonzero(files == f)
+      positions = keys[at] - (self.ends[f - 1] if f else 0)
+      for i, blob in zip(at.tolist(), self._reader(f).read(positions.tolist())):
+        out[i] = blob
+    return out
+
   def __getitem__(self, index: int) -> tuple[int, bytes]:
     try:
-      return index, self._source[index]
+      return index, self._read([index])[0]
     except Exception as e:
       raise self._fail(index, e) from None
 
   def __getitems__(self, indices: Sequence[int]) -> list[tuple[int, bytes]]:
     try:
-      return list(zip(indices, self._source.__getitems__(list(indices))))
+      return list(zip(indices, self._read(indices)))
     except Exception:
       return [self[i] for i in indices]  # one by one, so the error names the record that failed
 
@@ -169,18 +209,77 @@ def _decode_checked(schema: FeatureSchema, max_len: int | None, oov: str, locate
   return block, counts
 
 
-def _decode_many(schema: FeatureSchema, max_len: int, oov: str, located: _Located,
-                 items: Sequence[tuple[int, bytes]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-  """One training batch as grain carries it: (the batch, its [OOV ids, non-finite values] counts)."""
-  decoded = [_decode_checked(schema, max_len, oov, located, item) for item in items]
-  return records.concat([block for block, _ in decoded]), np.sum([counts for _, counts in decoded], axis=0)
+def _checked(schema: FeatureSchema, max_len: int, oov: str, located: _Located, items: Sequence[tuple[int, bytes]],
+             batch: dict[str, np.ndarray]) -> np.ndarray:
+  """[OOV ids, non-finite numeric values] in a decoded batch of the blocks `items`, set to 0 in `batch`
+  (oov=map); with oov=error the first bad value stops the run, named by `_decode_checked` block by block
+  (the same record, feature and value whatever the batch's row order)."""
+  counts = np.zeros(2, np.int64)
+  for f in schema.features:
+    values = batch[f.name]
+    if f.kind == "numeric":
+      if np.isfinite(values).all():
+        continue
+      bad = ~np.isfinite(values)
+    else:
+      if not values.size or (values.max() < f.vocab_size and values.min() >= 0):
+        continue
+      bad = (values < 0) | (values >= f.vocab_size)
+    if oov == "error":
+      for item in items:
+        _decode_checked(schema, max_len, oov, located, item)
+    batch[f.name] = np.where(bad, 0, values).astype(values.dtype)
+    counts[int(f.kind == "numeric")] += int(bad.sum())
+  return counts
 
 
-def _permute(seed: int, index: int, item: tuple[dict[str, np.ndarray], np.ndarray]
-             ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-  batch, counts = item
-  perm = np.random.default_rng([seed, index, 1]).permutation(len(batch["label"]))
-  return {k: v[perm] for k, v in batch.items()}, counts
+def _decode_batch(schema: FeatureSchema, max_len: int, oov: str, located: _Located, seed: int | None, index: int,
+                  items: Sequence[tuple[int, bytes]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """The blocks `items` as one batch, as grain carries it: (the batch, its [OOV ids, non-finite values]
+  counts). Training (`seed` given) takes the rows in the seeded permutation of global batch `index`
+  (a shuffle buffer of k blocks), applied inside the decode's gathers rather than by a copy."""
+  order = None if seed is None else (lambda rows: np.random.default_rng([seed, index, 1]).permutation(rows))
+  try:
+    batch = records.decode_blocks(schema, [blob for _, blob in items], max_len, order)
+  except records.RecordError as e:
+    path, record = located.where(items[getattr(e, "block", 0)][0])
+    raise DataError(f"{path} record {record}: {e}; the shard does not match this data set's schema: delete "
+                    f"{located.directory} and rerun to regenerate the data") from None
+  return batch, _checked(schema, max_len, oov, located, items, batch)
+
+
+def _read_batch(schema: FeatureSchema, max_len: int, oov: str, located: _Located, seed: int | None, index: int,
+                indices: Sequence[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """Reads the blocks `indices` in one call and decodes them as `_decode_batch` does."""
+  return _decode_batch(schema, max_len, oov, located, seed, index, located.__getitems__([int(i) for i in indices]))
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockOrder:
+  """Which blocks make up each global training batch: the records shuffled with grain's index_shuffle,
+  reshuffled every epoch (epoch e uses seed + e), dealt to processes round robin, k consecutive ones of a
+  process's share per batch. The same order as grain's
+  `MapDataset.range(n).shuffle(seed).repeat(None)[process_index::process_count].batch(k)` (a test holds
+  them equal), computed directly: grain's per-element path cost ~25 us a block under the GIL."""
+  records: int  # n
+  seed: int
+  k: int
+  process_index: int = 0
+  process_count: int = 1
+
+  def __call__(self, batch: int) -> list[int]:
+    out = []
+    for m in range(self.k):
+      epoch, i = divmod(self.process_index + (batch * self.k + m) * self.process_count, self.records)
+      out.append(index_shuffle(i, max_index=self.records - 1, seed=(self.seed + epoch) % 2**32, rounds=4))
+    return out
+
+
+def _train_batch(schema: FeatureSchema, max_len: int, oov: str, located: _Located, seed: int, order: BlockOrder,
+                 batch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """Global training batch `batch` of this process: its blocks read and decoded, its rows in the batch's
+  seeded order."""
+  return _read_batch(schema, max_len, oov, located, seed, batch, order(batch))
 
 
 def steps_per_epoch(src: Source, batch_per_process: int, process_count: int) -> int:
@@ -190,16 +289,27 @@ def steps_per_epoch(src: Source, batch_per_process: int, process_count: int) -> 
 
 class TrainIterator:
   """Per-process training batches; `get_state()` is the position a checkpoint stores; `counts`: the values
-  the batches returned so far read as 0 under data.oov=map."""
+  the batches returned so far read as 0 under data.oov=map. With `place` (a batch -> device arrays
+  function, partition.to_global) the batches are placed on the devices `ahead` batches before the caller
+  asks for them, in a background thread; the position and the counts still count only the batches
+  returned."""
 
-  def __init__(self, it: Iterator[tuple[dict[str, np.ndarray], np.ndarray]], start: int, blocks_per_batch: int):
-    self._it, self.batches, self.blocks_per_batch = it, start, blocks_per_batch
+  def __init__(self, it: Iterator[tuple[dict[str, np.ndarray], np.ndarray]], start: int, blocks_per_batch: int,
+               place: Callable[[dict[str, np.ndarray]], Any] | None = None, ahead: int = 2):
+    self.batches, self.blocks_per_batch = start, blocks_per_batch
     self.counts = Counts()
+    self._ahead = None
+    if place is not None and ahead > 0:
+      self._it = self._ahead = Ahead(((place(batch), counts) for batch, counts in it), ahead, "mian_jax-device-prefetch")
+    elif place is not None:
+      self._it = ((place(batch), counts) for batch, counts in it)
+    else:
+      self._it = it
 
   def __iter__(self):
     return self
 
-  def __next__(self) -> dict[str, np.ndarray]:
+  def __next__(self) -> dict[str, Any]:
     batch, (oov_ids, nonfinite) = next(self._it)  # grain's element: (batch, its counts); see the module docstring
     self.counts.add(oov_ids, nonfinite)
     self.batches += 1
@@ -207,6 +317,11 @@ class TrainIterator:
 
   def get_state(self) -> dict[str, int]:
     return {"batches": self.batches, "blocks_per_batch": self.blocks_per_batch}
+
+  def close(self) -> None:
+    """Stops the placing thread (a no-op without one)."""
+    if self._ahead is not None:
+      self._ahead.close()
 
 
 def resume_from(state: dict[str, Any] | None, blocks_per_batch: int, reset: bool = False) -> int:
@@ -230,10 +345,22 @@ def resume_from(state: dict[str, Any] | None, blocks_per_batch: int, reset: bool
   return consumed // blocks_per_batch
 
 
+_ENDLESS = 1 << 62  # training batches: a MapDataset range that never ends
+
+
+def default_threads() -> int:
+  """data.threads=0: one decoding thread per host core, at most 8 (the decode releases the GIL for its
+  copies and gathers, so threads scale with the cores; README, "The input path")."""
+  return max(1, min(os.cpu_count() or 1, 8))
+
+
 def train_iterator(src: Source, *, batch_per_process: int, seed: int, max_len: int, process_index: int = 0,
-                   process_count: int = 1, workers: int = 0, prefetch: int = 4, start: int = 0,
-                   oov: str = "map") -> TrainIterator:
-  """An endless iterator of per-process training batches (numpy dicts), from global batch `start`."""
+                   process_count: int = 1, workers: int = 0, threads: int = 0, prefetch: int = 4, start: int = 0,
+                   oov: str = "map", place: Callable[[dict[str, np.ndarray]], Any] | None = None,
+                   device_prefetch: int = 2) -> TrainIterator:
+  """An endless iterator of per-process training batches (numpy dicts, or what `place` makes of them,
+  `device_prefetch` batches ahead), from global batch `start`. Batches are decoded by `threads` threads
+  (0 = default_threads()), or by `workers` processes when workers > 0."""
   block = src.block_size()
   if batch_per_process % block:
     raise DataError(f"per-process batch {batch_per_process} is not a multiple of the data's block size {block}; "
@@ -242,19 +369,19 @@ def train_iterator(src: Source, *, batch_per_process: int, seed: int, max_len: i
   if len(src.blocks("train")) < k * process_count:
     raise DataError(f"{src.directory} holds {src.rows('train')} training samples, fewer than one batch; "
                     f"lower train.batch_size or raise data.scale")
+  keep_freed_memory()
   located = _Located(src, "train")
-  ds = grain.MapDataset.source(located).shuffle(seed=seed).repeat(None)
-  ds = ds[process_index::process_count]
-  ds = ds.batch(k, drop_remainder=True, batch_fn=functools.partial(_decode_many, src.schema, max_len, oov, located))
-  ds = ds.map_with_index(functools.partial(_permute, seed))  # the index: the global batch number
-  if start:
-    ds = ds[start:]
+  order = BlockOrder(len(located), seed, k, process_index, process_count)
+  # Element i: global batch start + i (endless), read with one call per shard file and decoded in one go.
+  ds = grain.MapDataset.range(start, _ENDLESS).map(
+      functools.partial(_train_batch, src.schema, max_len, oov, located, seed, order))
   if workers > 0:
     _absl_flags_parsed()  # grain's worker processes read absl flags, which a plain script never parses
     it_ds = ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   else:
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
-  return TrainIterator(iter(it_ds), start, k * process_count)
+    threads = threads or default_threads()
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(prefetch, threads)))
+  return TrainIterator(iter(it_ds), start, k * process_count, place, device_prefetch)
 
 
 def _absl_flags_parsed() -> None:
@@ -265,58 +392,91 @@ def _absl_flags_parsed() -> None:
 def batch_sources(src: Source, seed: int, batch_index: int, blocks_per_batch: int) -> list[tuple[str, int]]:
   """(shard file, record) of every block in global training batch `batch_index` (any process count)."""
   located = _Located(src, "train")
-  order = grain.MapDataset.range(len(located)).shuffle(seed=seed).repeat(None)
-  return [located.where(int(order[batch_index * blocks_per_batch + j])) for j in range(blocks_per_batch)]
+  return [located.where(i) for i in BlockOrder(len(located), seed, blocks_per_batch)(batch_index)]
 
 
 class EvalIterator:
   """Per-process evaluation batches (`eval_batches`); `counts`: the values the blocks read so far held that
   data.oov=map read as 0 (complete once every batch is consumed)."""
 
-  def __init__(self, it: Iterator[dict[str, np.ndarray]], counts: Counts):
-    self._it, self.counts = it, counts
+  def __init__(self, it: Iterator[Any], counts: Counts, ahead: Ahead | None = None):
+    self._it, self.counts, self._ahead = it, counts, ahead
 
   def __iter__(self):
     return self
 
-  def __next__(self) -> dict[str, np.ndarray]:
+  def __next__(self) -> Any:
     return next(self._it)
+
+  def close(self) -> None:
+    if self._ahead is not None:
+      self._ahead.close()
+
+
+EVAL_BLOCKS = 64  # blocks decoded together by one evaluation thread
 
 
 def eval_batches(src: Source, split: str, *, rows_per_process: int, max_len: int, process_index: int = 0,
-                 process_count: int = 1, oov: str = "map") -> tuple[int, EvalIterator]:
-  """(number of batches, iterator) over every row of `split` held by this process, in order.
+                 process_count: int = 1, oov: str = "map", threads: int = 0,
+                 place: Callable[[dict[str, np.ndarray]], Any] | None = None,
+                 device_prefetch: int = 2) -> tuple[int, EvalIterator]:
+  """(number of batches, iterator) over every row of `split` held by this process, in order: numpy
+  dicts, or what `place` makes of them, `device_prefetch` batches ahead.
 
-  Blocks are dealt to processes round robin; each process pads to the same number of batches. Values
-  read as 0 under data.oov=map are counted in the iterator's `counts`.
+  Blocks are dealt to processes round robin; each process pads to the same number of batches. Chunks of
+  EVAL_BLOCKS blocks are decoded by `threads` threads (0 = default_threads()), in order. Values read as 0
+  under data.oov=map are counted in the iterator's `counts`.
   """
+  keep_freed_memory()
   sizes = src.blocks(split)
-  mine = list(range(process_index, len(sizes), process_count))
-  counts = [sum(sizes[i::process_count]) for i in range(process_count)]
-  num_batches = max(1, -(-max(counts) // rows_per_process))
+  per_process = [sum(sizes[i::process_count]) for i in range(process_count)]
+  num_batches = max(1, -(-max(per_process) // rows_per_process))
   source = _Located(src, split)
-  decode = functools.partial(_decode_checked, src.schema, max_len, oov, source)
   counts = Counts()
+  mine = range(process_index, len(source), process_count)
+  chunks = grain.MapDataset.range(-(-len(mine) // EVAL_BLOCKS)).map(
+      lambda c: _read_batch(src.schema, max_len, oov, source, None, 0, mine[c * EVAL_BLOCKS:(c + 1) * EVAL_BLOCKS]))
+  threads = threads or default_threads()
+  decoded = chunks.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads, 2)))
 
   def gen() -> Iterator[dict[str, np.ndarray]]:
     pending: list[dict[str, np.ndarray]] = []
     have, emitted = 0, 0
-    for start in range(0, len(mine), 64):  # one read call for 64 blocks
-      for item in source.__getitems__(mine[start:start + 64]):
-        block, (oov_ids, nonfinite) = decode(item)
-        counts.add(oov_ids, nonfinite)
-        pending.append(block)
-        have += len(block["label"])
-        while have >= rows_per_process:
-          merged = records.concat(pending)
-          yield {k: v[:rows_per_process] for k, v in merged.items()}
-          emitted += 1
-          pending = [{k: v[rows_per_process:] for k, v in merged.items()}]
-          have -= rows_per_process
-    template, _ = decode(source[0])  # only its fields and dtypes: not counted
+    for chunk, (oov_ids, nonfinite) in decoded:
+      counts.add(oov_ids, nonfinite)
+      pending.append(chunk)
+      have += len(chunk["label"])
+      while have >= rows_per_process:
+        batch, pending = _split_rows(pending, rows_per_process)
+        have -= rows_per_process
+        emitted += 1
+        yield batch
+    template, _ = _decode_checked(src.schema, max_len, "map", source, source[0])  # only its fields and dtypes
     empty = {k: v[:0] for k, v in template.items()}
     while emitted < num_batches:
       yield records.pad_rows(records.concat(pending + [empty]), rows_per_process)
       pending, emitted = [], emitted + 1
 
-  return num_batches, EvalIterator(gen(), counts)
+  if place is None:
+    return num_batches, EvalIterator(gen(), counts)
+  if device_prefetch > 0:
+    ahead = Ahead(map(place, gen()), device_prefetch, "mian_jax-eval-prefetch")
+    return num_batches, EvalIterator(ahead, counts, ahead)
+  return num_batches, EvalIterator(map(place, gen()), counts)
+
+
+def _split_rows(pieces: list[dict[str, np.ndarray]], rows: int
+                ) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
+  """(the first `rows` rows of the pieces together, the pieces left): views when one piece holds them."""
+  first = pieces[0]
+  if len(first["label"]) >= rows:
+    rest = {k: v[rows:] for k, v in first.items()}
+    return {k: v[:rows] for k, v in first.items()}, ([rest] if len(rest["label"]) else []) + pieces[1:]
+  taken, have, i = [], 0, 0
+  while have < rows:
+    taken.append(pieces[i])
+    have += len(pieces[i]["label"])
+    i += 1
+  merged = records.concat(taken)
+  rest = {k: v[rows:] for k, v in merged.items()}
+  return {k: v[:rows] for k, v in merged.items()}, ([rest] if len(rest["label"]) else []) + pieces[i:]

@@ -21,7 +21,7 @@ from mian_jax import errors, files, interrupts
 from mian_jax.config import Config
 from mian_jax.data import pipeline
 from mian_jax.errors import Diverged, RunError
-from mian_jax.train import partition, state as state_lib, workdir as workdir_lib
+from mian_jax.train import state as state_lib, workdir as workdir_lib
 from mian_jax.train.checkpoint import CheckpointWriteError
 from mian_jax.train.report import Reporter, StepTrace
 from mian_jax.train.run import METRICS, SELECTED_ON, Run, check_devices, restore_first_readable
@@ -42,7 +42,11 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
   mesh = check_devices(config)  # a wrong train.mesh or batch for these devices: an error line, no workdir made
   try:
     with workdir_lib.Lock(workdir, enabled=jax.process_index() == 0):
-      return _Trainer(Run.build(config, mesh=mesh), workdir, fresh).train()
+      trainer = _Trainer(Run.build(config, mesh=mesh), workdir, fresh)
+      try:
+        return trainer.train()
+      finally:
+        trainer.close()
   except (workdir_lib.WorkdirBusy, files.NotOurs) as e:
     raise RunError(str(e)) from None
 
@@ -79,7 +83,7 @@ class _Trainer:
       (workdir / "result.json").unlink(missing_ok=True)  # written again when this run finishes
       files.write_text(workdir / "config.json", config.to_json())
     self.data_start = pipeline.resume_from(data_state, run.blocks_per_batch, config.train.reset_data_position)
-    self.data_it = run.train_iterator(self.data_start)
+    self.data_it = run.train_iterator(self.data_start, on_devices=True)
     self.report = report = Reporter(workdir, self.start, run.total_steps, config.train.log_every)
     for line in run.notes + self.start_lines:
       report.say(line)
@@ -97,7 +101,7 @@ class _Trainer:
     trace = StepTrace(config.train.profile_steps, workdir / "tensorboard")
     with interrupts.Deferred() as stop:
       while self.step < run.total_steps:
-        batch = partition.to_global(next(self.data_it), run.mesh)
+        batch = next(self.data_it)  # already on the devices (placed ahead, data.device_prefetch)
         trace.before(self.step + 1)
         with jax.transfer_guard("disallow"):
           self.state, step_metrics = run.train_step(self.state, batch)
@@ -113,12 +117,14 @@ class _Trainer:
           self._flush()  # before any save: a checkpoint is written only after its steps were checked
         if evaluating:
           self._evaluate_and_save()
+          self.t_log = time.perf_counter()  # the next rate counts training steps only (result.json: wall_s)
           if patience and evals_since_best(report.events(), self.selected_on) >= patience and step < run.total_steps:
             report.say(f"early stop at step {step}: {self.selected_on} auc has not improved for {patience} "
                        f"evaluations (train.early_stop_patience)")
             break
         elif step % config.train.checkpoint_every == 0:
           self._save()
+          self.t_log = time.perf_counter()
         if stop.signal is not None:
           self._save()
           self.ckpt.close()
@@ -137,6 +143,11 @@ class _Trainer:
     report.close()
     self.ckpt.close()
     return result
+
+  def close(self) -> None:
+    """Stops the input path's threads (also after an error or an interrupt)."""
+    if getattr(self, "data_it", None) is not None:
+      self.data_it.close()
 
   # ---------------------------------------------------------------- its steps
   def _start(self):

@@ -209,12 +209,19 @@ class Run:
   def checkpoints(self, workdir: str | Path) -> Checkpoints:
     return Checkpoints(Path(workdir) / "checkpoints", keep=self.config.train.keep_checkpoints)
 
-  def train_iterator(self, start: int = 0) -> pipeline.TrainIterator:
+  def place(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This process's rows of a batch -> global arrays sharded over the mesh's `data` axis."""
+    return partition.to_global(batch, self.mesh)
+
+  def train_iterator(self, start: int = 0, on_devices: bool = False) -> pipeline.TrainIterator:
+    """Training batches from global batch `start`: numpy, or (`on_devices`) already placed on the mesh,
+    data.device_prefetch batches ahead of the step."""
     c = self.config
     return pipeline.train_iterator(
         self.src, batch_per_process=self.batch_per_process, seed=c.train.seed, max_len=c.data.max_len,
         process_index=jax.process_index(), process_count=jax.process_count(), workers=c.data.workers,
-        prefetch=c.data.prefetch, start=start, oov=c.data.oov)
+        threads=c.data.threads, prefetch=c.data.prefetch, start=start, oov=c.data.oov,
+        place=self.place if on_devices else None, device_prefetch=c.data.device_prefetch)
 
   # ---------------------------------------------------------------- evaluation
   def evaluate(self, params, split: str = "test", eval_step: Callable | None = None) -> dict[str, Any]:
@@ -225,17 +232,22 @@ class Run:
     rows = partition.per_process_batch(c.train.eval_batch_size, self.mesh, "train.eval_batch_size")
     count, batches = pipeline.eval_batches(self.src, split, rows_per_process=rows, max_len=c.data.max_len,
                                            process_index=jax.process_index(), process_count=jax.process_count(),
-                                           oov=c.data.oov)
+                                           oov=c.data.oov, threads=c.data.threads, place=self.place,
+                                           device_prefetch=c.data.device_prefetch)
     group = self.src.group_key  # the raw user key's group
     outs = []
     # In a log file one line per pass (when it is done); on a terminal a bar that goes away.
-    with progress.Progress(count, "batch", f"eval {split}", every=count, fields=(f"{self.src.rows(split):,} rows",),
-                           leave=False) as bar:
-      for local in batches:
-        batch = partition.to_global(local, self.mesh)
-        probs = eval_step(params, batch)
-        outs.append(partition.gather({"p": probs, "y": batch["label"], "u": batch[group], "w": batch["weight"]}))
-        bar.update()
+    # The scores stay on the devices until the pass ends: one fetch, no wait on the device per batch.
+    try:
+      with progress.Progress(count, "batch", f"eval {split}", every=count,
+                             fields=(f"{self.src.rows(split):,} rows",), leave=False) as bar:
+        for batch in batches:
+          probs = eval_step(params, batch)
+          outs.append({"p": probs, "y": batch["label"], "u": batch[group], "w": batch["weight"]})
+          bar.update()
+    finally:
+      batches.close()
+    outs = partition.gather(outs)
     cat = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     real = cat["w"] > 0
     try:
