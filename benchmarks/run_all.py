@@ -15,7 +15,8 @@ def main():
   args = p.parse_args()
   runs = [["step_throughput"] + (["--models", "mian,din,deepfm", "--repeats", "5"] if args.quick else []),
           ["step_throughput", "--models", "mian", "--dtype", "bfloat16"] + (["--repeats", "5"] if args.quick else []),
-          ["pipeline"] + (["--scale", "0.002", "--batches", "30"] if args.quick else []),
+          ["pipeline", "--batch", "1024", "--steps", "30"] + (["--scale", "0.002", "--batches", "30", "--threads", "1"]
+                                                               if args.quick else []),
           ["scaling"] + (["--quick"] if args.quick else []),
           ["eval_auc"] + (["--n", "1000000"] if args.quick else [])]
   failed = []

@@ -47,7 +47,7 @@ class DataConfig:
   block_size: int = 128
   shard_samples: int = 262144  # samples per shard file (rounded to whole blocks)
   workers: int = 0  # grain worker processes for decoding; 0 = decode in threads of the training process
-  threads: int = 0  # decoding threads (workers=0); 0 = one per host core, at most 8
+  threads: int = 0  # decoding threads (workers=0); 0 = one per host core, at most 4 (measured best: README)
   prefetch: int = 4  # decoded batches kept ready ahead of the step (at least one per thread)
   device_prefetch: int = 2  # batches placed on the devices ahead of the step (copies overlap it); 0 = when asked
   embed_user_id: bool = False  # feed the user id to the model (it is always stored, for gAUC)
@@ -320,7 +320,7 @@ def _sizes(config: Config) -> str | None:
       ("data.shard_samples", d.shard_samples, 1, 1 << 31, ""),
       ("data.workers", d.workers, 0, 1024, ""),
       ("data.prefetch", d.prefetch, 0, 1024, ""),
-      ("data.threads", d.threads, 0, 1024, " (0 = one per host core, at most 8)"),
+      ("data.threads", d.threads, 0, 1024, " (0 = one per host core, at most 4)"),
       ("data.device_prefetch", d.device_prefetch, 0, 64, ""),
       ("train.keep_checkpoints", t.keep_checkpoints, 1, 1 << 20, ""),
   ):

@@ -13,7 +13,7 @@ import pytest
 from mian_jax.data import pipeline, records
 from mian_jax.data.ahead import Ahead
 from mian_jax.data.memory import keep_freed_memory
-from mian_jax.schema import Feature, FeatureSchema
+from test_records import _columns, _schema
 
 
 def _reference_train_batch(src, seed, batch, k, max_len, process_index=0, process_count=1):
@@ -66,23 +66,10 @@ def test_evaluation_batches_equal_every_row_in_order(tiny_source):
   assert not got["weight"][~real].any() and (~real).sum() == num * rows - len(every["label"])
 
 
-def _schema():
-  return FeatureSchema((
-      Feature("item", "item", "categorical", 300, "items"),
-      Feature("hist", "behaviour", "sequence", 300, "items"),
-      Feature("hist_age", "behaviour", "sequence", 70000),
-      Feature("uid", "user", "categorical", 5),
-      Feature("score", "user", "numeric"),
-  ), user_key="uid", max_len=6)
-
-
 def _blob(schema, n, rng):
-  lengths = rng.integers(0, 7, n)
-  valid = np.arange(6)[None] < lengths[:, None]
-  return records.encode_block(schema, {
-      "label": rng.integers(0, 2, n), "item": rng.integers(1, 300, n), "uid": rng.integers(1, 5, n),
-      "score": rng.normal(size=n).astype(np.float32), "hist_len": lengths,
-      "hist": np.where(valid, rng.integers(1, 300, (n, 6)), 0), "hist_age": np.where(valid, rng.integers(1, 70000, (n, 6)), 0)})
+  """A block of n rows of test_records' schema (histories of 0..T behaviours; n may be 0)."""
+  columns = _columns(schema, max(n, 1), rng)
+  return records.encode_block(schema, {k: v[:n] for k, v in columns.items()})
 
 
 @pytest.mark.parametrize("sizes", [(8, 8, 8), (8, 3, 0, 5), (1,)])

@@ -125,6 +125,7 @@ def _ignore_sigint() -> None:
 def _stop(pool: futures.ProcessPoolExecutor) -> None:
   """Cancels the queued jobs and terminates the worker processes, waiting until they are gone."""
   processes = list((getattr(pool, "_processes", None) or {}).values())
+  manager = getattr(pool, "_executor_manager_thread", None)
   pool.shutdown(wait=False, cancel_futures=True)
   for p in processes:
     with contextlib.suppress(Exception):
@@ -132,6 +133,10 @@ def _stop(pool: futures.ProcessPoolExecutor) -> None:
   for p in processes:
     with contextlib.suppress(Exception):
       p.join(timeout=10)
+  # The pool's manager thread closes its wake-up pipe as it ends; ended before the interpreter's exit, it
+  # cannot race concurrent.futures' exit hook writing to that pipe (an EBADF traceback after the error line).
+  if manager is not None:
+    manager.join(timeout=10)
 
 
 def _run_shard(shard_fn: Callable[[int], dict[str, Any]], directory: Path, index: int) -> dict[str, Any]:
