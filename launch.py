@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -63,8 +64,11 @@ def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
 
   previous = interrupts.install()  # from here on SIGTERM / Ctrl-C stop every phase cleanly (exit 75)
   try:
-    return _main(argv)
+    code = _main(argv)
+    interrupts.check()  # a signal whose exception was dropped on the way (interrupts._pending)
+    return code
   except interrupts.Interrupted as e:
+    interrupts.delivered()
     sys.stdout.flush()
     print(f"error: stopped by {e.name} while {e.during}; finished data shards and checkpoints are kept (unfinished "
           f"ones are redone); run the same command again to go on", file=sys.stderr, flush=True)
@@ -80,8 +84,14 @@ def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
     return e.exit_code
   except OSError as e:  # e.g. a full disk or a read-only directory while writing logs or results
     where = f" {e.filename}" if e.filename else ""
-    print(f"error: cannot write{where}: {e.strerror or e}; free space or fix the directory's permissions, then rerun "
-          f"(training resumes from the last complete checkpoint)", file=sys.stderr)
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):  # a file where the path needs a folder (--workdir FILE/sub)
+      fix = "a part of that path is a file, not a folder: choose another path (--workdir, --out, data.dir)"
+    elif e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+      fix = "free space, then rerun (training resumes from the last complete checkpoint)"
+    else:
+      fix = ("fix the directory's permissions or free space, then rerun (training resumes from the last complete "
+             "checkpoint)")
+    print(f"error: cannot write{where}: {e.strerror or e}; {fix}", file=sys.stderr)
     return errors.EXIT_ERROR
   finally:
     interrupts.restore(previous) if restore_signals else interrupts.ignore()

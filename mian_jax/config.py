@@ -21,6 +21,8 @@ from mian_jax.errors import ConfigError  # the configuration's error; importable
 # Size limits (`validate`): far above any real CTR run, low enough that a typo (an extra digit or
 # three) is an error line instead of a multi-terabyte allocation or a run that cannot fit anywhere.
 MAX_LEN = 100_000  # data.max_len: behaviours kept per sample
+MAX_STEPS = 10**10  # train.steps: at a million steps a second, about four months
+MAX_EPOCHS = 10**6  # train.epochs
 MAX_BATCH = 1 << 24  # train.batch_size, train.eval_batch_size: 16,777,216 samples
 # One batch's history: batch x data.max_len entries per sequence feature (int32 ids; the embedded
 # sequence is model.embed_dim times larger). 2^28 = 268,435,456 entries = 1 GiB of ids per sequence
@@ -318,6 +320,8 @@ def _sizes(config: Config) -> str | None:
       ("model.ibim_ffn_mult", m.ibim_ffn_mult, 1, MAX_LAYERS, ""),
       ("model.cross_layers", m.cross_layers, 0, MAX_LAYERS, ""),
       ("data.shard_samples", d.shard_samples, 1, 1 << 31, ""),
+      ("train.steps", t.steps, 0, MAX_STEPS, " (0 = run train.epochs epochs)"),
+      ("train.epochs", t.epochs, 1, MAX_EPOCHS, ""),
       ("data.workers", d.workers, 0, 1024, ""),
       ("data.prefetch", d.prefetch, 0, 1024, ""),
       ("data.threads", d.threads, 0, 1024, " (0 = one per host core, at most 4)"),

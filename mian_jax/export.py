@@ -108,6 +108,7 @@ def write(model: nn.Module, src: pipeline.Source, params: dict[str, Any], out_di
   out_dir.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
   try:
+    tmp.chmod(files.folder_mode())  # mkdtemp's 0700 would hide the export from a serving account
     (tmp / FUNCTION_FILE).write_bytes(exported.serialize())
     leaves = jax.tree.leaves(params)
     np.savez(tmp / PARAMS_FILE, **{f"{i:06d}": leaf for i, leaf in enumerate(leaves)})

@@ -16,6 +16,7 @@ write into.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -33,6 +34,31 @@ class NotOurs(Error, ValueError):
   """A folder holds files the project did not write; the message names the folder and one such file."""
 
 
+@functools.cache
+def umask() -> int:
+  """This process's umask (read from /proc where it can be, so that no other thread ever sees it at 0)."""
+  try:
+    for line in Path("/proc/self/status").read_text().splitlines():
+      if line.startswith("Umask:"):
+        return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def file_mode() -> int:
+  """The mode a plain open() would give a new file (0644 under the usual umask 022): temporary files are
+  made 0600, and a file renamed over its target would keep that, unreadable for a serving account."""
+  return 0o666 & ~umask()
+
+
+def folder_mode() -> int:
+  """The mode a plain mkdir would give a new folder (0755 under umask 022); see file_mode."""
+  return 0o777 & ~umask()
+
+
 def _reraise_named(e: OSError, path: Path) -> OSError:
   return OSError(e.errno, e.strerror or str(e), str(path))
 
@@ -43,6 +69,7 @@ def write_text(path: str | Path, text: str) -> None:
   fd, tmp = -1, None
   try:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, file_mode())
     with os.fdopen(fd, "w") as f:
       fd = -1
       f.write(text)

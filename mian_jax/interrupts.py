@@ -23,6 +23,10 @@ from mian_jax.errors import EXIT_KILLED
 
 _current = ["starting"]
 _seen: list[int] = []
+# The first signal's Interrupted until the caller has it (`delivered`). A signal handled while Python runs
+# a garbage-collector callback (JAX registers one) has its exception printed and dropped ("Exception
+# ignored in ... _xla_gc_callback"); `check` raises it again at the next phase, so it is never lost.
+_pending: list["Interrupted"] = []
 
 
 class Interrupted(BaseException):
@@ -48,14 +52,40 @@ def _raise(signum, frame):
   first = not _seen
   _seen.append(signum)
   if first:  # a second SIGTERM while the first one's cleanup runs is ignored
-    raise Interrupted(signum, _current[0])
+    _pending.append(Interrupted(signum, _current[0]))
+    raise _pending[-1]
+
+
+def _quiet_when_pending(hook):
+  """sys.unraisablehook that stays silent about a dropped Interrupted (raised again by `check`)."""
+
+  def quiet(unraisable):
+    if not isinstance(unraisable.exc_value, Interrupted):
+      hook(unraisable)
+
+  quiet._mian_jax = True
+  return quiet
+
+
+def check() -> None:
+  """Raises the first signal's Interrupted again when it has not reached the caller (see _pending)."""
+  if _pending:
+    raise _pending[-1]
+
+
+def delivered() -> None:
+  """The caller has the Interrupted (launch.py): nothing is raised again."""
+  _pending.clear()
 
 
 def install() -> dict:
   """SIGTERM / SIGINT raise Interrupted from now on (main thread only); returns the previous handlers
   (for `restore`, when the caller is not the whole process, e.g. a test calling launch.main)."""
   _seen.clear()
+  _pending.clear()
   _current[0] = "starting"
+  if not getattr(sys.unraisablehook, "_mian_jax", False):
+    sys.unraisablehook = _quiet_when_pending(sys.unraisablehook)
   return {sig: signal.signal(sig, _raise) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
@@ -71,13 +101,16 @@ def ignore() -> None:
 
 
 def set_phase(name: str) -> None:
-  """Names what the process does from now on."""
+  """Names what the process does from now on (first raising a signal's Interrupted that was dropped)."""
+  check()
   _current[0] = name
 
 
 @contextlib.contextmanager
 def phase(name: str):
-  """Names what the process does while the block runs."""
+  """Names what the process does while the block runs (first raising a signal's Interrupted that was
+  dropped)."""
+  check()
   before, _current[0] = _current[0], name
   try:
     yield
@@ -97,6 +130,9 @@ class Deferred:
   def __enter__(self) -> "Deferred":
     for sig in (signal.SIGTERM, signal.SIGINT):
       self._old[sig] = signal.signal(sig, self._handle)
+    if _pending:  # a signal whose exception was dropped before the loop: the loop stops after its first step
+      self.signal = _pending[-1].signum
+      _pending.clear()
     return self
 
   def _handle(self, signum, frame):

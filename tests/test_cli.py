@@ -45,3 +45,14 @@ def test_batch_not_a_multiple_of_the_block_is_explained(tmp_path):
              "--set", "train.batch_size=40")
   assert out.returncode == 2
   assert out.stderr.startswith("error: ") and "multiple of 32" in out.stderr
+
+
+def test_a_workdir_below_a_file_says_so(tmp_path):
+  (tmp_path / "f").write_text("mine")
+  out = _run("--experiment", "commercial:tiny", "--workdir", str(tmp_path / "f" / "sub"), "--set",
+             f"data.dir={tmp_path / 'data'}")
+  assert out.returncode == 2
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {tmp_path / 'f' / 'sub'}"), out.stderr
+  assert "a part of that path is a file, not a folder" in lines[0] and "free space" not in lines[0]
+  assert (tmp_path / "f").read_text() == "mine"

@@ -154,6 +154,7 @@ def test_a_parquet_file_named_csv(tmp_path, capfd, monkeypatch):
     (["model.embed_dim=1000000"], ["model.embed_dim=1000000 is out of range", "4,096"]),
     (["model.mlp=200-0"], ["model.mlp=200-0: width 0", "1..65,536"]),
     (["train.learning_rate=inf"], ["train.learning_rate=inf must be a finite number"]),
+    (["train.steps=100000000000"], ["train.steps=100000000000 is out of range", "10,000,000,000"]),
 ])
 def test_sizes_beyond_the_limits(tmp_path, capfd, monkeypatch, sets, needles):
   folder = write_csv(tmp_path / "csv")

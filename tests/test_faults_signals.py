@@ -106,3 +106,22 @@ def test_sigterm_while_exporting_leaves_no_partial_export(tmp_path, data_root):
   else:  # it finished first: then it is complete
     assert (out_dir / "manifest.json").exists()
   assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".export")] == []
+
+
+def test_a_signal_whose_exception_python_dropped_is_raised_at_the_next_phase():
+  """A signal handled inside a garbage-collector callback (JAX registers one) has its exception printed and
+  dropped by Python: it is raised again when the run names its next phase, or stops the training loop."""
+  from mian_jax import interrupts
+
+  previous = interrupts.install()
+  try:
+    with pytest.raises(interrupts.Interrupted):  # the handler's exception, which a gc callback would drop
+      interrupts._raise(signal.SIGTERM, None)
+    with pytest.raises(interrupts.Interrupted) as e:
+      interrupts.set_phase("building the data set")
+    assert e.value.during == "starting" and e.value.signum == signal.SIGTERM
+    with interrupts.Deferred() as stop:  # not delivered yet: the training loop stops after its step
+      assert stop.signal == signal.SIGTERM
+    interrupts.set_phase("the final evaluation")  # taken by the loop: nothing raised again
+  finally:
+    interrupts.restore(previous)

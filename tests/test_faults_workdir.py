@@ -237,3 +237,69 @@ def test_atomic_writes_name_the_file_and_leave_the_old_version(tmp_path, monkeyp
   assert e.value.filename == str(path) and "No space left" in str(e.value)
   assert json.loads(path.read_text()) == {"auc": 0.5}
   assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+def test_result_json_is_replaced_never_deleted(finished, tmp_path, data_root):
+  """A rerun of a finished run trains nothing and leaves result.json byte-identical (its rates and wall
+  time included); a continuation that fails before its end leaves the finished run's result.json."""
+  w = _copy(finished, tmp_path)
+  before = (w / "result.json").read_bytes()
+  rerun = _run(w, data_root, *RUN)
+  assert rerun.returncode == 0, rerun.stderr
+  assert "resumed from step 24" in rerun.stdout and "final test auc=" in rerun.stdout
+  assert (w / "result.json").read_bytes() == before
+  _save_scaled(w, 24, 1e30)  # the continuation diverges at its first step
+  failed = _run(w, data_root, *RUN, "--set", "train.steps=40")
+  assert failed.returncode == 3, failed.stderr
+  assert (w / "result.json").read_bytes() == before
+
+
+def test_files_and_exports_are_made_as_the_umask_allows(finished, tmp_path, data_root):
+  """0644 / 0755 under the usual umask 022, so another account (a server) can read a run and an export."""
+  assert files.file_mode() == 0o666 & ~files.umask() and files.folder_mode() == 0o777 & ~files.umask()
+  files.write_json(tmp_path / "x.json", {"a": 1})
+  assert (tmp_path / "x.json").stat().st_mode & 0o777 == files.file_mode()
+  for name in ("result.json", "config.json"):
+    assert (finished / name).stat().st_mode & 0o777 == files.file_mode(), name
+  out = export.export(_config(data_root, *RUN), _copy(finished, tmp_path / "run"), tmp_path / "model")
+  assert out.stat().st_mode & 0o777 == files.folder_mode()
+  for p in out.rglob("*"):
+    assert p.stat().st_mode & 0o777 == (files.folder_mode() if p.is_dir() else files.file_mode()), p
+
+
+def test_a_damaged_data_position_is_a_damaged_checkpoint(finished, tmp_path, data_root):
+  """A data position that cannot be one (a negative batch count) sets its checkpoint aside, with the reason,
+  and the run resumes from the one before it; the finished run's result.json stays until the run ends."""
+  w = _copy(finished, tmp_path)
+  (w / "checkpoints" / "24" / "data" / "metadata").write_text('{"batches": -3, "blocks_per_batch": 8}')
+  run = _run(w, data_root, *RUN, "--set", "train.steps=32")
+  assert run.returncode == 0, run.stderr
+  assert "checkpoint step 24 could not be read (its data position holds batches=-3" in run.stdout
+  assert "resumed from step 16" in run.stdout
+  assert [p.name.split("-")[0] for p in (w / "checkpoints.damaged").iterdir() if p.is_dir()] == ["24"]
+  assert json.loads((w / "result.json").read_text())["step"] == 32
+
+
+def test_data_positions_are_checked_against_what_they_can_hold():
+  from mian_jax.data import pipeline
+
+  assert pipeline.position_problem({"batches": 3, "blocks_per_batch": 8}) is None
+  assert pipeline.position_problem({"next_index": 5}) is None and pipeline.position_problem(None) is None
+  for bad in ({"batches": -1, "blocks_per_batch": 8}, {"batches": 3, "blocks_per_batch": 0},
+              {"batches": 2.5, "blocks_per_batch": 8}, {"batches": True, "blocks_per_batch": 8},
+              {"batches": 3}, {"next_index": -2}, [1, 2], {"batches": 1 << 70, "blocks_per_batch": 8}):
+    assert pipeline.position_problem(bad), bad
+
+
+def test_reading_a_run_changes_nothing_in_it(finished, tmp_path, data_root):
+  """--eval / --predict / --export / --plot (Run.restore) beside a run that is writing a checkpoint: the
+  half-written step folder it is filling and every other file stay as they were."""
+  w = _copy(finished, tmp_path)
+  writing = w / "checkpoints" / "32.orbax-checkpoint-tmp-1733300000000000"  # a save in progress
+  (writing / "state").mkdir(parents=True)
+  (writing / "state" / "part").write_bytes(b"being written")
+  before = {str(p.relative_to(w)): (p.stat().st_mtime_ns, p.is_dir()) for p in w.rglob("*")}
+  *_, step = Run.restore(_config(data_root, *RUN), w)
+  assert step in (8, 16, 24)
+  assert (writing / "state" / "part").read_bytes() == b"being written"
+  assert {str(p.relative_to(w)): (p.stat().st_mtime_ns, p.is_dir()) for p in w.rglob("*")} == before

@@ -324,6 +324,24 @@ class TrainIterator:
       self._ahead.close()
 
 
+def position_problem(state: Any) -> str | None:
+  """What is wrong with a checkpoint's data position (`TrainIterator.get_state()`, or the older grain
+  iterator state with `next_index`), or None: counts must be whole numbers in range."""
+  if state is None:
+    return None
+  if not isinstance(state, dict):
+    return f"its data position is not a mapping ({type(state).__name__})"
+  if "batches" not in state and "next_index" in state:
+    fields = {"next_index": 0}
+  else:
+    fields = {"batches": 0, "blocks_per_batch": 1}
+  for key, low in fields.items():
+    value = state.get(key)
+    if type(value) is not int or not low <= value < 1 << 62:
+      return f"its data position holds {key}={value!r} (a whole number >= {low} was expected)"
+  return None
+
+
 def resume_from(state: dict[str, Any] | None, blocks_per_batch: int, reset: bool = False) -> int:
   """The batch to resume at, given a checkpoint's data position and this run's global batch in blocks.
 

@@ -64,14 +64,20 @@ def _auc(metrics: dict[str, float]) -> float:
 
 
 class Checkpoints:
-  def __init__(self, directory: str | Path, keep: int = 3):
+  """A workdir's checkpoints. `read_only` (--eval, --predict, --export, --plot: `Run.restore`) creates,
+  cleans and deletes nothing: a reader beside a training run must not remove the checkpoint that run is
+  writing (Orbax's start-up removes "stale" temporary step folders unless told not to)."""
+
+  def __init__(self, directory: str | Path, keep: int = 3, read_only: bool = False):
     policy = cm.AnyPreservationPolicy([
         cm.LatestN(n=keep),
         cm.BestN(get_metric_fn=_auc, n=1, keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, best_fn=_auc, best_mode="max", cleanup_tmp_directories=True,
-        enable_async_checkpointing=False)
+        preservation_policy=policy, best_fn=_auc, best_mode="max", cleanup_tmp_directories=not read_only,
+        enable_async_checkpointing=False, read_only=read_only, create=not read_only,
+        save_root_metadata=not read_only)
+    self.read_only = read_only
     self._manager = ocp.CheckpointManager(
         Path(directory).absolute(), options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
@@ -146,6 +152,8 @@ class Checkpoints:
   def set_aside(self, step: int, reason: str) -> Path:
     """Moves the unreadable checkpoint `step` to `<checkpoints>.damaged/<step>-<time>/` (kept for a look, never
     restored again, and no longer in the way of a new checkpoint of that step) with a note of `reason`."""
+    if self.read_only:
+      raise RuntimeError("a read-only Checkpoints moves nothing")
     self._manager.wait_until_finished()
     source = Path(self._manager.directory) / str(step)
     dest = source.parent.with_name(source.parent.name + ".damaged") / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"

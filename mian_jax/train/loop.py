@@ -80,8 +80,8 @@ class _Trainer:
     self.ckpt = run.checkpoints(workdir)
     self.state, data_state, self.start, self.resumed = self._start()
     if self.lead:  # checked the workdir's checkpoints first: a refused resume leaves a finished run as it was
-      (workdir / "result.json").unlink(missing_ok=True)  # written again when this run finishes
       files.write_text(workdir / "config.json", config.to_json())
+    # result.json is never deleted: a finished run's stays until this run finishes and replaces it.
     self.data_start = pipeline.resume_from(data_state, run.blocks_per_batch, config.train.reset_data_position)
     self.data_it = run.train_iterator(self.data_start, on_devices=True)
     self.report = report = Reporter(workdir, self.start, run.total_steps, config.train.log_every)
@@ -136,10 +136,12 @@ class _Trainer:
       report.say(f"profile of steps {config.train.profile_steps} (up to step {self.step}): {workdir / 'tensorboard'}")
     report.close_bar()
     interrupts.set_phase("the final evaluation")
-    if not any(e["split"] == "test" and e["step"] == self.step for e in report.events()):  # resumed after the end
-      self._evaluate_and_save()
-    result = self._result(report.events(), time.perf_counter() - t_start)
-    report.summary(result, title=f"{config.experiment} / {config.model.name}")
+    previous = self._previous_result() if self.resumed and self.step == self.start else None
+    if previous is None and not any(e["split"] == "test" and e["step"] == self.step for e in report.events()):
+      self._evaluate_and_save()  # resumed after the end of a run that did not finish its evaluation
+    result = previous or self._result(report.events(), time.perf_counter() - t_start)
+    # A rerun of a finished run trains nothing: its result.json (rates, wall time) stays as it was.
+    report.summary(result, title=f"{config.experiment} / {config.model.name}", write=previous is None)
     report.close()
     self.ckpt.close()
     return result
@@ -222,6 +224,18 @@ class _Trainer:
     loss = float(np.mean([m["loss"] for m in good])) if good else None
     grad_norm = float(np.mean([m["grad_norm"] for m in good])) if good else None
     self.report.train(self.step, len(fetched), rate, len(bad), loss, grad_norm, float(self.run.tx.lr(self.step)))
+
+  def _previous_result(self) -> dict[str, Any] | None:
+    """The workdir's result.json when it is this finished run's (written at this step), else None."""
+    try:
+      previous = files.read_json(self.workdir / "result.json")
+    except (OSError, files.Damaged):
+      return None
+    needed = {"step", "auc", "gauc", "logloss", "best_step", "selected_on", "bayes_auc", "skipped_steps",
+              "mapped_values"}
+    if not isinstance(previous, dict) or not needed <= set(previous) or previous["step"] != self.step:
+      return None
+    return previous
 
   def _result(self, events: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     """result.json: the test metrics of the best checkpoint (chosen on data.validation's split)."""

@@ -91,11 +91,12 @@ class Reporter:
     if self._tb is not None:
       self._tb.close()
 
-  def summary(self, result: dict[str, Any], title: str) -> None:
-    """The end of a finished run: result.json, curves.png and the closing lines (the last one is
-    `final test auc=... (best valid auc=... at step N)`)."""
+  def summary(self, result: dict[str, Any], title: str, write: bool = True) -> None:
+    """The end of a finished run: result.json (unless `write` is False: it holds `result` already),
+    curves.png and the closing lines (the last one is `final test auc=... (best valid auc=... at step N)`)."""
     if self.lead:  # a finished run: sweeps skip it, summaries read it
-      files.write_json(self.workdir / "result.json", result)
+      if write:
+        files.write_json(self.workdir / "result.json", result)
       curves = plots.training_curves(self.path, self.workdir / "curves.png", title=title)
       best = result["best_step"]
       self.say(f"best checkpoint: step {best} in {self.workdir / 'checkpoints' / str(best)}")

@@ -155,7 +155,7 @@ class Run:
     if not workdir_lib.checkpoint_steps(workdir):  # before any data is built or any folder created
       raise _no_checkpoint(workdir)
     run = cls.build(config)
-    ckpt = run.checkpoints(workdir)
+    ckpt = run.checkpoints(workdir, read_only=True)  # beside a training run: creates, cleans, deletes nothing
     try:
       best = ckpt.best_step()
       steps = ([best] if best is not None else []) + [s for s in sorted(ckpt.all_steps(), reverse=True) if s != best]
@@ -206,8 +206,8 @@ class Run:
   def identity(self) -> dict[str, Any]:
     return workdir_lib.identity(self.config, self.src.directory, self.schema.fingerprint())
 
-  def checkpoints(self, workdir: str | Path) -> Checkpoints:
-    return Checkpoints(Path(workdir) / "checkpoints", keep=self.config.train.keep_checkpoints)
+  def checkpoints(self, workdir: str | Path, read_only: bool = False) -> Checkpoints:
+    return Checkpoints(Path(workdir) / "checkpoints", keep=self.config.train.keep_checkpoints, read_only=read_only)
 
   def place(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's rows of a batch -> global arrays sharded over the mesh's `data` axis."""
@@ -308,12 +308,16 @@ def restore_first_readable(ckpt: Checkpoints, steps: list[int], target, identity
       except Exception as e:
         failed.append((step, _first_line(e)))
       else:
-        if _finite(state.params):
+        problem = pipeline.position_problem(data_state)
+        if problem:
+          failed.append((step, problem))
+        elif _finite(state.params):
           if failed:
             lines.append(f"using checkpoint step {step} ("
                          + "; ".join(f"step {s} could not be read: {why}" for s, why in failed) + ")")
           return state, data_state, step, lines
-        failed.append((step, "it holds non-finite values"))
+        else:
+          failed.append((step, "it holds non-finite values"))
     if set_aside and jax.process_count() == 1:
       where = ckpt.set_aside(step, failed[-1][1])
       lines.append(f"warning: checkpoint step {step} could not be read ({failed[-1][1]}); moved to {where}")
