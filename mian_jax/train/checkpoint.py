@@ -17,6 +17,7 @@ looked up); any other difference from the expected state raises CheckpointMismat
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -32,6 +33,8 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 from orbax.checkpoint import checkpoint_managers as cm
 
+from mian_jax import files
+
 
 class CheckpointMismatch(ValueError):
   """The checkpoint does not hold the state this run expects (another model, schema or data set)."""
@@ -42,6 +45,49 @@ class CheckpointUnreadable(RuntimeError):
 
 
 REQUIRED_FILES = ("state/_METADATA", "data/metadata", "config/metadata")  # what every complete step directory holds
+# Every file of a step folder with its size and SHA-256, written last (atomically) by process 0 once the
+# step is complete; a restore checks them first. Orbax itself keeps no checksums: flipped bytes inside a
+# stored array would restore silently.
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+  digest = hashlib.sha256()
+  with path.open("rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def write_manifest(step_dir: Path) -> None:
+  """The manifest of a complete step folder (see MANIFEST)."""
+  entries = {str(p.relative_to(step_dir)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
+  files.write_json(step_dir / MANIFEST, {"format": 1, "files": entries})
+
+
+def check_manifest(step_dir: Path) -> bool:
+  """True when the step folder matches its manifest, False when it has none (written before manifests);
+  CheckpointUnreadable naming the first file that is missing, resized or changed."""
+  path = step_dir / MANIFEST
+  if not path.exists():
+    return False
+  try:
+    manifest = files.read_json(path)
+    entries = manifest["files"]
+    items = [(str(name), int(e["size"]), str(e["sha256"])) for name, e in entries.items()]
+  except (files.Damaged, KeyError, TypeError, ValueError, AttributeError):
+    raise CheckpointUnreadable(f"its {MANIFEST} is damaged") from None
+  for name, size, sha in items:
+    f = step_dir / name
+    if not f.is_file():
+      raise CheckpointUnreadable(f"{name} is missing")
+    if f.stat().st_size != size:
+      raise CheckpointUnreadable(f"{name} holds {f.stat().st_size} bytes, its manifest says {size}")
+    if _sha256(f) != sha:
+      raise CheckpointUnreadable(f"{name} does not match its checksum (the file was changed or damaged)")
+  return True
+
 
 
 class CheckpointWriteError(RuntimeError):
@@ -78,6 +124,7 @@ class Checkpoints:
         enable_async_checkpointing=False, read_only=read_only, create=not read_only,
         save_root_metadata=not read_only)
     self.read_only = read_only
+    self.unverified: set[int] = set()  # restored steps that have no manifest (written before manifests)
     self._manager = ocp.CheckpointManager(
         Path(directory).absolute(), options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
@@ -107,6 +154,9 @@ class Checkpoints:
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config)),
           metrics=metrics, force=True)
+      self._manager.wait_until_finished()
+      if jax.process_index() == 0:
+        write_manifest(Path(self._manager.directory) / str(step))
     except Exception as e:
       sys.stderr = open(os.devnull, "w")
       logging.disable(logging.CRITICAL)
@@ -124,6 +174,9 @@ class Checkpoints:
     for required in REQUIRED_FILES:  # without them Orbax would describe a damaged checkpoint as another model's
       if not (Path(self._manager.directory) / str(step) / required).is_file():
         raise CheckpointUnreadable(f"{required} is missing")
+    self.unverified.discard(step)
+    if not check_manifest(Path(self._manager.directory) / str(step)):
+      self.unverified.add(step)
     stored = {_name(p): leaf.shape for p, leaf in
               jax.tree_util.tree_leaves_with_path(self._manager.item_metadata(step).state)}
     wanted = {_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}

@@ -35,7 +35,7 @@ from mian_jax.data import pipeline
 from mian_jax.errors import ConfigError, Diverged, RunError
 from mian_jax.schema import FeatureSchema
 from mian_jax.train import optim, partition, state as state_lib, step as step_lib, workdir as workdir_lib
-from mian_jax.train.checkpoint import CheckpointMismatch, Checkpoints, abstract
+from mian_jax.train.checkpoint import CheckpointMismatch, CheckpointUnreadable, Checkpoints, abstract
 
 METRICS = ("auc", "gauc", "logloss")
 SELECTED_ON = {"holdout": "valid", "test": "test", "none": None}  # data.validation -> the split that selects
@@ -315,6 +315,9 @@ def restore_first_readable(ckpt: Checkpoints, steps: list[int], target, identity
           if failed:
             lines.append(f"using checkpoint step {step} ("
                          + "; ".join(f"step {s} could not be read: {why}" for s, why in failed) + ")")
+          if step in ckpt.unverified:
+            lines.append(f"note: checkpoint step {step} was written without a manifest of checksums (by an earlier "
+                         f"version), so its files could not be verified")
           return state, data_state, step, lines
         else:
           failed.append((step, "it holds non-finite values"))
@@ -332,6 +335,8 @@ def restore_first_readable(ckpt: Checkpoints, steps: list[int], target, identity
 
 def _first_line(e: Exception) -> str:
   text = str(e).strip().splitlines()
+  if isinstance(e, CheckpointUnreadable) and text:  # the project's own words need no class name
+    return text[0][:200]
   return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
