@@ -19,15 +19,20 @@ Decisions:
   value k has id k + 1, or a {value: id} map) maps its values through it, compared as text (so 42 and
   "42" are the same value, 42.0 too; surrounding blanks are dropped); an unknown or missing (None)
   value is id 0 (OOV). A feature without one (e.g. the generated commercial set, whose values are
-  ids) takes integer ids (ints or their text); an id outside [0, vocab_size) or a non-integer is 0.
+  ids) takes integer ids (ints, integral floats or their text); an id outside [0, vocab_size) or a
+  missing one (None) is 0 (OOV), and anything else (1.5, "abc", NaN) is an error naming the record and
+  the feature. `score_ids` follows the same rule: ids of a float array must be integral.
 - A history is a list (None = empty), oldest first as records.py stores them, unless the manifest
   says the user's files list it newest first (a tabular column with `order = "newest_first"`), in
-  which case it is taken in that order and reversed. The most recent max_len entries are kept
+  which case it is taken in that order and reversed. A history that is not a list, or that holds a
+  missing entry (None or NaN), is an error naming the record, the feature and the position (a missing
+  behaviour is not one). The most recent max_len entries are kept
   (the end of an oldest-first list), placed from position 0 and padded with 0 on the right;
   `hist_len` is the kept length. All histories of one sample must have the same length (the
   converters refuse such rows too). A string is refused rather than split into characters.
 - A numeric value goes through the converter's transform when the manifest has one (log1p of
-  max(x, 0), then (x - mean) / std); None, NaN or infinity becomes 0.0, as in conversion.
+  max(x, 0), then (x - mean) / std); None, NaN or infinity becomes 0.0, as in conversion; a value that
+  is not a number ("abc") is an error naming the record and the feature.
 - A record without one of the model's features is an error (a misspelt key would otherwise score
   every sample as OOV); keys that are not inputs are ignored.
 """
@@ -62,17 +67,22 @@ def _load_vocab(path: Path) -> dict[str, int]:
 
 
 def _as_id(value: Any) -> int:
-  """An integer id from an int, an integral float or the text of an int; -1 (OOV) otherwise."""
-  if value is None or isinstance(value, bool):
+  """An integer id from an int, an integral float or the text of an int; -1 (OOV) for None; ValueError
+  for anything else (a non-integral or non-finite number, other text, a bool)."""
+  if value is None:
     return -1
-  if isinstance(value, (int, np.integer)):
+  if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
     return int(value)
   if isinstance(value, (float, np.floating)):
-    return int(value) if math.isfinite(value) and float(value).is_integer() else -1
-  try:
-    return int(str(value).strip())
-  except ValueError:
-    return -1
+    if math.isfinite(value) and float(value).is_integer():
+      return int(value)
+    raise ValueError(f"{value!r} is not an integer id")
+  if isinstance(value, (str, bytes)):
+    try:
+      return int(value.strip())
+    except ValueError:
+      pass
+  raise ValueError(f"{value!r} is not an integer id")
 
 
 class Scorer:
@@ -131,6 +141,13 @@ class Scorer:
       elif entry["kind"] == "hist_len":
         inputs[name] = np.clip(x.astype(np.int64), 0, self.max_len).astype(np.int32)
       else:
+        if np.issubdtype(x.dtype, np.floating):  # the same rule as score(): integral ids only
+          bad = ~(np.isfinite(x) & (x == np.round(x)))
+          if bad.any():
+            row = int(np.flatnonzero(bad.reshape(rows, -1).any(axis=1))[0])
+            raise ValueError(f"input {name!r} row {row}: {x[row].tolist()!r} holds an id that is not an integer")
+        elif not np.issubdtype(x.dtype, np.integer):
+          raise ValueError(f"input {name!r} is {x.dtype}; ids are integers")
         x = x.astype(np.int64)
         inputs[name] = np.where((x >= 0) & (x < entry["vocab_size"]), x, 0).astype(np.int32)
     return np.asarray(self._call(self._params, inputs))
@@ -146,12 +163,29 @@ class Scorer:
 
   @staticmethod
   def _numeric(entry: dict[str, Any], value: Any) -> float:
-    x = math.nan if value is None or (isinstance(value, str) and not value.strip()) else float(value)
+    try:
+      x = math.nan if value is None or (isinstance(value, str) and not value.strip()) else float(value)
+    except (TypeError, ValueError):
+      raise ValueError(f"{value!r} is not a number") from None
     if entry.get("log1p") and math.isfinite(x):
       x = math.log1p(max(x, 0.0))
     if "mean" in entry:
       x = (x - entry["mean"]) / entry["std"]
     return x if math.isfinite(x) else 0.0
+
+  @staticmethod
+  def _history(values: Any) -> list[Any]:
+    """A history as a list (None = empty); TypeError for a string or a scalar, ValueError for a missing
+    entry (None, NaN), naming its position."""
+    if values is None:
+      return []
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, np.ndarray)):
+      raise TypeError(f"{values!r} is not a list; pass the history as a list, oldest first")
+    values = list(values)
+    for k, v in enumerate(values):
+      if v is None or (isinstance(v, (float, np.floating)) and not math.isfinite(v)):
+        raise ValueError(f"behaviour {k} is missing ({v!r}); leave missing behaviours out of the list")
+    return values
 
   def encode(self, records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
     """Raw records -> the encoded batch `score_ids` takes (see the module docstring)."""
@@ -166,20 +200,20 @@ class Scorer:
         raise KeyError(f"record {i} lacks feature(s) {', '.join(missing)}")
       lengths = set()
       for name, entry in self.inputs.items():
-        if entry["kind"] == "categorical":
-          batch[name][i] = self._id(entry, record[name])
-        elif entry["kind"] == "numeric":
-          batch[name][i] = self._numeric(entry, record[name])
-        elif entry["kind"] == "sequence":
-          values = record[name]
-          if isinstance(values, (str, bytes)):
-            raise TypeError(f"record {i}: {name!r} is a string; pass the history as a list")
-          values = [] if values is None else list(values)
-          lengths.add(len(values))
-          if entry.get("newest_first"):
-            values = values[::-1]
-          kept = values[max(0, len(values) - t):]  # the most recent t, oldest first
-          batch[name][i, :len(kept)] = [self._id(entry, v) for v in kept]
+        try:
+          if entry["kind"] == "categorical":
+            batch[name][i] = self._id(entry, record[name])
+          elif entry["kind"] == "numeric":
+            batch[name][i] = self._numeric(entry, record[name])
+          elif entry["kind"] == "sequence":
+            values = self._history(record[name])
+            lengths.add(len(values))
+            if entry.get("newest_first"):
+              values = values[::-1]
+            kept = values[max(0, len(values) - t):]  # the most recent t, oldest first
+            batch[name][i, :len(kept)] = [self._id(entry, v) for v in kept]
+        except (TypeError, ValueError) as e:
+          raise type(e)(f"record {i}: feature {name!r}: {e}") from None
       if len(lengths) > 1:
         raise ValueError(f"record {i}: the histories {', '.join(sequences)} have different lengths {sorted(lengths)}")
       batch["hist_len"][i] = min(lengths.pop() if lengths else 0, t)

@@ -197,3 +197,30 @@ def test_serving_in_a_fresh_process_needs_no_flax_or_model_code(run, reference, 
   done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stdout + done.stderr
   np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), want, **TIGHT)
+
+
+def test_the_scorer_has_one_rule_for_ids_and_names_the_record_and_feature(run, reference):
+  """Non-integer ids are an error in score_ids and in score (not truncated, not OOV); every error names
+  the record (row) and the feature; a history that is not a list or holds a missing entry is refused."""
+  from mian_jax import serving
+
+  _, src, _, _, rows = reference
+  scorer = serving.Scorer.load(run[2])
+  batch = _take(rows, 0, 3)
+  integral = {**batch, "item_id": batch["item_id"].astype(np.float64)}
+  np.testing.assert_array_equal(scorer.score_ids(integral), scorer.score_ids(batch))
+  with pytest.raises(ValueError, match=r"input 'item_id' row 1: .* not an integer"):
+    scorer.score_ids({**batch, "item_id": np.array([1.0, 1.5, 2.0])})
+  record = {f.name: (batch[f.name][0, :batch["hist_len"][0]].tolist() if f.kind == "sequence"
+                     else batch[f.name][0].item()) for f in src.schema.features}
+  assert scorer.encode([record])["item_id"][0] == batch["item_id"][0]
+  for key, value, error, words in (
+      ("item_id", 1.5, ValueError, "record 1: feature 'item_id': 1.5 is not an integer id"),
+      ("city", "abc", ValueError, "record 1: feature 'city': 'abc' is not an integer id"),
+      ("activity", "abc", ValueError, "record 1: feature 'activity': 'abc' is not a number"),
+      ("hist_item_id", 5, TypeError, "record 1: feature 'hist_item_id': 5 is not a list"),
+      ("hist_item_id", [None, float("nan"), 3], ValueError, "record 1: feature 'hist_item_id': behaviour 0 is missing"),
+  ):
+    with pytest.raises(error) as e:
+      scorer.encode([record, {**record, key: value}])
+    assert words in str(e.value), str(e.value)

@@ -6,6 +6,7 @@ checkpoints; the in-process checks use the trainer's own functions."""
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -331,3 +332,21 @@ def test_flipped_bytes_in_a_checkpoint_are_caught_by_its_manifest(finished, tmp_
   assert run.returncode == 0, run.stderr
   assert "note: checkpoint step 24 was written without a manifest of checksums" in run.stdout
   assert "resumed from step 24" in run.stdout
+
+
+def test_a_zeroed_array_in_an_unverified_checkpoint_is_named_in_one_line(finished, tmp_path, data_root, capfd):
+  """A checkpoint written before manifests, whose stored arrays were zeroed: the damage is found by the
+  read, reported in one line naming the array (not TensorStore's spec), the checkpoint is set aside and
+  the run resumes from the one before; none of the read's echoes (ignored exceptions, "Event loop is
+  closed" tracebacks) reach the terminal."""
+  w = _copy(finished, tmp_path)
+  (w / "checkpoints" / "24" / "manifest.json").unlink()
+  for p in (w / "checkpoints" / "24" / "state").glob("ocdbt.process_0/d/*"):
+    p.write_bytes(bytes(p.stat().st_size))
+  run = _run(w, data_root, *RUN, "--set", "train.steps=32")
+  assert run.returncode == 0, run.stderr
+  line = next(x for x in run.stdout.splitlines() if x.startswith("warning: checkpoint step 24"))
+  assert re.search(r"could not be read \(its stored array [\w.]+ is damaged \(.+\)\); moved to ", line), line
+  assert "resumed from step 16" in run.stdout
+  printed = run.stdout + run.stderr + "".join(capfd.readouterr())
+  assert "TensorStore" not in printed and "Traceback" not in printed and "Event loop" not in printed, printed[:2000]

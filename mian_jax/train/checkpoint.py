@@ -17,11 +17,14 @@ looked up); any other difference from the expected state raises CheckpointMismat
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import io
 import logging
 import os
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,7 @@ class CheckpointMismatch(ValueError):
 
 
 class CheckpointUnreadable(RuntimeError):
-  """A file of the checkpoint is missing (the trainer then uses the next older one)."""
+  """A file of the checkpoint is missing or damaged (the trainer then uses the next older one)."""
 
 
 REQUIRED_FILES = ("state/_METADATA", "data/metadata", "config/metadata")  # what every complete step directory holds
@@ -49,6 +52,69 @@ REQUIRED_FILES = ("state/_METADATA", "data/metadata", "config/metadata")  # what
 # step is complete; a restore checks them first. Orbax itself keeps no checksums: flipped bytes inside a
 # stored array would restore silently.
 MANIFEST = "manifest.json"
+
+
+def stored_array_problem(e: BaseException) -> str | None:
+  """What TensorStore found wrong with a stored array, in one line, or None for another error.
+
+  Orbax raises "Encountered error while reading array index ... See full TensorStore details: <a 60-line
+  spec>"; the cause names the array and the fault ('Error reading "opt_state.0.nu.tables.x/0.0" in OCDBT
+  database at local file ...: ZSTD_decompressStream() failed: ...')."""
+  for err in (e, e.__cause__, e.__context__):
+    found = err is not None and re.search(r'Error reading "([^"/]+)[^"]*" in OCDBT database at [^:]*: (.*)', str(err))
+    if found:
+      return f"its stored array {found.group(1)} is damaged ({found.group(2).splitlines()[0][:160]})"
+  if "See full TensorStore details" in str(e):
+    return "one of its stored arrays could not be read (" + str(e).split(". See full TensorStore")[0][:160] + ")"
+  return None
+
+
+_HOLDING = {"depth": 0, "damaged": False}  # echoes_dropped contexts open; a stored array found damaged in them
+
+
+@contextlib.contextmanager
+def echoes_dropped():
+  """Orbax reads a checkpoint's arrays in coroutines: when one read fails, the others fail too once its
+  event loop is closed, and each is printed as an ignored exception ("Event loop is closed", or a
+  TensorStore spec of 60 lines apiece: thousands of lines, from several threads at once, for one damaged
+  file). The first failure is raised, in one line; its echoes are dropped. Most reach sys.unraisablehook
+  (a garbage collection on the way out lets the late ones arrive); TensorStore's callbacks print the rest
+  straight to file descriptor 2, which is held in a temporary file meanwhile: written back as it is when
+  the restore succeeds or fails otherwise, dropped when a stored array was damaged, in this restore or
+  an earlier one inside the same outermost context (whose late echoes land in the next: the project
+  itself prints nothing during a restore)."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    text = str(unraisable.exc_value)
+    if not (text == "Event loop is closed" or "TensorStore" in text or "OCDBT" in text):
+      previous(unraisable)
+
+  sys.stderr.flush()
+  held, saved = tempfile.TemporaryFile(), os.dup(2)
+  os.dup2(held.fileno(), 2)
+  sys.unraisablehook = hook
+  if _HOLDING["depth"] == 0:
+    _HOLDING["damaged"] = False
+  _HOLDING["depth"] += 1
+  try:
+    yield
+  except CheckpointUnreadable:
+    _HOLDING["damaged"] = True
+    raise
+  finally:
+    _HOLDING["depth"] -= 1
+    gc.collect()
+    sys.unraisablehook = previous
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    held.seek(0)
+    text = held.read().decode(errors="replace")
+    held.close()
+    if text and not _HOLDING["damaged"]:
+      sys.stderr.write(text)
+      sys.stderr.flush()
 
 
 def _sha256(path: Path) -> str:
@@ -194,8 +260,15 @@ class Checkpoints:
         raise CheckpointMismatch(f"checkpoint step {step}: {name} has shape {have}, this model expects {tuple(x.shape)}")
       resized[name] = jax.ShapeDtypeStruct(have, x.dtype, sharding=NamedSharding(x.sharding.mesh, P()))
     target = jax.tree_util.tree_map_with_path(lambda p, x: resized.get(_name(p), x), abstract_state)
-    out = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+    with echoes_dropped():
+      try:
+        out = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+      except Exception as e:
+        damaged = stored_array_problem(e)
+        if damaged:
+          raise CheckpointUnreadable(damaged) from e
+        raise
     state = out.state
     if resized:
       state = jax.tree_util.tree_map_with_path(

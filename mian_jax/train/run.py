@@ -35,7 +35,7 @@ from mian_jax.data import pipeline
 from mian_jax.errors import ConfigError, Diverged, RunError
 from mian_jax.schema import FeatureSchema
 from mian_jax.train import optim, partition, state as state_lib, step as step_lib, workdir as workdir_lib
-from mian_jax.train.checkpoint import CheckpointMismatch, CheckpointUnreadable, Checkpoints, abstract
+from mian_jax.train.checkpoint import CheckpointMismatch, CheckpointUnreadable, Checkpoints, abstract, echoes_dropped
 
 METRICS = ("auc", "gauc", "logloss")
 SELECTED_ON = {"holdout": "valid", "test": "test", "none": None}  # data.validation -> the split that selects
@@ -287,7 +287,13 @@ def restore_first_readable(ckpt: Checkpoints, steps: list[int], target, identity
   """(state, data position, step, lines to print) of the first of `steps` that can be read. A checkpoint
   made for another model or data set is refused (RunError); one that cannot be read (missing or truncated
   files, non-finite values) is reported and the next is tried; with `set_aside` (training, one process) it
-  is moved to `checkpoints.damaged/` so that a new checkpoint of its step can be written."""
+  is moved to `checkpoints.damaged/` so that a new checkpoint of its step can be written. What Orbax prints
+  while a damaged one fails (checkpoint.echoes_dropped) is held back until all are tried."""
+  with echoes_dropped():
+    return _restore_first_readable(ckpt, steps, target, identity, workdir, set_aside)
+
+
+def _restore_first_readable(ckpt, steps, target, identity, workdir, set_aside):
   failed: list[tuple[int, str]] = []
   lines: list[str] = []
   for step in steps:
