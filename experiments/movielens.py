@@ -24,7 +24,10 @@ def get_config(variant_name: str = "") -> Config:
   config.model.name = "mian"
   config.model.embed_dim = 18
   config.train.batch_size = 256
-  config.train.epochs = 3
+  # Trained to convergence: up to 12 epochs, stopped when the validation AUC has not improved for 2
+  # evaluations (one per epoch); the checkpoint with the best validation AUC is the one reported.
+  config.train.epochs = 12
+  config.train.early_stop_patience = 2
   config.train.learning_rate = 2e-3
   config.train.lr_schedule = "cosine"
   config.train.eval_batch_size = 1024

@@ -88,7 +88,15 @@ class ModelConfig:
   ibim_layers: int = 1  # Pre-LN Transformer blocks over the behaviours
   ibim_heads: int = 2  # attention heads; the behaviour width must divide by it
   ibim_ffn_mult: int = 2  # FFN hidden width = mult x behaviour width
-  ibim_encoder: Literal["pre_ln", "post_ln", "none"] = "pre_ln"  # IBIM sequence encoder
+  # IBIM sequence encoder: pre_ln / post_ln Transformer; causal = Pre-LN, each behaviour attending to itself
+  # and earlier ones only; gru = DIEN's GRU (state width = behaviour width); gru_pre_ln = the GRU, then the
+  # Pre-LN Transformer over its states; none = the behaviours themselves.
+  ibim_encoder: Literal["pre_ln", "post_ln", "causal", "gru", "gru_pre_ln", "none"] = "pre_ln"
+  # The encoder's output at the last real behaviour (DIEN's "current interest") as one more GIM / MLP input.
+  ibim_last_state: bool = False
+  # The candidate appended to the behaviours as one more token of the encoder (BST); its output is one more
+  # GIM / MLP input (IBIM still pools the behaviours' outputs only).
+  ibim_candidate_token: bool = False
   # Recency-rank position added to the behaviours before IBIM's encoder (0 = the most recent behaviour,
   # so the same for any history length; beside the behaviour-age embedding where the data has ages).
   ibim_position: Literal["none", "learned", "sinusoidal"] = "none"
@@ -100,6 +108,10 @@ class ModelConfig:
   # do; it keeps how many behaviours there are).
   behaviour_pool: Literal["mean", "sum"] = "sum"
   gim_dim: int = 64  # mian: GIM projects every r_l to this width before the weighted sum
+  # mian: element-wise products of the candidate with what it meets, as more GIM / MLP inputs: history =
+  # e_i * sum_t e_b^t (DIEN's and DIN's MLP input); fields = that, and the candidate (mapped linearly to
+  # the field width) times IUIM's and ICIM's pooled fields; none = the paper's inputs only.
+  candidate_product: Literal["none", "history", "fields"] = "none"
   mlp: tuple[int, ...] = (200, 80)  # prediction MLP hidden widths (every model but lr)
   mlp_activation: Literal["relu", "dice"] = "dice"  # mian: the MLP's hidden activation (Dice: DIN's, running moments)
   mlp_on_concat: bool = True  # mian: feed [R_g; r_1..r_L] to the MLP (False = R_g only, the paper's literal form)

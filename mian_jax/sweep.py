@@ -29,7 +29,8 @@ import numpy as np
 from mian_jax import errors, files, plots
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULT_KEYS = ("best_step", "step", "valid_auc", "auc", "gauc", "logloss", "samples_per_s", "wall_s")
+RESULT_KEYS = ("best_step", "step", "best_epoch", "epoch", "valid_auc", "auc", "gauc", "logloss", "samples_per_s",
+               "wall_s")
 EXIT_PREEMPTED = errors.EXIT_PREEMPTED
 _TPU_BOUNDS = {1: "1,1,1", 2: "1,2,1", 4: "2,2,1"}
 
@@ -241,7 +242,7 @@ def groups_over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     else:
       g["failed"] += 1
   for g in out.values():
-    for k in ("auc", "gauc", "logloss", "samples_per_s"):
+    for k in ("valid_auc", "auc", "gauc", "logloss", "samples_per_s"):
       values = np.array([r[k] for r in g["ok"] if r.get(k) is not None], float)
       g[k] = (float(values.mean()) if len(values) else None, float(values.std(ddof=1)) if len(values) > 1 else None)
     g["n"] = len(g["ok"])
@@ -262,9 +263,10 @@ def results_markdown(rows: list[dict[str, Any]], reference: str = "mian") -> str
   scored = [g for g in groups if g["n"]]
   best = {k: (max if k != "logloss" else min)(g[k][0] for g in scored) for k in ("auc", "gauc", "logloss")} if scored else {}
   bold = lambda g, k: f"**{_cell(g[k])}**" if g["n"] and g[k][0] == best[k] else _cell(g[k])
-  lines = ["| setting | n | AUC | gAUC | logloss | samples/s | failed |", "|---|---|---|---|---|---|---|"]
-  lines += [f"| {g['label']} | {g['n']} | {bold(g, 'auc')} | {bold(g, 'gauc')} | {bold(g, 'logloss')} | "
-            f"{_cell(g['samples_per_s'], 0)} | {g['failed']} |" for g in groups]
+  lines = ["| setting | n | valid AUC | AUC | gAUC | logloss | samples/s | failed |",
+           "|---|---|---|---|---|---|---|---|"]
+  lines += [f"| {g['label']} | {g['n']} | {_cell(g['valid_auc'])} | {bold(g, 'auc')} | {bold(g, 'gauc')} | "
+            f"{bold(g, 'logloss')} | {_cell(g['samples_per_s'], 0)} | {g['failed']} |" for g in groups]
   by_model = [g for g in scored if set(g["overrides"]) == {"model.name"}]
   ref = [g for g in by_model if g["overrides"]["model.name"] == reference]
   others = [g for g in by_model if g["overrides"]["model.name"] != reference]
@@ -273,9 +275,11 @@ def results_markdown(rows: list[dict[str, Any]], reference: str = "mian") -> str
     lines += ["", f"{reference} vs the best other model ({top['label']}): AUC {ref[0]['auc'][0] - top['auc'][0]:+.4f} "
                   f"(RelaImpr {rela_impr(ref[0]['auc'][0], top['auc'][0]):+.2f}%), logloss "
                   f"{ref[0]['logloss'][0] - top['logloss'][0]:+.4f}"]
-  lines += ["", "| trial | status | AUC | best step | wall s |", "|---|---|---|---|---|"]
+  lines += ["", "| trial | status | valid AUC | AUC | best step | best epoch | stopped at epoch | wall s |",
+            "|---|---|---|---|---|---|---|---|"]
   fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"
-  lines += [f"| {r['trial']} | {r['status']} | {fmt(r.get('auc'), '.4f')} | {fmt(r.get('best_step'), 'd')} | "
+  lines += [f"| {r['trial']} | {r['status']} | {fmt(r.get('valid_auc'), '.4f')} | {fmt(r.get('auc'), '.4f')} | "
+            f"{fmt(r.get('best_step'), 'd')} | {fmt(r.get('best_epoch'), 'g')} | {fmt(r.get('epoch'), 'g')} | "
             f"{fmt(r.get('wall_s'), '.0f')} |" for r in rows]
   return "\n".join(lines) + "\n"
 

@@ -26,7 +26,7 @@ def test_help_lists_experiments_and_models():
     (["--experiment", "commercial", "--model", "nope"], "model 'nope' is unknown; valid: dcn, deepfm, dien, din, lr, mian"),
     (["--experiment", "commercial", "--set", "train.batch_sze=3"], "--set train.batch_sze: unknown key (did you mean train.batch_size?)"),
     (["--experiment", "commercial", "--set", "train.batch_size=big"], "--set train.batch_size=big: expected int"),
-    (["--experiment", "commercial", "--set", "model.ibim_encoder=lstm"], "must be one of pre_ln, post_ln, none"),
+    (["--experiment", "commercial", "--set", "model.ibim_encoder=lstm"], "must be one of pre_ln, post_ln, causal, gru, gru_pre_ln, none"),
     (["--experiment", "commercial", "--set", "train.steps"], "expected KEY=VALUE"),
     (["--experiment", "commercial", "--set", "train.epochs=0"], "train.epochs must be >= 1"),
     (["--experiment", "commercial", "--sweep", "nope"], f"--sweep nope: unknown; valid: {', '.join(sweeps.names())}"),

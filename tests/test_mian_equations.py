@@ -1,7 +1,9 @@
 """MIAN as a whole against numpy computations of its docstring's formulas (mian_jax/models/mian.py), on a
 tiny batch with hand-set weights: IBIM (recency position, encoder, [e_i; h_t] pooled additively or by the
 activation unit), GIM (weights and R_g), the Pre-LN and Post-LN blocks, and the MLP input of every
-ablation (MIAN's minus exactly the removed module's output)."""
+ablation (MIAN's minus exactly the removed module's output); the sequential IBIM options (causal, GRU and
+GRU + Pre-LN encoders, the last state, the candidate token) and the candidate products, each with its
+shapes and one hand-computed case."""
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +49,8 @@ def _run(name="mian", g=None, given=None, **cfg):
   names = inter["intermediates"]["mlp_input_names"]
   x = np.asarray(inter["intermediates"]["mlp_input"][0])
   widths = {"R_g": 4, "e_i": DI, "e_b": DI, "R_ibim": 2 * DI, "R_iuim": DI + D, "R_icim": DI + D,
-            "e_u": g.user.shape[1] * D, "e_c": g.context.shape[1] * D}
+            "e_u": g.user.shape[1] * D, "e_c": g.context.shape[1] * D, "h_last": DI, "h_cand": DI, "p_ib": DI,
+            "p_iu": D, "p_ic": D}
   pieces, at = {}, 0
   for n in names:
     pieces[n] = x[:, at:at + widths[n]]
@@ -67,13 +70,16 @@ def _softmax(s, axis=-1):
   return e / e.sum(axis, keepdims=True)
 
 
-def _block(x, mask, p, pre_ln):
-  """One encoder block in numpy: multi-head attention over the real positions, ReLU FFN."""
+def _block(x, mask, p, pre_ln, causal=False):
+  """One encoder block in numpy: multi-head attention over the real positions (with `causal`, query t over
+  keys <= t only), ReLU FFN."""
   def mha(h):
     m = p["mha"]
     q, k, v = (np.einsum("bte,ehd->bthd", h, m[n]["kernel"]) + m[n]["bias"] for n in ("query", "key", "value"))
     s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
     allowed = mask[:, None, :, None] & mask[:, None, None, :]
+    if causal:
+      allowed = allowed & (np.arange(h.shape[1])[None, :] <= np.arange(h.shape[1])[:, None])
     w = _softmax(np.where(allowed, s, -1e9))
     o = np.einsum("bhqk,bkhd->bqhd", w, v)
     return np.einsum("bqhd,hde->bqe", o, m["out"]["kernel"]) + m["out"]["bias"]
@@ -175,3 +181,104 @@ def test_each_ablation_mlp_input_is_mians_minus_the_module(name, removed):
   for n, v in ablated.items():  # what the removed module does not feed is unchanged (GIM feeds only R_g)
     if n != "R_g":
       np.testing.assert_allclose(v, full[n], rtol=1e-6, atol=1e-6)
+
+
+def _gru(x, mask, p):
+  """DIEN's GRU in numpy (layers/gru.py's formula), the state carried unchanged at padding [B, T, H]."""
+  sig = lambda z: 1 / (1 + np.exp(-z))
+  gates, cand = p["scan"]["cell"]["gates"], p["scan"]["cell"]["candidate"]
+  h = np.zeros((x.shape[0], cand["kernel"].shape[1]))
+  out = np.zeros(x.shape[:2] + h.shape[-1:])
+  for t in range(x.shape[1]):
+    r, k = np.split(sig(np.concatenate([x[:, t], h], -1) @ gates["kernel"] + gates["bias"]), 2, -1)
+    c = np.tanh(np.concatenate([x[:, t], r * h], -1) @ cand["kernel"] + cand["bias"])
+    h = np.where(mask[:, t, None], k * h + (1 - k) * c, h)
+    out[:, t] = h
+  return out
+
+
+def _encoded(p, x, mask, encoder):
+  """IBIM's encoder output in numpy for model.ibim_encoder `encoder` (one block, as _run's config)."""
+  h = x
+  if encoder in ("gru", "gru_pre_ln"):
+    h = _gru(h, mask, p["ibim_gru"])
+  if encoder in ("pre_ln", "causal", "gru_pre_ln"):
+    enc = p["ibim_encoder"]
+    h = _block(h, mask, enc["block0"], True, causal=encoder == "causal")
+    h = _layer_norm(h, enc["ln_final"]) * mask[..., None]
+  return h
+
+
+def _target_pool(p, e_i, h, mask):
+  """R_ibim and alpha of the activation-unit pooling (model.ibim_attention=target) in numpy."""
+  a = p["ibim_target"]
+  q = np.broadcast_to(e_i[:, None], h.shape)
+  z = np.concatenate([q, h, q - h, q * h], -1)
+  z = 1 / (1 + np.exp(-(z @ a["dense0"]["kernel"] + a["dense0"]["bias"])))
+  s = (z @ a["score"]["kernel"] + a["score"]["bias"])[..., 0]
+  alpha = np.where(mask, _softmax(np.where(mask, s, -1e9)), 0)
+  v = np.concatenate([q, h], -1)
+  return (alpha[..., None] * v).sum(1), alpha
+
+
+@pytest.mark.parametrize("encoder", ["causal", "gru", "gru_pre_ln"])
+def test_sequential_ibim_encoders_match_their_formulas(encoder):
+  model, p, pieces, attn, g = _run(ibim_encoder=encoder, ibim_last_state=True)
+  e_i, e_b = np.asarray(g.item), np.asarray(g.behaviour)
+  h = _encoded(p, e_b, MASK, encoder)
+  r_ibim, alpha = _target_pool(p, e_i, h, MASK)
+  assert pieces["R_ibim"].shape == (B, 2 * DI) and pieces["h_last"].shape == (B, DI)
+  np.testing.assert_allclose(attn["ibim"], alpha, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(pieces["R_ibim"], r_ibim, rtol=1e-4, atol=1e-4)
+  # h_last: the output at each row's last real behaviour; 0 for the empty history (row 2)
+  last = np.stack([h[b, n - 1] if n else np.zeros(DI) for b, n in enumerate(LENGTHS)])
+  np.testing.assert_allclose(pieces["h_last"], last, rtol=1e-4, atol=1e-5)
+  assert np.all(pieces["h_last"][2] == 0)
+  assert gim_inputs(model, J, K) == (*GIM_INPUTS, "h_last") and attn["gim"].shape == (B, 8)
+  # Row 0's behaviour 3 changed: a sequential encoder's outputs before it stay (GRU + Pre-LN's Transformer
+  # reads the whole sequence: they move), its own output and h_last move.
+  later = g.replace(behaviour=g.behaviour.at[0, 3].add(jnp.linspace(-1.0, 1.0, DI)))
+  h2 = _encoded(p, np.asarray(later.behaviour), MASK, encoder)
+  assert np.allclose(h2[0, :3], h[0, :3], rtol=1e-6) == (encoder != "gru_pre_ln")
+  assert not np.allclose(h2[0, 3], h[0, 3], atol=1e-4)
+  _, _, moved, _, _ = _run(g=later, given=p, ibim_encoder=encoder, ibim_last_state=True)
+  assert not np.allclose(moved["h_last"][0], pieces["h_last"][0], atol=1e-4)
+
+
+def test_candidate_token_is_encoded_after_the_behaviours():
+  model, p, pieces, attn, g = _run(ibim_encoder="pre_ln", ibim_candidate_token=True)
+  e_i, e_b = np.asarray(g.item), np.asarray(g.behaviour)
+  seq = np.concatenate([e_b, e_i[:, None]], 1)
+  seq_mask = np.concatenate([MASK, np.ones((B, 1), bool)], 1)
+  h = _encoded(p, seq, seq_mask, "pre_ln")  # the candidate attends to the real behaviours and itself
+  r_ibim, alpha = _target_pool(p, e_i, h[:, :T], MASK)  # the pooling reads the behaviours' outputs only
+  assert pieces["h_cand"].shape == (B, DI) and attn["ibim"].shape == (B, T)
+  np.testing.assert_allclose(pieces["h_cand"], h[:, T], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(pieces["R_ibim"], r_ibim, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(attn["ibim"], alpha, rtol=1e-4, atol=1e-5)
+  assert gim_inputs(model, J, K) == (*GIM_INPUTS, "h_cand")
+  # With the GRU, the candidate's output is one more GRU step from the state after the last behaviour.
+  _, p, pieces, _, _ = _run(ibim_encoder="gru", ibim_candidate_token=True, ibim_last_state=True)
+  h = _gru(seq, seq_mask, p["ibim_gru"])
+  np.testing.assert_allclose(pieces["h_cand"], h[:, T], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(pieces["h_last"][[0, 1, 3]], h[[0, 1, 3], LENGTHS[[0, 1, 3]] - 1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("product", ["history", "fields"])
+def test_candidate_products_match_their_formulas(product):
+  model, p, pieces, attn, g = _run(candidate_product=product)
+  e_i, e_b = np.asarray(g.item), np.asarray(g.behaviour)
+  np.testing.assert_allclose(pieces["p_ib"], e_i * e_b.sum(1), rtol=1e-5, atol=1e-6)
+  extra = ("p_ib",)
+  if product == "fields":
+    for name, pooled in (("p_iu", "R_iuim"), ("p_ic", "R_icim")):
+      want = (e_i @ p[f"product_{name}"]["kernel"]) * pieces[pooled][:, DI:]  # the pooled field, width D
+      assert pieces[name].shape == (B, D)
+      np.testing.assert_allclose(pieces[name], want, rtol=1e-4, atol=1e-5)
+    extra += ("p_iu", "p_ic")
+    # Without IUIM there is no pooled user field to multiply
+    _, _, ablated, _, _ = _run("mian_no_iuim", given=p, candidate_product=product)
+    assert "p_iu" not in ablated and "p_ic" in ablated
+  assert gim_inputs(model, J, K) == (*GIM_INPUTS, *extra) and attn["gim"].shape == (B, 7 + len(extra))
+  names = list(pieces)
+  assert names[-len(extra) - 2:-2] == list(extra)  # in the MLP input after r's other pieces, before e_u / e_c

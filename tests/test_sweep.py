@@ -54,12 +54,15 @@ def test_device_groups_per_platform():
 
 def test_results_markdown_groups_seeds_and_compares_models():
   rows = [{"trial": f"name={m},seed={s}", "model.name": m, "train.seed": str(s), "status": "ok", "auc": auc,
-           "gauc": auc - 0.1, "logloss": 0.5, "samples_per_s": 100.0, "best_step": 10, "wall_s": 1.0}
+           "gauc": auc - 0.1, "logloss": 0.5, "samples_per_s": 100.0, "best_step": 10, "wall_s": 1.0,
+           "valid_auc": auc + 0.01, "best_epoch": 2.0, "epoch": 4.0}
           for m, s, auc in (("din", 0, 0.70), ("din", 1, 0.72), ("mian", 0, 0.74), ("mian", 1, 0.76))]
   rows.append({"trial": "name=lr,seed=0", "model.name": "lr", "train.seed": "0", "status": "failed: error: boom"})
   text = sweep.results_markdown(rows)
-  assert "| name=din | 2 | 0.7100 ± 0.0141 |" in text and "| name=mian | 2 | **0.7500 ± 0.0141** |" in text
-  assert "| name=lr | 0 | - |" in text and "| name=lr,seed=0 | failed: error: boom |" in text
+  assert "| name=din | 2 | 0.7200 ± 0.0141 | 0.7100 ± 0.0141 |" in text
+  assert "| name=mian | 2 | 0.7600 ± 0.0141 | **0.7500 ± 0.0141** |" in text
+  assert "| name=lr | 0 | - | - |" in text and "| name=lr,seed=0 | failed: error: boom |" in text
+  assert "| name=mian,seed=1 | ok | 0.7700 | 0.7600 | 10 | 2 | 4 | 1 |" in text  # best and stopping epochs
   assert "mian vs the best other model (name=din): AUC +0.0400 (RelaImpr +19.05%)" in text
 
 

@@ -118,6 +118,10 @@ def test_early_stopping_and_no_selection(tmp_path, data_root):
   first_worse = next(i for i in range(1, len(aucs)) if aucs[i] <= max(aucs[:i]))
   assert len(aucs) == first_worse + 1 and valid[-1]["step"] < 48
   assert "early stop at step" in run.stdout
+  stopped = json.loads((w / "result.json").read_text())  # where it stopped, in steps and epochs
+  assert stopped["step"] == valid[-1]["step"] and stopped["best_step"] < stopped["step"]
+  assert 0 < stopped["best_epoch"] < stopped["epoch"]
+  assert abs(stopped["best_epoch"] / stopped["epoch"] - stopped["best_step"] / stopped["step"]) < 0.02
   none = _run(tmp_path / "none", data_root, "--set", "data.validation=none", "--set", "train.steps=12",
                  "--set", "train.eval_every=6")
   assert none.returncode == 0, none.stderr

@@ -186,3 +186,30 @@ def test_models_train_and_eval(name):
   assert all(np.all(np.isfinite(x)) for x in leaves)
   assert np.any(np.asarray(jax.tree.leaves(grads_p["params"]["aux_net"])[0]) != 0)
   assert np.any(np.asarray(grad_b) != 0)
+
+
+@pytest.mark.parametrize("name, mlp_in, blocks", [
+    ("din", 4 * DI + (J + K) * D, {"attention", "mlp"}),  # [e_i; interest; s; e_i * s; e_u; e_c]
+    ("dien", 4 * DI + (J + K) * D, {"extractor", "aux_net", "attention", "evolution", "mlp"}),
+    ("dien_no_product", 3 * DI + (J + K) * D, {"extractor", "aux_net", "attention", "evolution", "mlp"}),
+    ("dien_state_only", 2 * DI + (J + K) * D, {"extractor", "aux_net", "attention", "evolution", "mlp"}),
+    ("dien_gru_attention", 4 * DI + (J + K) * D, {"extractor", "aux_net", "attention", "mlp"}),
+    ("dien_no_extractor", 4 * DI + (J + K) * D, {"attention", "evolution", "mlp"})])
+def test_din_and_dien_parts_read_what_their_docstrings_say(name, mlp_in, blocks):
+  g = _groups()
+  model = models.get(name, CFG)
+  variables = model.init({"params": jax.random.key(0)}, g, False)
+  params = variables["params"]
+  assert set(params) == blocks
+  assert params["mlp"]["dense0"]["kernel"].shape[0] == mlp_in
+  (_, extras), _ = model.apply(variables, g, True, rngs=RNGS, mutable=["batch_stats"])
+  assert ("aux_loss" in extras) == ("extractor" in blocks)
+  if name == "dien_gru_attention":  # the interest is sum_t a_t h_t of the extractor's states, by hand
+    logit, extras = model.apply(variables, g, False)
+    h, _ = MaskedRNN(DI).apply({"params": params["extractor"]}, g.behaviour, MASK)
+    interest = jnp.einsum("bt,bth->bh", extras["attention"], h)
+    s = g.behaviour.sum(1)
+    x = jnp.concatenate([g.item, interest, s, g.item * s, g.user.reshape(B, -1), g.context.reshape(B, -1)], -1)
+    mlp = {"params": params["mlp"], **({"batch_stats": variables["batch_stats"]["mlp"]} if "batch_stats" in variables else {})}
+    want = DiceMLP(CFG.mlp, CFG.dropout).apply(mlp, x, False)
+    np.testing.assert_allclose(logit, want, rtol=1e-5, atol=1e-6)

@@ -2,6 +2,7 @@
 
 Pre-LN (MIAN's IBIM): x = x + MHA(LN(x)); x = x + FFN(LN(x)).
 Post-LN (the original Transformer): x = LN(x + MHA(x)); x = LN(x + FFN(x)).
+Causal (either form, `causal=True`): position t attends to the real positions <= t only.
 Every block's output is 0 at padding. Legend: B batch, T history length, E width, H heads, Dh = E / H.
 
 The parameters are those of Flax's MultiHeadDotProductAttention, Dense and LayerNorm (names, shapes,
@@ -40,8 +41,15 @@ def key_bias(mask_bt: jax.Array) -> jax.Array:
   return jnp.where(mask_bt, 0.0, NEG).astype(jnp.float32)
 
 
-def attention(p: dict[str, Any], h_bte: jax.Array, bias_bt: jax.Array, heads: int) -> jax.Array:
-  """Multi-head self-attention with Flax's MultiHeadDotProductAttention parameters `p` [B, T, E]."""
+def causal_bias(t: int) -> jax.Array:
+  """0 where key <= query, NEG above the diagonal [T(query), T(key)] (float32)."""
+  return jnp.where(jnp.arange(t)[None, :] <= jnp.arange(t)[:, None], 0.0, NEG).astype(jnp.float32)
+
+
+def attention(p: dict[str, Any], h_bte: jax.Array, bias_bt: jax.Array, heads: int,
+              causal: bool = False) -> jax.Array:
+  """Multi-head self-attention with Flax's MultiHeadDotProductAttention parameters `p` [B, T, E]; with
+  `causal`, query t sees keys <= t only."""
   b, t, e = h_bte.shape
   dh = e // heads
   scale = np.asarray([1.0 / np.sqrt(dh), 1.0, 1.0], np.float32)
@@ -49,33 +57,35 @@ def attention(p: dict[str, Any], h_bte: jax.Array, bias_bt: jax.Array, heads: in
   b_qkv = jnp.concatenate([p[n]["bias"].reshape(e) * s for n, s in zip(("query", "key", "value"), scale)])
   qkv = h_bte @ w_qkv.astype(h_bte.dtype) + b_qkv.astype(h_bte.dtype)
   q, k, v = (x.reshape(b, t, heads, dh) for x in jnp.split(qkv, 3, axis=-1))  # its gradient: one concatenation
-  s_bhqk = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-  a_bhqk = jax.nn.softmax(s_bhqk + bias_bt[:, None, None, :], axis=-1).astype(h_bte.dtype)
+  s_bhqk = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias_bt[:, None, None, :]
+  if causal:
+    s_bhqk = s_bhqk + causal_bias(t)
+  a_bhqk = jax.nn.softmax(s_bhqk, axis=-1).astype(h_bte.dtype)
   o_bte = jnp.einsum("bhqk,bkhd->bqhd", a_bhqk, v).reshape(b, t, e)
   return o_bte @ p["out"]["kernel"].reshape(e, e) + p["out"]["bias"]
 
 
 def block(p: dict[str, Any], x_bte: jax.Array, bias_bt: jax.Array, keep_bt1: jax.Array, heads: int,
-          pre_ln: bool) -> jax.Array:
+          pre_ln: bool, causal: bool = False) -> jax.Array:
   """One encoder block (module docstring) with EncoderBlock's parameters `p`."""
   ffn = lambda h: jax.nn.relu(h @ p["ffn_in"]["kernel"] + p["ffn_in"]["bias"]) @ p["ffn_out"]["kernel"] \
       + p["ffn_out"]["bias"]
   ln1, ln2 = (lambda h: layer_norm(h, p["ln_attn"])), (lambda h: layer_norm(h, p["ln_ffn"]))
   if pre_ln:
-    x_bte = x_bte + attention(p["mha"], ln1(x_bte), bias_bt, heads)
+    x_bte = x_bte + attention(p["mha"], ln1(x_bte), bias_bt, heads, causal)
     x_bte = x_bte + ffn(ln2(x_bte))
   else:
-    x_bte = ln1(x_bte + attention(p["mha"], x_bte, bias_bt, heads))
+    x_bte = ln1(x_bte + attention(p["mha"], x_bte, bias_bt, heads, causal))
     x_bte = ln2(x_bte + ffn(x_bte))
   return x_bte * keep_bt1
 
 
 def encode(blocks: list[dict[str, Any]], final: dict[str, jax.Array] | None, x_bte: jax.Array,
-           mask_bt: jax.Array, heads: int, pre_ln: bool) -> jax.Array:
+           mask_bt: jax.Array, heads: int, pre_ln: bool, causal: bool = False) -> jax.Array:
   """The encoder stack (every block, then the final LayerNorm when given), zero at padding."""
   bias_bt, keep_bt1 = key_bias(mask_bt), mask_bt[..., None].astype(x_bte.dtype)
   for p in blocks:
-    x_bte = block(p, x_bte, bias_bt, keep_bt1, heads, pre_ln)
+    x_bte = block(p, x_bte, bias_bt, keep_bt1, heads, pre_ln, causal)
   if final is not None:
     x_bte = layer_norm(x_bte, final) * keep_bt1
   return x_bte
@@ -116,6 +126,7 @@ class Encoder(nn.Module):
   heads: int
   ffn_mult: int = 2
   pre_ln: bool = True
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x_bte: jax.Array, mask_bt: jax.Array) -> jax.Array:
@@ -124,5 +135,5 @@ class Encoder(nn.Module):
               for i in range(self.layers)]
     final = LayerNormParams(name="ln_final")(e) if self.pre_ln and self.layers else None
     blocks, final = jax.tree.map(lambda w: w.astype(x_bte.dtype), (blocks, final))
-    return in_chunks(lambda x, m: encode(blocks, final, x, m, self.heads, self.pre_ln), (x_bte, mask_bt),
+    return in_chunks(lambda x, m: encode(blocks, final, x, m, self.heads, self.pre_ln, self.causal), (x_bte, mask_bt),
                      mask=mask_bt)

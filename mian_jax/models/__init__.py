@@ -36,9 +36,10 @@ class _Entry(NamedTuple):
 
 # MIAN's fields by the module reading them (an ablation leaves out what its missing module reads).
 _IBIM = ("ibim_position", "ibim_encoder", "ibim_layers", "ibim_heads", "ibim_ffn_mult", "ibim_attention",
-         "attention_mlp")  # attention_mlp: the activation unit of ibim_attention=target
+         "attention_mlp", "ibim_last_state", "ibim_candidate_token")  # attention_mlp: ibim_attention=target's unit
 _GIM = ("gim_dim", "mlp_on_concat")  # without GIM the MLP always reads the concatenation
-_MIAN_TOWER = ("behaviour_pool", "mlp", "mlp_activation", "dropout")
+_MIAN_TOWER = ("candidate_product", "behaviour_pool", "mlp", "mlp_activation", "dropout")
+_DIEN = ("embed_dim", "gru_dim", "attention_mlp", "mlp", "dropout", "aux_loss_weight")
 
 _REGISTRY: dict[str, _Entry] = {
     "lr": _Entry("lr", "LR", {}, ("embed_dim",)),  # reads no embedding, but the trainer builds the tables
@@ -47,8 +48,13 @@ _REGISTRY: dict[str, _Entry] = {
     "deepfm": _Entry("deepfm", "DeepFM", {}, ("embed_dim", "mlp", "dropout")),
     "xdeepfm": _Entry("xdeepfm", "XDeepFM", {}, ("embed_dim", "cin_layers", "mlp", "dropout")),
     "din": _Entry("din", "DIN", {}, ("embed_dim", "attention_mlp", "mlp", "dropout")),
-    "dien": _Entry("dien", "DIEN", {}, ("embed_dim", "gru_dim", "attention_mlp", "mlp", "dropout",
-                                        "aux_loss_weight")),
+    "dien": _Entry("dien", "DIEN", {}, _DIEN),
+    # DIEN's parts taken away one at a time (models/dien.py)
+    "dien_no_product": _Entry("dien", "DIEN", {"history_sum": "sum"}, _DIEN),
+    "dien_state_only": _Entry("dien", "DIEN", {"history_sum": "none"}, _DIEN),
+    "dien_gru_attention": _Entry("dien", "DIEN", {"evolution": "attention_pool"}, _DIEN),
+    "dien_no_extractor": _Entry("dien", "DIEN", {"use_extractor": False},
+                                ("embed_dim", "attention_mlp", "mlp", "dropout")),
     "mian": _Entry("mian", "MIAN", {}, ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
     "mian_no_ibim": _Entry("mian", "MIAN", {"use_ibim": False}, ("embed_dim", *_GIM, *_MIAN_TOWER)),
     "mian_no_iuim": _Entry("mian", "MIAN", {"use_iuim": False}, ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
@@ -59,6 +65,7 @@ _REGISTRY: dict[str, _Entry] = {
 }
 BASELINES = ("lr", "wdl", "dcn", "deepfm", "xdeepfm", "din", "dien")  # the paper's Table 2 order
 ABLATIONS = ("mian_no_iuim", "mian_no_icim", "mian_no_ibim", "mian_no_gim", "mian_no_iuim_icim")
+DIEN_PARTS = ("dien_no_product", "dien_state_only", "dien_gru_attention", "dien_no_extractor")
 
 
 def names() -> list[str]:

@@ -5,7 +5,8 @@ Legend: B batch, T history length, J user fields, K context fields, D embedding 
 w_t      = a(e_i, e_b^t)  DIN's local activation unit on [e_i, e_b^t, e_i - e_b^t, e_i * e_b^t]
            (sigmoid hidden layers cfg.attention_mlp), 0 at padding, NOT normalised (the paper)   [B, T]
 interest = sum_t w_t e_b^t                                                                    [B, Di]
-x        = [e_i; interest; sum_t e_b^t; e_u (every field); e_c (every field)]
+x        = [e_i; interest; s; e_i * s; e_u (every field); e_c (every field)], s = sum_t e_b^t (the
+           reference's latest Model_DIN: [uid, item_eb, item_his_eb_sum, item_eb * item_his_eb_sum, att_fea])
 logit    = DiceMLP(cfg.mlp)(x)   (Dense -> Dice per layer, the reference's build_fcn_net with dice)
 extras   = {"attention": w [B, T]}
 """
@@ -31,5 +32,6 @@ class DIN(nn.Module):
     b = g.item.shape[0]
     interest_bi, w_bt = TargetAttention(cfg.attention_mlp, name="attention")(g.item, g.behaviour, g.mask)
     sum_bi = g.behaviour.sum(1)  # padding is 0 already: the masked sum (the reference's item_his_eb_sum)
-    x = jnp.concatenate([g.item, interest_bi, sum_bi, g.user.reshape(b, -1), g.context.reshape(b, -1)], axis=-1)
+    x = jnp.concatenate([g.item, interest_bi, sum_bi, g.item * sum_bi, g.user.reshape(b, -1),
+                         g.context.reshape(b, -1)], axis=-1)
     return DiceMLP(cfg.mlp, cfg.dropout, name="mlp")(x, train), {"attention": w_bt}

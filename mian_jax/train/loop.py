@@ -244,7 +244,9 @@ class _Trainer:
     if "test" not in at_best:  # metrics.jsonl lost the best step's lines: report the latest evaluation
       best = max(e["step"] for e in events if e["split"] == "test")
       at_best = {e["split"]: e for e in events if e["step"] == best and e["split"] in ("valid", "test")}
+    per_epoch = self.run.steps_per_epoch
     return {"step": self.step, "split": "test", **{k: at_best["test"][k] for k in METRICS}, "best_step": best,
+            "epoch": round(self.step / per_epoch, 2), "best_epoch": round(best / per_epoch, 2),
             "selected_on": self.selected_on,
             **({f"valid_{k}": at_best["valid"][k] for k in METRICS} if "valid" in at_best else {}),
             "bayes_auc": self.run.src.meta["stats"].get("bayes_auc"),
