@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from experiments import sweeps
+from mian_jax import models
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,7 @@ def test_help_lists_experiments_and_models():
 
 @pytest.mark.parametrize("args, needle", [
     (["--experiment", "nope"], "--experiment nope: unknown; valid: books, commercial, custom, electronics, movielens"),
-    (["--experiment", "commercial", "--model", "nope"], "model 'nope' is unknown; valid: dcn, deepfm, dien, din, lr, mian"),
+    (["--experiment", "commercial", "--model", "nope"], f"model 'nope' is unknown; valid: {', '.join(models.names())}"),
     (["--experiment", "commercial", "--set", "train.batch_sze=3"], "--set train.batch_sze: unknown key (did you mean train.batch_size?)"),
     (["--experiment", "commercial", "--set", "train.batch_size=big"], "--set train.batch_size=big: expected int"),
     (["--experiment", "commercial", "--set", "model.ibim_encoder=lstm"], "must be one of pre_ln, post_ln, causal, gru, gru_pre_ln, none"),
