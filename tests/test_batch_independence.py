@@ -47,7 +47,7 @@ def _params(name, config, schema):
 def test_a_rows_score_is_the_same_alone_and_in_any_batch(name, tiny_source, rows, tmp_path):
   config = experiments.get_config("commercial:tiny")
   model, params = _params(name, config, tiny_source.schema)
-  dice = name in ("din", "dien") or (name.startswith("mian") and config.model.mlp_activation == "dice")
+  dice = name in ("din", "dien", *models.DIEN_PARTS) or (name.startswith("mian") and config.model.mlp_activation == "dice")
   assert ("batch_stats" in params) == dice, "only Dice keeps running statistics"
   eval_step = jax.jit(step_lib.make_eval_step(model, tiny_source.schema))
   scorer = serving.Scorer.load(export.write(model, tiny_source, params, tmp_path / "model", name, platforms=("cpu",)))
