@@ -165,6 +165,28 @@ def test_eval_falls_back_from_an_unreadable_best_checkpoint(finished, tmp_path, 
   assert (w / "checkpoints" / str(best)).exists()  # --eval / --export / --predict change nothing
 
 
+def test_a_read_lists_the_steps_again_when_the_one_it_reads_is_removed(finished, tmp_path, data_root, monkeypatch,
+                                                                        capsys):
+  """A training run keeps its newest train.keep_checkpoints steps: a reader beside it (--eval, --predict,
+  --export) may have its step removed mid-read. Here the first two steps it reads are removed just as it
+  reads them (shutil.rmtree, as the trainer's retention does): it lists the steps again and reads the one
+  left, reporting no damage."""
+  w = _copy(finished, tmp_path)
+  real, removed = Checkpoints.restore, []
+
+  def removed_as_read(self, step, target):
+    if len(removed) < 2:
+      removed.append(step)
+      shutil.rmtree(w / "checkpoints" / str(step))
+    return real(self, step, target)
+
+  monkeypatch.setattr(Checkpoints, "restore", removed_as_read)
+  *_, step = Run.restore(_config(data_root, *RUN), w)
+  assert len(set(removed)) == 2 and step not in removed and step in (8, 16, 24)
+  printed = "".join(capsys.readouterr())
+  assert "could not be read" not in printed and "removed" not in printed, printed
+
+
 def _state_tree(w: Path, step: int):
   with ocp.CheckpointManager((w / "checkpoints").absolute(), item_names=("state", "data", "config")) as m:
     out = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore(),
@@ -350,3 +372,46 @@ def test_a_zeroed_array_in_an_unverified_checkpoint_is_named_in_one_line(finishe
   assert "resumed from step 16" in run.stdout
   printed = run.stdout + run.stderr + "".join(capfd.readouterr())
   assert "TensorStore" not in printed and "Traceback" not in printed and "Event loop" not in printed, printed[:2000]
+
+
+def test_predict_eval_and_export_beside_a_training_run_leave_it_unharmed(tmp_path, data_root):
+  """A real training process saving a checkpoint at every step while --predict, --eval and --export read
+  its workdir, again and again until it ends: it finishes with exit 0, every save complete, nothing of
+  Orbax's half-written folders left behind, its result.json written; and every read succeeds, even when the
+  step it chose is removed by the trainer while it reads (it lists the steps again)."""
+  import subprocess
+  import sys
+  import time
+
+  from helpers import xla_flags
+  from test_e2e import ROOT
+
+  w = tmp_path / "w"
+  cmd = [sys.executable, str(ROOT / "launch.py"), "--experiment", "commercial:tiny", "--workdir", str(w), "--set",
+         f"data.dir={data_root}", "--set", "train.steps=60", "--set", "train.checkpoint_every=1", "--set",
+         "train.eval_every=20", "--set", "train.keep_checkpoints=2"]
+  env = {**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"}
+  trainer = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 300
+    while not any(p.name.isdigit() for p in (w / "checkpoints").glob("*")) and trainer.poll() is None:
+      assert time.time() < deadline, "no checkpoint yet"
+      time.sleep(0.2)
+    reads = []
+    for i in range(3):  # each is a whole launch (restore, read, write elsewhere) while the trainer saves and
+      # removes old steps (keep_checkpoints=2), and a new best one at each evaluation
+      if trainer.poll() is not None:
+        break
+      converted = next(data_root.rglob("meta.json")).parent  # the data set the trainer reads
+      args = [("--predict", str(converted), "--out", str(tmp_path / f"p{i}.csv")), ("--eval",),
+              ("--export", str(tmp_path / f"e{i}"))][i % 3]
+      reads.append(_run(w, data_root, *args))
+    out, err = trainer.communicate(timeout=600)
+  finally:
+    trainer.kill()
+  assert trainer.returncode == 0, err[-3000:]
+  assert reads  # at least one read began while the trainer ran
+  assert all(r.returncode == 0 for r in reads), [r.stderr[-500:] for r in reads]
+  left = [p.name for p in (w / "checkpoints").iterdir() if "tmp" in p.name]
+  assert not left, left
+  assert json.loads((w / "result.json").read_text())["step"] == 60

@@ -289,6 +289,13 @@ class Checkpoints:
     self._manager.reload()
     return dest
 
+  def exists(self, step: int) -> bool:
+    return (Path(self._manager.directory) / str(step)).is_dir()
+
+  def reload(self) -> None:
+    """Lists the steps again (a training run beside a reader writes new ones and removes old ones)."""
+    self._manager.reload()
+
   def read_config(self, step: int) -> dict[str, Any]:
     return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
 

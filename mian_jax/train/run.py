@@ -157,13 +157,20 @@ class Run:
     run = cls.build(config)
     ckpt = run.checkpoints(workdir, read_only=True)  # beside a training run: creates, cleans, deletes nothing
     try:
-      best = ckpt.best_step()
-      steps = ([best] if best is not None else []) + [s for s in sorted(ckpt.all_steps(), reverse=True) if s != best]
-      if not steps:
-        raise _no_checkpoint(workdir)
-      with interrupts.phase("restoring the checkpoint"):
-        state, _, step, notes = restore_first_readable(ckpt, steps, run.abstract_state(), run.identity(), workdir,
-                                                       set_aside=False)
+      for attempt in range(READ_ATTEMPTS):  # a training run beside this one may remove a step while it is read
+        best = ckpt.best_step()
+        steps = ([best] if best is not None else []) + [s for s in sorted(ckpt.all_steps(), reverse=True) if s != best]
+        if not steps:
+          raise _no_checkpoint(workdir)
+        try:
+          with interrupts.phase("restoring the checkpoint"):
+            state, _, step, notes = restore_first_readable(ckpt, steps, run.abstract_state(), run.identity(), workdir,
+                                                           set_aside=False)
+          break
+        except _Removed:
+          if attempt == READ_ATTEMPTS - 1:
+            raise
+          ckpt.reload()
     finally:
       ckpt.close()  # also on an error: a manager left open prints Orbax's traceback at exit
     for line in notes:
@@ -277,6 +284,14 @@ class Run:
     return evals, -1.0 if np.isnan(value) else value
 
 
+READ_ATTEMPTS = 20  # Run.restore lists the steps again this often when the ones it tried were removed meanwhile
+
+
+class _Removed(RunError):
+  """No listed checkpoint could be read and some of them were removed while being read (by the training run
+  that writes this workdir, keeping its newest train.keep_checkpoints): list them again."""
+
+
 def _no_checkpoint(workdir: Path) -> RunError:
   where = f"{workdir} does not exist" if not workdir.exists() else f"no checkpoint in {workdir / 'checkpoints'}"
   return RunError(f"{where}; train first (the same command without this flag), or give the trained run's --workdir")
@@ -295,11 +310,15 @@ def restore_first_readable(ckpt: Checkpoints, steps: list[int], target, identity
 
 def _restore_first_readable(ckpt, steps, target, identity, workdir, set_aside):
   failed: list[tuple[int, str]] = []
+  removed: list[int] = []
   lines: list[str] = []
   for step in steps:
     try:
       saved = ckpt.read_config(step).get("identity")
     except Exception as e:  # a damaged checkpoint raises whatever the failing read raises
+      if not ckpt.exists(step):
+        removed.append(step)
+        continue
       failed.append((step, _first_line(e)))
     else:
       diff = workdir_lib.differences(saved, identity) if saved else []
@@ -312,6 +331,9 @@ def _restore_first_readable(ckpt, steps, target, identity, workdir, set_aside):
         raise RunError(f"{workdir} holds checkpoints of another run ({e}); use another --workdir, or --fresh "
                        f"to move them aside and start over") from None
       except Exception as e:
+        if not ckpt.exists(step):  # removed while read, by the run that wrote it: not a damaged one
+          removed.append(step)
+          continue
         failed.append((step, _first_line(e)))
       else:
         problem = pipeline.position_problem(data_state)
@@ -323,13 +345,15 @@ def _restore_first_readable(ckpt, steps, target, identity, workdir, set_aside):
                          + "; ".join(f"step {s} could not be read: {why}" for s, why in failed) + ")")
           if step in ckpt.unverified:
             lines.append(f"note: checkpoint step {step} was written without a manifest of checksums (by an earlier "
-                         f"version), so its files could not be verified")
+                         f"version, or its run is writing it now), so its files could not be verified")
           return state, data_state, step, lines
         else:
           failed.append((step, "it holds non-finite values"))
     if set_aside and jax.process_count() == 1:
       where = ckpt.set_aside(step, failed[-1][1])
       lines.append(f"warning: checkpoint step {step} could not be read ({failed[-1][1]}); moved to {where}")
+  if removed:
+    raise _Removed(f"checkpoint steps {removed} in {workdir / 'checkpoints'} were removed while being read")
   for line in lines:
     progress.say(line)
   moved = set_aside and jax.process_count() == 1
