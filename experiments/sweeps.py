@@ -37,6 +37,13 @@ SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
     "peer": lambda: [{**t, "train.epochs": "3", "train.early_stop_patience": "0"} for t in
                      [{"model.name": m, "train.seed": str(s)} for m in ("deepfm", "din") for s in range(3)]
                      + grid({"model.name": ["dien", "mian"]})],
+    # Our DIN against FuxiCTR's (models/din.py lists the differences), under PEER.md's protocol (run with
+    # --set data.validation=test): the default, each difference taken over from FuxiCTR, and all of them.
+    "din_peer": lambda: [{"model.name": "din", "train.epochs": "3", "train.early_stop_patience": "0", **t} for t in
+                         [{}, {"model.din_inputs": "attention"},
+                          {"model.mlp_activation": "relu"}, {"model.attention_mlp": "64"},
+                          {"model.din_inputs": "attention", "model.mlp_activation": "relu",
+                           "model.attention_mlp": "64"}]],
     # The paper's ablations: MIAN, each module removed, and the IBIM encoder variants.
     "ablations": lambda: grid({"model.name": ["mian", *ABLATIONS]})
                          + grid({"model.name": ["mian"], "model.ibim_encoder": ["post_ln", "none"]}),

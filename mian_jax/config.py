@@ -113,7 +113,8 @@ class ModelConfig:
   # the field width) times IUIM's and ICIM's pooled fields; none = the paper's inputs only.
   candidate_product: Literal["none", "history", "fields"] = "none"
   mlp: tuple[int, ...] = (200, 80)  # prediction MLP hidden widths (every model but lr)
-  mlp_activation: Literal["relu", "dice"] = "dice"  # mian: the MLP's hidden activation (Dice: DIN's, running moments)
+  # mian, din: the MLP's hidden activation (Dice: DIN's, running moments; relu: FuxiCTR's DIN)
+  mlp_activation: Literal["relu", "dice"] = "dice"
   mlp_on_concat: bool = True  # mian: feed [R_g; r_1..r_L] to the MLP (False = R_g only, the paper's literal form)
   dropout: float = 0.0  # dropout in the MLP (train only; every model but lr)
   # The zoo's own fields (each model reads only its own).
@@ -121,6 +122,10 @@ class ModelConfig:
   cin_layers: tuple[int, ...] = (100, 100)  # xdeepfm: feature maps per CIN layer
   # din / dien / mian (ibim_attention=target): hidden widths of DIN's attention unit (DIN reference)
   attention_mlp: tuple[int, ...] = (80, 40)
+  # din: the MLP input beside e_i, the attention-pooled interest, e_u and e_c: reference = s and e_i * s,
+  # s = sum_t e_b^t (the reference code's latest Model_DIN); sum = s only (its earlier Model_DIN);
+  # attention = neither (FuxiCTR's DIN and the DIN paper).
+  din_inputs: Literal["reference", "sum", "attention"] = "reference"
   gru_dim: int = 0  # dien: GRU / AUGRU state width; 0 = the behaviour width (DIEN reference: 2 x 18 = 36)
   aux_loss_weight: float = 1.0  # dien: weight of the interest extractor's auxiliary loss (DIEN reference: 1)
 

@@ -213,3 +213,31 @@ def test_din_and_dien_parts_read_what_their_docstrings_say(name, mlp_in, blocks)
     mlp = {"params": params["mlp"], **({"batch_stats": variables["batch_stats"]["mlp"]} if "batch_stats" in variables else {})}
     want = DiceMLP(CFG.mlp, CFG.dropout).apply(mlp, x, False)
     np.testing.assert_allclose(logit, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("din_inputs, activation", [("reference", "dice"), ("sum", "dice"), ("attention", "relu"),
+                                                     ("reference", "relu")])
+def test_din_inputs_and_activation_are_the_docstrings(din_inputs, activation):
+  """DIN's MLP reads [e_i; interest; (s; e_i * s) | (s) | (); e_u; e_c] as model.din_inputs says, through a
+  Dice or a ReLU tower as model.mlp_activation says: the logit by hand from the model's own attention."""
+  import dataclasses
+
+  from mian_jax.layers.mlp import MLP
+
+  cfg = dataclasses.replace(CFG, din_inputs=din_inputs, mlp_activation=activation)
+  g = _groups()
+  model = models.get("din", cfg)
+  variables = model.init({"params": jax.random.key(0)}, g, False)
+  assert ("batch_stats" in variables) == (activation == "dice")
+  logit, extras = model.apply(variables, g, False)
+  interest = jnp.einsum("bt,bti->bi", extras["attention"], g.behaviour)
+  s = g.behaviour.sum(1)
+  history = {"reference": [s, g.item * s], "sum": [s], "attention": []}[din_inputs]
+  x = jnp.concatenate([g.item, interest, *history, g.user.reshape(B, -1), g.context.reshape(B, -1)], -1)
+  params = variables["params"]
+  assert params["mlp"]["dense0"]["kernel"].shape[0] == x.shape[1]
+  if activation == "dice":
+    want = DiceMLP(cfg.mlp).apply({"params": params["mlp"], "batch_stats": variables["batch_stats"]["mlp"]}, x, False)
+  else:
+    want = MLP(cfg.mlp).apply({"params": params["mlp"]}, x, False)
+  np.testing.assert_allclose(logit, want, rtol=1e-5, atol=1e-6)

@@ -47,7 +47,7 @@ _REGISTRY: dict[str, _Entry] = {
     "dcn": _Entry("dcn", "DCN", {}, ("embed_dim", "cross_layers", "mlp", "dropout")),
     "deepfm": _Entry("deepfm", "DeepFM", {}, ("embed_dim", "mlp", "dropout")),
     "xdeepfm": _Entry("xdeepfm", "XDeepFM", {}, ("embed_dim", "cin_layers", "mlp", "dropout")),
-    "din": _Entry("din", "DIN", {}, ("embed_dim", "attention_mlp", "mlp", "dropout")),
+    "din": _Entry("din", "DIN", {}, ("embed_dim", "mlp", "mlp_activation", "dropout", "attention_mlp", "din_inputs")),
     "dien": _Entry("dien", "DIEN", {}, _DIEN),
     # DIEN's parts taken away one at a time (models/dien.py)
     "dien_no_product": _Entry("dien", "DIEN", {"history_sum": "sum"}, _DIEN),
