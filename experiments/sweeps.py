@@ -44,6 +44,12 @@ SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
                           {"model.mlp_activation": "relu"}, {"model.attention_mlp": "64"},
                           {"model.din_inputs": "attention", "model.mlp_activation": "relu",
                            "model.attention_mlp": "64"}]],
+    # The candidate x history product e_i * sum e_b, which DIN's and DIEN's reference code feed their MLP, for the
+    # 3 epochs of PEER.md's protocol: MIAN with it, DIEN without it. Run with --set data.validation=test (beside
+    # the `peer` sweep's models) or holdout (beside `real_table`'s Yelp trials, which trained 3 epochs).
+    "product_3_epochs": lambda: [{"model.name": "mian", "model.candidate_product": "history", "train.epochs": "3",
+                                  "train.early_stop_patience": "0"},
+                                 {"model.name": "dien_no_product", "train.epochs": "3", "train.early_stop_patience": "0"}],
     # The paper's ablations: MIAN, each module removed, and the IBIM encoder variants.
     "ablations": lambda: grid({"model.name": ["mian", *ABLATIONS]})
                          + grid({"model.name": ["mian"], "model.ibim_encoder": ["post_ln", "none"]}),
