@@ -30,7 +30,8 @@ Decisions:
   is refused before anything is written (the project never deletes what it did not write).
 - Written to a temporary directory beside out_dir and renamed into place when complete; a previous
   export at out_dir is moved aside only then and deleted after the rename (so a failed or interrupted
-  export changes nothing).
+  export changes nothing); a signal during or after the renames no longer stops the run
+  (`interrupts.commit`).
   Run it in one process: the parameters are fetched to this host whole.
 """
 
@@ -47,7 +48,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mian_jax import files
+from mian_jax import files, interrupts
 from mian_jax.config import Config
 from mian_jax.data import pipeline
 from mian_jax.schema import FeatureSchema
@@ -117,7 +118,7 @@ def write(model: nn.Module, src: pipeline.Source, params: dict[str, Any], out_di
       for name in vocabs:
         shutil.copyfile(vocab_dir / name, tmp / "vocab" / name)
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-    _replace(tmp, out_dir)
+    interrupts.commit(lambda: _replace(tmp, out_dir))  # a signal from here on leaves it complete
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return out_dir

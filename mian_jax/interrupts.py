@@ -10,6 +10,9 @@
 - In both, a second Ctrl-C ends the process at once with EXIT_KILLED (the last complete checkpoint and
   finished data shards stay valid: both are renamed into place only when complete).
 - `phase(name)`: what the process is doing, for the line printed on interruption.
+- `commit(put_in_place)` (--export, --predict): the renames that put a complete output in place run with
+  signals held back, and from then on the run's work is done: a signal no longer stops it (it exits 0 with
+  the output complete), so exit 75 always means that nothing was replaced.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ import contextlib
 import os
 import signal
 import sys
+from typing import Callable, TypeVar
 
 from mian_jax.errors import EXIT_KILLED
+
+T = TypeVar("T")
 
 _current = ["starting"]
 _seen: list[int] = []
@@ -98,6 +104,25 @@ def ignore() -> None:
   """SIGTERM / SIGINT ignored from now on: for a process whose work is done and that only exits."""
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, signal.SIG_IGN)
+
+
+def _after_commit(signum, frame):
+  if _seen and signum == signal.SIGINT:
+    _killed()
+  _seen.append(signum)
+
+
+def commit(put_in_place: Callable[[], T]) -> T:
+  """Runs `put_in_place()` (the renames that put a complete output where it belongs) with signals held back;
+  in a run whose handlers `install` set, signals are held back for the rest of the process too (its work is
+  done: it only prints and exits 0), and a signal whose exception was dropped earlier is dropped for good.
+  Other callers (a library user, a test) keep their own handlers."""
+  if signal.getsignal(signal.SIGTERM) is not _raise:
+    return put_in_place()
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, _after_commit)
+  _pending.clear()
+  return put_in_place()
 
 
 def set_phase(name: str) -> None:

@@ -125,3 +125,34 @@ def test_a_signal_whose_exception_python_dropped_is_raised_at_the_next_phase():
     interrupts.set_phase("the final evaluation")  # taken by the loop: nothing raised again
   finally:
     interrupts.restore(previous)
+
+
+def test_a_signal_while_or_after_an_output_is_put_in_place_no_longer_stops_the_run():
+  """`interrupts.commit`: SIGTERM during the renames of --export / --predict, or after them, leaves the run to
+  exit 0 with its output complete (exit 75 always means nothing was replaced); a dropped signal from before is
+  dropped for good; a second Ctrl-C still ends the process (not tried here: it exits)."""
+  from mian_jax import interrupts
+
+  previous = interrupts.install()
+  try:
+    done = []
+
+    def put_in_place():
+      os.kill(os.getpid(), signal.SIGTERM)  # delivered while the "renames" run
+      done.append(True)
+      return "out"
+
+    interrupts._pending.append(interrupts.Interrupted(signal.SIGTERM, "exporting"))  # dropped earlier
+    assert interrupts.commit(put_in_place) == "out" and done == [True]
+    os.kill(os.getpid(), signal.SIGTERM)  # after: the process only prints and exits
+    interrupts.check()  # nothing pending: launch.py returns 0
+    interrupts.set_phase("printing")
+  finally:
+    interrupts.restore(previous)
+  seen = []  # without install() (a library caller): its own handlers stay
+  old = signal.signal(signal.SIGTERM, lambda *a: seen.append(a[0]))
+  try:
+    assert interrupts.commit(lambda: os.kill(os.getpid(), signal.SIGTERM) or 1) == 1
+    assert seen == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is not interrupts._after_commit
+  finally:
+    signal.signal(signal.SIGTERM, old)
