@@ -80,6 +80,9 @@ SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
     # What DIEN gains over DIN, part by part (models/dien.py): DIEN, each part taken away, and DIN.
     "dien_parts": lambda: grid({"model.name": ["dien", *DIEN_PARTS]}) + [{"model.name": "dien", "model.aux_loss_weight": "0"},
                                                                          {"model.name": "din"}],
+    # The two parts of dien_parts that say whether DIEN's lead over DIN is its extractor GRU or its AUGRU, beside
+    # both (a third of dien_parts' time; the same trial names, so dien_parts in the same root reuses them all).
+    "dien_sequence_parts": lambda: grid({"model.name": ["dien", "dien_gru_attention", "dien_no_extractor", "din"]}),
     # MIAN's sequential and product options one at a time (README, "MIAN on real data"; the default, `fields`
     # and the two together are in mian_candidates).
     "mian_sequential": lambda: [{"model.candidate_product": "history"}, {"model.ibim_encoder": "gru"},
@@ -91,6 +94,11 @@ SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
                                + [{"model.name": "mian", "model.candidate_product": "fields"},
                                   {"model.name": "mian", "model.candidate_product": "fields", "model.ibim_encoder": "gru",
                                    "model.ibim_last_state": "true"}],
+    # The product with what else helped on Yelp: ReLU in the MLP (DIN's best there, `din_peer`) and DIEN's view of
+    # the history (a GRU encoder and its state at the last behaviour).
+    "mian_combined": lambda: [{"model.candidate_product": "history", "model.mlp_activation": "relu"},
+                              {"model.candidate_product": "history", "model.ibim_encoder": "gru",
+                               "model.ibim_last_state": "true"}],
     # A minute-long check of a machine: two fast models, two seeds.
     "smoke": lambda: grid({"model.name": ["lr", "deepfm"], "train.seed": [0, 1]}),
 }
