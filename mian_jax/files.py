@@ -1,7 +1,7 @@
 """Files the project writes and reads back: written atomically, read tolerantly, and folders it may
 write into.
 
-- `write_text` / `write_json`: a temporary file beside the target, fsynced and renamed over it, so a
+- `write_text` / `write_json` / `write_with`: a temporary file beside the target, fsynced and renamed over it, so a
   full disk or a kill leaves the previous version or the new one, never half of one. A failed write is
   an OSError naming the target (launch.py prints it as one `error:` line).
 - `read_json`: a damaged JSON file is a `Damaged` error naming the file (callers decide: redo the work
@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 from mian_jax.errors import DataError, Error
 
@@ -65,17 +65,26 @@ def _reraise_named(e: OSError, path: Path) -> OSError:
 
 def write_text(path: str | Path, text: str) -> None:
   """Writes `text` to `path` atomically (a temporary file beside it, fsynced, then renamed)."""
+  write_with(path, lambda f: f.write(text))
+
+
+def write_with(path: str | Path, write: Callable[[IO[str]], Any],
+               put_in_place: Callable[[Callable[[], None]], Any] = lambda rename: rename(), newline: str | None = None
+               ) -> None:
+  """`write(f)` into a new temporary file beside `path` (never a file of someone else's), fsynced, then
+  renamed over `path` by `put_in_place(rename)` (e.g. `interrupts.commit`); the temporary file is removed
+  when anything fails or is interrupted."""
   path = Path(path)
   fd, tmp = -1, None
   try:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, file_mode())
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "w", newline=newline) as f:
       fd = -1
-      f.write(text)
+      write(f)
       f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp, path)
+    put_in_place(lambda: os.replace(tmp, path))
     tmp = None
   except OSError as e:
     raise _reraise_named(e, path) from None

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -151,17 +149,13 @@ def predict(config: Config, workdir: str | Path, path: str | Path, out: str | Pa
   users = user_names(records, np.concatenate(groups) if groups else np.zeros(0, np.int64), src.directory)
   out = Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)  # never a user's file
-  try:
-    os.fchmod(fd, files.file_mode())
-    with os.fdopen(fd, "w", newline="") as f:
-      w = csv.writer(f)
-      w.writerow(["row", "user", "probability"])
-      w.writerows((i, u, f"{p:.6f}") for i, (u, p) in enumerate(zip(users, scores)))
-    interrupts.commit(lambda: os.replace(tmp, out))  # a signal from here on leaves `out` complete
-  finally:
-    if os.path.exists(tmp):  # a failed or interrupted write
-      os.unlink(tmp)
+
+  def write(f):
+    w = csv.writer(f)
+    w.writerow(["row", "user", "probability"])
+    w.writerows((i, u, f"{p:.6f}") for i, (u, p) in enumerate(zip(users, scores)))
+
+  files.write_with(out, write, interrupts.commit, newline="")  # a signal from the rename on leaves `out` complete
   mapped = batches.counts.as_dict()
   if mapped:
     print("read as OOV id 0 / 0.0 (data.oov=map): " + ", ".join(f"{n:,} {k}" for k, n in sorted(mapped.items())))
