@@ -83,6 +83,10 @@ SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
     # The two parts of dien_parts that say whether DIEN's lead over DIN is its extractor GRU or its AUGRU, beside
     # both (a third of dien_parts' time; the same trial names, so dien_parts in the same root reuses them all).
     "dien_sequence_parts": lambda: grid({"model.name": ["dien", "dien_gru_attention", "dien_no_extractor", "din"]}),
+    # The rest of dien_parts beside dien_sequence_parts: DIEN without the product, its final state alone, and without
+    # its auxiliary loss (the same trial names, so dien_parts in the same root reuses both sweeps' trials).
+    "dien_other_parts": lambda: [{"model.name": "dien_no_product"}, {"model.name": "dien_state_only"},
+                                 {"model.name": "dien", "model.aux_loss_weight": "0"}],
     # MIAN's sequential and product options one at a time (README, "MIAN on real data"; the default, `fields`
     # and the two together are in mian_candidates).
     "mian_sequential": lambda: [{"model.candidate_product": "history"}, {"model.ibim_encoder": "gru"},
