@@ -30,6 +30,7 @@ MAX_BATCH = 1 << 24  # train.batch_size, train.eval_batch_size: 16,777,216 sampl
 MAX_BATCH_ENTRIES = 1 << 28
 MAX_EMBED_DIM = 4096  # model.embed_dim
 MAX_WIDTH = 65536  # every other layer width (model.gim_dim, model.mlp, model.cin_layers, ...)
+AUX_ENCODERS = ("gru", "gru_pre_ln", "causal")  # IBIM encoders whose h_t has read behaviours <= t only
 MAX_LAYERS = 64  # stacked layers (model.ibim_layers, model.cross_layers, entries of model.mlp, ...)
 
 
@@ -97,6 +98,10 @@ class ModelConfig:
   # The candidate appended to the behaviours as one more token of the encoder (BST); its output is one more
   # GIM / MLP input (IBIM still pools the behaviours' outputs only).
   ibim_candidate_token: bool = False
+  # DIEN's auxiliary loss on IBIM's encoder states (models/dien.py): h_t scores the next real behaviour against
+  # another behaviour of the batch, weighted by model.aux_loss_weight (training only). It needs states that
+  # have not read the behaviour they score: ibim_encoder gru, gru_pre_ln (the GRU's states) or causal.
+  ibim_aux_loss: bool = False
   # Recency-rank position added to the behaviours before IBIM's encoder (0 = the most recent behaviour,
   # so the same for any history length; beside the behaviour-age embedding where the data has ages).
   ibim_position: Literal["none", "learned", "sinusoidal"] = "none"
@@ -127,7 +132,8 @@ class ModelConfig:
   # attention = neither (FuxiCTR's DIN and the DIN paper).
   din_inputs: Literal["reference", "sum", "attention"] = "reference"
   gru_dim: int = 0  # dien: GRU / AUGRU state width; 0 = the behaviour width (DIEN reference: 2 x 18 = 36)
-  aux_loss_weight: float = 1.0  # dien: weight of the interest extractor's auxiliary loss (DIEN reference: 1)
+  # dien (and mian with ibim_aux_loss): weight of the interest extractor's auxiliary loss (DIEN reference: 1)
+  aux_loss_weight: float = 1.0
 
 
 @dataclasses.dataclass
@@ -404,6 +410,10 @@ def validate(config: Config) -> None:
       (d.part_mb > 0, "data.part_mb must be > 0"),
       (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
       (m.aux_loss_weight >= 0, "model.aux_loss_weight must be >= 0"),
+      (not m.ibim_aux_loss or m.ibim_encoder in AUX_ENCODERS,
+       f"model.ibim_aux_loss=true needs model.ibim_encoder in {', '.join(AUX_ENCODERS)} (with "
+       f"{m.ibim_encoder} a behaviour's state has read the next behaviour it would score); set one of them, "
+       f"or model.ibim_aux_loss=false"),
   ]
   for ok, message in checks:
     if not ok:

@@ -12,7 +12,7 @@ from mian_jax.layers import chunks, gru
 from mian_jax.layers.gru import AUGRUCell, GRUCell, MaskedRNN
 from mian_jax.layers.target_attention import TargetAttention
 from mian_jax.layers.transformer import Encoder
-from mian_jax.models.dien import AUX_MLP, aux_pair_loss
+from mian_jax.layers.auxiliary import AUX_MLP, aux_pair_loss
 
 B, T, E = 24, 16, 6
 LENGTHS = np.array([16, 0, 1, 3, 5, 8, 12, 15] * 3)

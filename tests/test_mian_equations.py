@@ -2,8 +2,8 @@
 tiny batch with hand-set weights: IBIM (recency position, encoder, [e_i; h_t] pooled additively or by the
 activation unit), GIM (weights and R_g), the Pre-LN and Post-LN blocks, and the MLP input of every
 ablation (MIAN's minus exactly the removed module's output); the sequential IBIM options (causal, GRU and
-GRU + Pre-LN encoders, the last state, the candidate token) and the candidate products, each with its
-shapes and one hand-computed case."""
+GRU + Pre-LN encoders, the last state, the candidate token, DIEN's auxiliary loss on the encoder's states)
+and the candidate products, each with its shapes and one hand-computed case."""
 
 import jax
 import jax.numpy as jnp
@@ -262,6 +262,44 @@ def test_candidate_token_is_encoded_after_the_behaviours():
   h = _gru(seq, seq_mask, p["ibim_gru"])
   np.testing.assert_allclose(pieces["h_cand"], h[:, T], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(pieces["h_last"][[0, 1, 3]], h[[0, 1, 3], LENGTHS[[0, 1, 3]] - 1], rtol=1e-4, atol=1e-5)
+
+
+def _aux_loss(encoder, g, w_e_zero=True):
+  """(MIAN's training aux_loss, its params) for `encoder` with hand-set weights; with w_e_zero the aux net's
+  first layer ignores the scored behaviour, so the loss no longer depends on which negative was drawn."""
+  model = models.get("mian", ModelConfig(mlp=(7,), gim_dim=4, attention_mlp=(5,), ibim_heads=HEADS,
+                                         ibim_encoder=encoder, ibim_aux_loss=True))
+  variables = model.init(jax.random.key(0), g, False)
+  params = _hand_set(variables["params"])
+  if w_e_zero:
+    kernel = params["ibim_aux_net"]["dense0"]["kernel"]
+    params["ibim_aux_net"]["dense0"]["kernel"] = kernel.at[DI:].set(0.0)  # rows of e in [h_t; e]
+  rngs = {"dropout": jax.random.key(1), "negatives": jax.random.key(2)}
+  (_, extras), _ = model.apply({**variables, "params": params}, g, True, rngs=rngs, mutable=["batch_stats"])
+  return extras, jax.tree.map(np.asarray, params)
+
+
+@pytest.mark.parametrize("encoder", ["gru", "gru_pre_ln", "causal"])
+def test_ibim_auxiliary_loss_reads_the_states_before_the_next_behaviour(encoder):
+  # Every real behaviour its own id, so that every position finds a negative with another id.
+  ids = jnp.asarray(np.where(MASK, np.arange(1, B * T + 1).reshape(B, T), 0), jnp.int32)
+  g = _groups().replace(behaviour_ids=ids)
+  extras, p = _aux_loss(encoder, g)
+  assert extras["aux_loss"].shape == () and "aux_loss" not in _run(ibim_encoder=encoder, ibim_aux_loss=True)[3]
+  # The states a_t: the GRU's (before gru_pre_ln's Transformer), the causal Transformer's output.
+  a = _encoded(p, np.asarray(g.behaviour), MASK, "gru" if encoder != "causal" else "causal")
+  aux = p["ibim_aux_net"]
+  sig = lambda z: 1 / (1 + np.exp(-z))
+  z = sig(a @ aux["dense0"]["kernel"][:DI] + aux["dense0"]["bias"])
+  z = sig(z @ aux["dense1"]["kernel"] + aux["dense1"]["bias"])
+  logit = (z @ aux["logit"]["kernel"] + aux["logit"]["bias"])[..., 0]  # the same for e_pos and e_neg
+  per_t = np.log1p(np.exp(-logit)) + np.log1p(np.exp(logit))  # -log p - log(1 - p)
+  pairs = MASK[:, :-1] & MASK[:, 1:]  # t and t + 1 real: 4 + 1 + 0 + 2 pairs
+  assert pairs.sum() == 7
+  np.testing.assert_allclose(float(extras["aux_loss"]), per_t[:, :-1][pairs].mean(), rtol=1e-5)
+  # With the behaviour part of the first layer back, the next behaviour (and its negative) moves the loss.
+  full, _ = _aux_loss(encoder, g, w_e_zero=False)
+  assert np.isfinite(float(full["aux_loss"])) and not np.isclose(float(full["aux_loss"]), float(extras["aux_loss"]))
 
 
 @pytest.mark.parametrize("product", ["history", "fields"])

@@ -15,6 +15,10 @@ IBIM  x_t = e_b^t + P(rank_t) at real positions, rank_t = n - 1 - t for a histor
         added); h_cand = its output [B, Di] joins r; the pooling below still runs over the T behaviours;
       with model.ibim_last_state, h_last = h at the last real behaviour (0 for an empty history) [B, Di]
         joins r (DIEN's "current interest": the GRU's final state);
+      with model.ibim_aux_loss, DIEN's auxiliary loss (layers/auxiliary.py) on the states a_t that have read
+        behaviours <= t only (gru, causal: h_t; gru_pre_ln: the GRU's states, before the Transformer):
+        a_t scores e_b^{t+1} against another behaviour of the batch; extras["aux_loss"] in training,
+        added to the click loss times model.aux_loss_weight (as DIEN's);
       alpha_t = softmax_t(s_t) over the real positions (padding gets 0), with (model.ibim_attention)
         additive  s_t = tanh(V_t W + b)                                (the paper's formula)
         target    s_t = ActUnit([e_i, h_t, e_i - h_t, e_i * h_t])      (DIN's activation unit, sigmoid
@@ -50,6 +54,7 @@ import jax.numpy as jnp
 
 from mian_jax.config import ModelConfig
 from mian_jax.layers.attention import AdditivePool, FieldwiseAdditivePool
+from mian_jax.layers.auxiliary import AuxNet, auxiliary_loss
 from mian_jax.layers.chunks import last_real
 from mian_jax.layers.embedding import Groups
 from mian_jax.layers.dice import DiceMLP
@@ -131,7 +136,8 @@ class MIAN(nn.Module):
 
   @nn.compact
   def __call__(self, g: Groups, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Returns (logit [B], attention weights by module) for the embedded groups `g`."""
+    """Returns (logit [B], extras) for the embedded groups `g`: the attention weights by module, and in
+    training with model.ibim_aux_loss the auxiliary loss `aux_loss`."""
     cfg = self.cfg
     mask_bt = g.mask
     e_bi = g.item
@@ -144,7 +150,12 @@ class MIAN(nn.Module):
       r["e_u"] = g.user.mean(1)
     states: dict[str, jax.Array] = {}
     if self.use_ibim:
-      r["R_ibim"], attn["ibim"], states = self.ibim(e_bi, g.behaviour, mask_bt)
+      r["R_ibim"], attn["ibim"], states, a_bti = self.ibim(e_bi, g.behaviour, mask_bt)
+      if cfg.ibim_aux_loss:
+        aux = AuxNet(name="ibim_aux_net").weights(a_bti.shape[-1], g.behaviour.shape[-1])  # in eval mode too
+        if train:
+          aux = jax.tree.map(lambda p: p.astype(a_bti.dtype), aux)
+          attn["aux_loss"] = auxiliary_loss(aux, a_bti, g, self.make_rng("negatives"))
     if self.use_iuim and g.user.shape[1]:
       r["R_iuim"], attn["iuim"] = FieldwiseAdditivePool(name="iuim")(_broadcast_concat(e_bi, g.user))
     if self.use_icim and g.context.shape[1]:
@@ -179,9 +190,9 @@ class MIAN(nn.Module):
     return tower(cfg.mlp, cfg.dropout, name="mlp")(x, train), attn
 
   def ibim(self, e_bi: jax.Array, e_bti: jax.Array,
-           mask_bt: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-    """(R_ibim [B, 2Di], alpha [B, T], {h_last, h_cand} as the options ask [B, Di]) from the candidate and
-    the behaviours (see the module docstring)."""
+           mask_bt: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, jax.Array], jax.Array]:
+    """(R_ibim [B, 2Di], alpha [B, T], {h_last, h_cand} as the options ask [B, Di], the states a_t the
+    auxiliary loss reads [B, T, Di]) from the candidate and the behaviours (see the module docstring)."""
     cfg = self.cfg
     t = e_bti.shape[1]
     h_bte = e_bti
@@ -191,7 +202,8 @@ class MIAN(nn.Module):
     if cfg.ibim_candidate_token:
       h_bte = jnp.concatenate([h_bte, e_bi[:, None, :].astype(h_bte.dtype)], axis=1)
       seq_mask_bt = jnp.concatenate([mask_bt, jnp.ones_like(mask_bt[:, :1])], axis=1)
-    h_bte = self.encode(h_bte, seq_mask_bt)
+    h_bte, a_bte = self.encode(h_bte, seq_mask_bt)
+    a_bte = a_bte[:, :t]
     states = {}
     if cfg.ibim_last_state:
       states["h_last"] = state_at_last(h_bte[:, :t], mask_bt)
@@ -200,16 +212,18 @@ class MIAN(nn.Module):
     h_bte = h_bte[:, :t]
     v_bte = _broadcast_concat(e_bi, h_bte)
     if cfg.ibim_attention == "additive":
-      return *AdditivePool(name="ibim_pool")(v_bte, mask_bt), states
+      return *AdditivePool(name="ibim_pool")(v_bte, mask_bt), states, a_bte
     _, alpha_bt = TargetAttention(cfg.attention_mlp, normalise=True, name="ibim_target")(e_bi, h_bte, mask_bt)
-    return jnp.einsum("bt,bte->be", alpha_bt.astype(v_bte.dtype), v_bte), alpha_bt, states
+    return jnp.einsum("bt,bte->be", alpha_bt.astype(v_bte.dtype), v_bte), alpha_bt, states, a_bte
 
-  def encode(self, x_bte: jax.Array, mask_bt: jax.Array) -> jax.Array:
-    """IBIM's encoder (model.ibim_encoder) over the sequence [B, T, Di] -> [B, T, Di]."""
+  def encode(self, x_bte: jax.Array, mask_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """IBIM's encoder (model.ibim_encoder) over the sequence [B, T, Di] -> (h [B, T, Di], the states a that
+    have read positions <= t only [B, T, Di]: the GRU's for gru / gru_pre_ln, h otherwise)."""
     cfg, kind = self.cfg, self.cfg.ibim_encoder
     if kind in ("gru", "gru_pre_ln"):
       x_bte, _ = MaskedRNN(x_bte.shape[-1], name="ibim_gru")(x_bte, mask_bt)
+    a_bte = x_bte
     if kind in ("pre_ln", "post_ln", "causal", "gru_pre_ln"):
       x_bte = Encoder(cfg.ibim_layers, cfg.ibim_heads, cfg.ibim_ffn_mult, kind != "post_ln", causal=kind == "causal",
                       name="ibim_encoder")(x_bte, mask_bt)
-    return x_bte
+    return x_bte, (x_bte if kind == "causal" else a_bte)
