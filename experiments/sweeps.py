@@ -50,9 +50,11 @@ SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
     "product_3_epochs": lambda: [{"model.name": "mian", "model.candidate_product": "history", "train.epochs": "3",
                                   "train.early_stop_patience": "0"},
                                  {"model.name": "dien_no_product", "train.epochs": "3", "train.early_stop_patience": "0"}],
-    # The paper's ablations: MIAN, each module removed, and the IBIM encoder variants.
+    # The paper's ablations: MIAN, each module removed, and the IBIM encoder variants (without the auxiliary loss,
+    # which those encoders cannot take: the yelp experiment's MIAN has it).
     "ablations": lambda: grid({"model.name": ["mian", *ABLATIONS]})
-                         + grid({"model.name": ["mian"], "model.ibim_encoder": ["post_ln", "none"]}),
+                         + grid({"model.name": ["mian"], "model.ibim_encoder": ["post_ln", "none"],
+                                 "model.ibim_aux_loss": ["false"]}),
     # The paper's ablation table alone (MIAN and each module removed): ablations without the encoder variants, for
     # the larger data sets (the same trial names, so ablations in the same root reuses them).
     "module_ablations": lambda: grid({"model.name": ["mian", *ABLATIONS]}),
@@ -110,6 +112,9 @@ SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
     # product: DIEN without that loss loses most of its lead on Yelp (dien_other_parts).
     "mian_aux": lambda: [{"model.ibim_encoder": "gru", "model.ibim_aux_loss": "true"},
                          {"model.ibim_encoder": "gru", "model.ibim_aux_loss": "true", "model.candidate_product": "history"}],
+    # The auxiliary loss on IBIM's other encoders whose states read the history in order: the causal Pre-LN
+    # Transformer, and the GRU under the Pre-LN Transformer (the loss on the GRU's states).
+    "mian_aux_encoders": lambda: [{"model.ibim_encoder": e, "model.ibim_aux_loss": "true"} for e in ("causal", "gru_pre_ln")],
     # A minute-long check of a machine: two fast models, two seeds.
     "smoke": lambda: grid({"model.name": ["lr", "deepfm"], "train.seed": [0, 1]}),
 }

@@ -40,7 +40,7 @@ from mian_jax.export import vocab_of
 from mian_jax.errors import DataError
 from mian_jax.schema import FeatureSchema
 from mian_jax.errors import RunError
-from mian_jax.models.mian import FIGURE6_ORDER, gim_inputs
+from mian_jax.models.mian import FIGURE6_ORDER, OPTION_INPUTS, gim_inputs
 from mian_jax.train import partition, step as step_lib
 from mian_jax.train.run import Run
 
@@ -52,8 +52,9 @@ def evaluate_best(config: Config, workdir: str | Path) -> tuple[int, dict[str, A
 
 
 def gim_weights(config: Config, workdir: str | Path, cases: int = 14, seed: int = 0) -> tuple[np.ndarray, tuple[str, ...]]:
-  """(GIM attention [cases, L] of `cases` random test samples, the L column names in FIGURE6_ORDER) from
-  the best checkpoint; L = the GIM inputs the model has (data without user or context fields has fewer).
+  """(GIM attention [cases, L] of `cases` random test samples, the L column names: FIGURE6_ORDER's, then the
+  options' inputs, OPTION_INPUTS' order) from the best checkpoint; L = the GIM inputs the model has (data
+  without user or context fields has fewer), so each row sums to 1.
   plots.gim_heatmap draws them (the paper's Figure 6)."""
   run, params, _ = Run.restore(config, workdir)
   if not getattr(run.model, "use_gim", False):
@@ -68,7 +69,7 @@ def gim_weights(config: Config, workdir: str | Path, cases: int = 14, seed: int 
   weights = np.asarray(forward(params, partition.to_global(local, run.mesh)))
   real = np.flatnonzero(np.asarray(local["weight"]) > 0)
   pick = np.random.default_rng(seed).choice(real, size=min(cases, len(real)), replace=False)
-  shown = tuple(n for n in FIGURE6_ORDER if n in names)
+  shown = tuple(n for n in FIGURE6_ORDER + OPTION_INPUTS if n in names)
   return weights[np.sort(pick)][:, [names.index(n) for n in shown]], shown
 
 

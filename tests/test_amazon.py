@@ -271,5 +271,6 @@ def test_yelp_experiment_trains_and_plots_gim_without_context_fields(tmp_path, m
   config.data.dir = str(folder)
   monkeypatch.setenv("MIAN_JAX_CACHE", str(tmp_path / "cache"))
   weights, columns = predict.gim_weights(config, tmp_path / "w")
-  assert columns == ("e_u", "R_iuim", "e_i", "R_ibim", "e_b")  # Figure 6's order, without e_c and R_icim
-  assert weights.shape == (14, 5) and np.allclose(weights.sum(1), 1.0, atol=1e-5)
+  # Figure 6's order, without e_c and R_icim, then the yelp experiment's candidate x history product
+  assert columns == ("e_u", "R_iuim", "e_i", "R_ibim", "e_b", "p_ib")
+  assert weights.shape == (14, 6) and np.allclose(weights.sum(1), 1.0, atol=1e-5)
