@@ -98,7 +98,7 @@ class ModelConfig:
   # The candidate appended to the behaviours as one more token of the encoder (BST); its output is one more
   # GIM / MLP input (IBIM still pools the behaviours' outputs only).
   ibim_candidate_token: bool = False
-  # DIEN's auxiliary loss on IBIM's encoder states (models/dien.py): h_t scores the next real behaviour against
+  # DIEN's auxiliary loss on IBIM's encoder states (layers/auxiliary.py): h_t scores the next real behaviour against
   # another behaviour of the batch, weighted by model.aux_loss_weight (training only). It needs states that
   # have not read the behaviour they score: ibim_encoder gru, gru_pre_ln (the GRU's states) or causal.
   ibim_aux_loss: bool = False

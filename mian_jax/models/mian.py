@@ -222,8 +222,8 @@ class MIAN(nn.Module):
     cfg, kind = self.cfg, self.cfg.ibim_encoder
     if kind in ("gru", "gru_pre_ln"):
       x_bte, _ = MaskedRNN(x_bte.shape[-1], name="ibim_gru")(x_bte, mask_bt)
-    a_bte = x_bte
+    gru_bte = x_bte
     if kind in ("pre_ln", "post_ln", "causal", "gru_pre_ln"):
       x_bte = Encoder(cfg.ibim_layers, cfg.ibim_heads, cfg.ibim_ffn_mult, kind != "post_ln", causal=kind == "causal",
                       name="ibim_encoder")(x_bte, mask_bt)
-    return x_bte, (x_bte if kind == "causal" else a_bte)
+    return x_bte, (gru_bte if kind == "gru_pre_ln" else x_bte)
