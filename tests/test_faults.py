@@ -109,7 +109,7 @@ def test_a_checkpoint_of_another_model_or_data_set_is_refused(tmp_path, data_roo
   error = run.stderr.strip().splitlines()[-1]
   assert error.startswith(f"error: {w} holds checkpoints of another run (")
   assert "model.name: checkpoint din, this run deepfm" in error and "model.embed_dim: checkpoint 4, this run 8" in error
-  assert "data set: checkpoint commercial-" in error and "--fresh" in error
+  assert "data: checkpoint commercial-" in error and "--fresh" in error
   assert sorted((p.name, p.stat().st_mtime) for p in (w / "checkpoints").rglob("*")) == before
 
 

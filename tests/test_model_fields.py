@@ -223,7 +223,7 @@ def _config(**model) -> Config:
 
 
 def _here(**model) -> dict:
-  return workdir.identity(_config(**model), "data_cache/tiny-1", "abc123")
+  return workdir.identity(_config(**model), "tiny-0123456789", "abc123")
 
 
 def _saved(**model) -> dict:
@@ -266,3 +266,13 @@ def test_an_old_identity_with_every_field_still_matches():
   assert workdir.differences(old, _here(name="mian", mlp=(64,))) == ["model.mlp: checkpoint [200, 80], this run (64,)"]
   # Another model's old checkpoint is still refused, by its name.
   assert workdir.differences(old, _here(name="dien")) == ["model.name: checkpoint mian, this run dien"]
+
+
+def test_an_old_identity_naming_the_cache_folder_still_matches():
+  """Checkpoints written before content ids recorded the cache folder (whose name hashes the input files'
+  mtimes) under "data set": that key is no longer compared; a content id that differs is."""
+  old = _saved(name="mian")
+  old["data set"] = old.pop("data").replace("0123456789", "9f39a8b2d2")
+  assert workdir.differences(old, _here(name="mian")) == []
+  assert workdir.differences(_saved(name="mian"), workdir.identity(_config(name="mian"), "tiny-abcdefabcd", "abc123")) \
+      == ["data: checkpoint tiny-0123456789, this run tiny-abcdefabcd"]

@@ -2,6 +2,8 @@
 the real ml-100k folder when present, and a tiny training run through launch.py."""
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +189,19 @@ def test_tiny_training_run(tmp_path):
   assert [r.split(",")[1] for r in rows[1:]] == [l.split("\t")[0] for l in lines]  # the raw user id
   probs = np.array([float(r.split(",")[2]) for r in rows[1:]])
   assert np.all((probs > 0) & (probs < 1)) and probs.std() > 0
+  # The same files with new mtimes (copied, or a share mounted anew) are converted again into a new cache
+  # folder with the same content: the run resumes from its checkpoint.
+  for name in ("u.data", "u.user", "u.item"):
+    os.utime(folder / name, ns=(time.time_ns(), time.time_ns() + 10**9))
+  resumed = launch(tmp_path, "movielens:tiny", f"data.dir={folder}", "train.steps=14")
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resumed from step 10" in resumed.stdout, resumed.stdout
+  assert len(list((tmp_path / "cache").glob("movielens-100k-" + "?" * 10))) == 2
+  # Other ratings in those files: another data set, refused.
+  (folder / "u.data").write_text("".join(l.replace("\t5\t", "\t1\t") + "\n" for l in lines))
+  other = launch(tmp_path, "movielens:tiny", f"data.dir={folder}", "train.steps=18")
+  assert other.returncode == 2
+  assert "holds checkpoints of another run (data: checkpoint movielens-100k-" in other.stderr.strip().splitlines()[-1]
 
 
 def test_ratings_to_score_are_encoded_in_file_order_with_the_training_vocabularies(tmp_path):

@@ -18,6 +18,7 @@ import json
 import multiprocessing
 import contextlib
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,6 +35,18 @@ SPLITS = ("train", "valid", "test")  # valid is empty unless data.validation=hol
 def dataset_dir(root: str | os.PathLike, name: str, params: dict[str, Any]) -> Path:
   digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
   return Path(root) / f"{name}-{digest}"
+
+
+def content_id(directory: Path, meta: dict[str, Any]) -> str:
+  """The data set's name (its folder's, less the `dataset_dir` digest) and a digest of what it holds: the
+  block sizes of every split and the converter's statistics (rows, label rates, vocabularies, ...). The
+  folder's own digest covers the input files' paths and mtimes, so data converted again from the same
+  files copied elsewhere or mounted anew gets a new folder with the same content id: what a checkpoint
+  records as its data set (train/workdir.identity), so that such a run resumes and one on other data
+  does not."""
+  stem = re.sub(r"-[0-9a-f]{10}$", "", Path(directory).name)
+  held = {k: meta.get(k) for k in ("blocks", "stats")}
+  return f"{stem}-{hashlib.sha256(json.dumps(held, sort_keys=True, default=str).encode()).hexdigest()[:10]}"
 
 
 def shard_path(directory: Path, split: str, index: int, count: int) -> Path:

@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 from mian_jax import data as data_lib
 from mian_jax import distributed, interrupts, metrics as metrics_lib, models, progress
 from mian_jax.config import Config, check_batch
-from mian_jax.data import pipeline
+from mian_jax.data import pipeline, shards
 from mian_jax.errors import ConfigError, Diverged, RunError
 from mian_jax.schema import FeatureSchema
 from mian_jax.train import optim, partition, state as state_lib, step as step_lib, workdir as workdir_lib
@@ -211,7 +211,8 @@ class Run:
     return abstract(self.shapes, self.shardings)
 
   def identity(self) -> dict[str, Any]:
-    return workdir_lib.identity(self.config, self.src.directory, self.schema.fingerprint())
+    return workdir_lib.identity(self.config, shards.content_id(self.src.directory, self.src.meta),
+                                 self.schema.fingerprint())
 
   def checkpoints(self, workdir: str | Path, read_only: bool = False) -> Checkpoints:
     return Checkpoints(Path(workdir) / "checkpoints", keep=self.config.train.keep_checkpoints, read_only=read_only)
