@@ -9,6 +9,9 @@
   loop then saves a checkpoint and exits with EXIT_PREEMPTED.
 - In both, a second Ctrl-C ends the process at once with EXIT_KILLED (the last complete checkpoint and
   finished data shards stay valid: both are renamed into place only when complete).
+- `held()` (Orbax's checkpoint reads): inside it a signal is recorded and raised as Interrupted when the
+  block ends, as an exception raised inside Orbax's coroutines would leave its event loop half torn
+  down (tracebacks of unawaited reads, at times "Event loop is closed" instead of the signal's line).
 - `phase(name)`: what the process is doing, for the line printed on interruption.
 - `commit(put_in_place)` (--export, --predict): the renames that put a complete output in place run with
   signals held back, and from then on the run's work is done: a signal no longer stops it (it exits 0 with
@@ -141,6 +144,30 @@ def phase(name: str):
     yield
   finally:
     _current[0] = before
+
+
+@contextlib.contextmanager
+def held():
+  """Runs the block with SIGTERM / SIGINT recorded instead of raised; when it ends, the first one is raised
+  as Interrupted (naming the current phase). A second Ctrl-C still ends the process at once. Without
+  `install`'s handlers (a library user, a test calling the code directly) the block runs as it is."""
+  if signal.getsignal(signal.SIGTERM) is not _raise:
+    yield
+    return
+  got: list[int] = []
+
+  def hold(signum, frame):
+    if (got or _seen) and signum == signal.SIGINT:
+      _killed()
+    got.append(signum)
+
+  old = {sig: signal.signal(sig, hold) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield
+  finally:
+    restore(old)
+  if got:
+    _raise(got[0], None)
 
 
 class Deferred:

@@ -108,6 +108,25 @@ def test_sigterm_while_exporting_leaves_no_partial_export(tmp_path, data_root):
   assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".export")] == []
 
 
+def test_a_signal_during_a_checkpoint_read_is_raised_when_the_read_ends():
+  """Orbax reads in coroutines, which an exception raised among them leaves half torn down: inside
+  `interrupts.held` (Checkpoints.restore / read_config) the signal waits for the block's end."""
+  from mian_jax import interrupts
+
+  previous = interrupts.install()
+  try:
+    reached = []
+    with pytest.raises(interrupts.Interrupted) as e:
+      with interrupts.phase("restoring the checkpoint"), interrupts.held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler has run by now: it only recorded the signal
+        reached.append(True)
+    assert reached == [True] and e.value.signum == signal.SIGTERM and e.value.during == "restoring the checkpoint"
+    assert signal.getsignal(signal.SIGTERM) is interrupts._raise  # the run's handlers are back
+  finally:
+    interrupts.restore(previous)
+
+
 def test_a_signal_whose_exception_python_dropped_is_raised_at_the_next_phase():
   """A signal handled inside a garbage-collector callback (JAX registers one) has its exception printed and
   dropped by Python: it is raised again when the run names its next phase, or stops the training loop."""

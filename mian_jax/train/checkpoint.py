@@ -36,7 +36,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 from orbax.checkpoint import checkpoint_managers as cm
 
-from mian_jax import files
+from mian_jax import files, interrupts
 
 
 class CheckpointMismatch(ValueError):
@@ -243,8 +243,9 @@ class Checkpoints:
     self.unverified.discard(step)
     if not check_manifest(Path(self._manager.directory) / str(step)):
       self.unverified.add(step)
-    stored = {_name(p): leaf.shape for p, leaf in
-              jax.tree_util.tree_leaves_with_path(self._manager.item_metadata(step).state)}
+    with interrupts.held():  # Orbax reads in coroutines: see interrupts.held
+      metadata = self._manager.item_metadata(step).state
+    stored = {_name(p): leaf.shape for p, leaf in jax.tree_util.tree_leaves_with_path(metadata)}
     wanted = {_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
     missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
     if missing or extra:
@@ -260,7 +261,7 @@ class Checkpoints:
         raise CheckpointMismatch(f"checkpoint step {step}: {name} has shape {have}, this model expects {tuple(x.shape)}")
       resized[name] = jax.ShapeDtypeStruct(have, x.dtype, sharding=NamedSharding(x.sharding.mesh, P()))
     target = jax.tree_util.tree_map_with_path(lambda p, x: resized.get(_name(p), x), abstract_state)
-    with echoes_dropped():
+    with echoes_dropped(), interrupts.held():
       try:
         out = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
@@ -297,7 +298,8 @@ class Checkpoints:
     self._manager.reload()
 
   def read_config(self, step: int) -> dict[str, Any]:
-    return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    with interrupts.held():
+      return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
 
   def close(self) -> None:
     self._manager.wait_until_finished()
