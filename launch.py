@@ -105,7 +105,7 @@ def _main(argv: list[str] | None) -> int:
   import experiments
   from experiments import sweeps
   from mian_jax import config_fields, data, distributed, interrupts, models, progress
-  from mian_jax.config import ConfigError, apply_overrides, did_you_mean
+  from mian_jax.config import ConfigError, apply_overrides, did_you_mean, validate
   from mian_jax.train import workdir as workdir_lib
 
   args = _parser(experiments.names(), models.names(), sweeps.names()).parse_args(argv)
@@ -182,6 +182,7 @@ def _main(argv: list[str] | None) -> int:
 def _sweep(args, config, sweeps) -> int:
   """Runs the sweep's trials (each its own launch.py process, in parallel on disjoint device groups), then
   prints and writes the summary."""
+  import copy
   from pathlib import Path
 
   from mian_jax import errors, sweep
@@ -197,8 +198,11 @@ def _sweep(args, config, sweeps) -> int:
     raise ConfigError("--sweep chooses the models itself; drop --model / --plot (use --set for common overrides)")
   if args.coordinator:
     raise ConfigError("--sweep runs on one host; run a multi-host trial as a plain launch.py run")
-  for overrides in trials:  # every trial's overrides must be valid before anything runs
-    apply_overrides(config, [f"{k}={v}" for k, v in overrides.items()])
+  for tid, overrides in zip(sweep.trial_ids(trials), trials):  # every trial's config is valid before any runs
+    try:
+      apply_overrides(copy.deepcopy(config), [f"{k}={v}" for k, v in overrides.items()])  # validates
+    except ConfigError as e:
+      raise ConfigError(f"--sweep {args.sweep}, trial {tid}: {e}") from None
   root = Path(args.workdir or workdir_lib.default_sweep_root(config, args.sweep))
   try:
     rows = sweep.run(args.experiment, trials, root, args.set, config.sweep.devices_per_trial, fresh=args.fresh)

@@ -71,10 +71,10 @@ SWEEPS: dict[str, Callable[[], list[dict[str, str]]]] = {
                              {"model.name": "dien"}],
     # Probes of what MIAN's IBIM and MLP read (after mian_options): no encoder, summed behaviours, a Dice MLP.
     "mian_probe": lambda: [{"model.ibim_attention": "target", "model.ibim_position": "none", **extra} for extra in (
-        {"model.ibim_encoder": "none"}, {"model.behaviour_pool": "sum"}, {"model.mlp_activation": "dice"})],
+        {"model.ibim_encoder": "none", "model.ibim_aux_loss": "false"}, {"model.behaviour_pool": "sum"}, {"model.mlp_activation": "dice"})],
     # MIAN with DIN's Dice MLP, with and without IBIM's encoder.
     "mian_dice": lambda: [{"model.ibim_attention": "target", "model.ibim_position": "none", "model.mlp_activation": "dice",
-                           **extra} for extra in ({}, {"model.ibim_encoder": "none"})],
+                           **extra} for extra in ({}, {"model.ibim_encoder": "none", "model.ibim_aux_loss": "false"})],
     # IBIM's shape around the default (1 block, 2 heads, FFN 2 x width): a second block, one head, FFN 4 x width.
     "ibim_shape": lambda: [{}, {"model.ibim_layers": "2"}, {"model.ibim_heads": "1"}, {"model.ibim_ffn_mult": "4"}],
     # The accelerator default batch of --experiment commercial (experiments/commercial.py: ACCELERATOR): test AUC

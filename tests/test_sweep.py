@@ -2,6 +2,7 @@
 launch.py: trials in parallel on disjoint groups of fake CPU devices, an interrupted sweep resumed, a
 finished one not run again, a failing trial reported without stopping the others; the GIM figure."""
 
+import copy
 import csv
 import os
 import signal
@@ -12,10 +13,12 @@ import time
 import matplotlib.image
 import pytest
 
+import experiments
 from experiments import sweeps
 from mian_jax import sweep
+from mian_jax.config import apply_overrides
 from tests.test_e2e import ROOT, _launch
-from helpers import xla_flags
+from helpers import launch_here, xla_flags
 
 
 def test_trial_ids_are_readable_stable_and_unique():
@@ -131,3 +134,22 @@ def test_gim_figure_from_the_best_checkpoint(tmp_path, data_root):
   w, columns = predict.gim_weights(config, tmp_path / "w")
   assert w.shape == (14, 7) and columns == FIGURE6_ORDER
   assert abs(w.sum(1) - 1).max() < 1e-5  # a softmax over the seven inputs
+
+
+@pytest.mark.parametrize("experiment", experiments.names())
+def test_every_sweeps_trials_are_valid_configs_of_every_experiment(experiment):
+  """What launch.py checks before a sweep runs anything, here for every sweep: each trial on its own
+  (a trial's overrides do not carry over to the next)."""
+  base = experiments.get_config(experiment)
+  for name in sweeps.names():
+    for trial in sweeps.trials(name, seeds=1):
+      apply_overrides(copy.deepcopy(base), [f"{k}={v}" for k, v in trial.items()])
+
+
+def test_an_invalid_trial_is_refused_before_any_runs_naming_it(tmp_path):
+  run = launch_here(["--experiment", "commercial:tiny", "--sweep", "accelerator_batch", "--workdir", str(tmp_path / "s"),
+                     "--set", "data.block_size=2000", "--set", "train.batch_size=2000"])
+  assert run.returncode == 2 and not (tmp_path / "s").exists()
+  line = run.stderr.strip().splitlines()[-1]
+  assert line.startswith("error: --sweep accelerator_batch, trial batch_size=1024,learning_rate=0.004: "
+                         "train.batch_size=1024 must be a multiple of 2000"), line
