@@ -146,6 +146,17 @@ def test_every_sweeps_trials_are_valid_configs_of_every_experiment(experiment):
       apply_overrides(copy.deepcopy(base), [f"{k}={v}" for k, v in trial.items()])
 
 
+def test_module_ablations_removes_every_module_once_without_ibim_first_and_mian_last():
+  from mian_jax.models import ABLATIONS
+  names = [t["model.name"] for t in sweeps.trials("module_ablations", seeds=0)]
+  assert sorted(names) == sorted([*ABLATIONS, "mian"])
+  assert names[0] == "mian_no_ibim" and names[-1] == "mian"
+  # the modules that act without context fields (Yelp) before ICIM and its pair
+  assert names.index("mian_no_gim") < names.index("mian_no_icim") < names.index("mian_no_iuim_icim")
+  seeded = sweeps.trials("module_ablations", seeds=3)
+  assert [t["train.seed"] for t in seeded[:3]] == ["0", "1", "2"] and len(seeded) == 3 * len(names)
+
+
 def test_an_invalid_trial_is_refused_before_any_runs_naming_it(tmp_path):
   run = launch_here(["--experiment", "commercial:tiny", "--sweep", "accelerator_batch", "--workdir", str(tmp_path / "s"),
                      "--set", "data.block_size=2000", "--set", "train.batch_size=2000"])
