@@ -2,6 +2,7 @@
 
 
 
+from benchmarks import commercial_ceiling
 from mian_jax.data import commercial
 
 
@@ -35,3 +36,12 @@ def test_statistics_mirror_the_paper_and_each_interaction_matters(tmp_path):
   schema = meta["schema"]
   groups = {f["group"] for f in schema["features"]}
   assert groups == {"item", "behaviour", "user", "context"}
+
+
+def test_the_ceiling_table_puts_the_truth_first_and_the_propensity_a_small_part_of_it():
+  rows = dict(commercial_ceiling.ceilings(scale=0.0003, seed=5, samples=20000))
+  bayes = rows.pop("the truth (Bayes AUC)")
+  assert 0.74 < bayes < 0.82 and all(auc < bayes for auc in rows.values())
+  # the part no field reveals is small: a model of the fields can get close to the Bayes AUC
+  assert bayes - rows["without the per-user propensity (no field reveals it)"] < 0.01
+  assert bayes - rows["without candidate x behaviours"] > 0.03
