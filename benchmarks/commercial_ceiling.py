@@ -17,13 +17,15 @@ import argparse
 import numpy as np
 
 from mian_jax import metrics
+from mian_jax.config import DataConfig
 from mian_jax.data import commercial
 
 
 def ceilings(scale: float, seed: int, samples: int) -> list[tuple[str, float]]:
   """(what the truth keeps, its AUC) on `samples` test-day samples of the world at (scale, seed)."""
-  p = commercial.Params(scale=scale, seed=seed, max_len=50, days=30, test_days=3, block_size=256,
-                        shard_samples=65536, valid_days=1)
+  d = DataConfig()  # the generator's defaults: 30 days, the last 3 the test split, 50 behaviours
+  p = commercial.Params(scale=scale, seed=seed, max_len=d.max_len, days=d.days, test_days=d.test_days,
+                        block_size=d.block_size, shard_samples=d.shard_samples, valid_days=1)
   world = commercial.World(p)
   cols = world.sample(np.random.default_rng(12345), samples, p.days - p.test_days, p.days, p.max_len)
   label, logit = cols["label"], cols["_logit"]
@@ -47,6 +49,7 @@ def main() -> None:
   print("| truth | AUC | below the Bayes AUC |\n|---|---|---|")
   for name, auc in rows:
     print(f"| {name} | {auc:.4f} | {rows[0][1] - auc:.4f} |")
+
 
 if __name__ == "__main__":
   main()

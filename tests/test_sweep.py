@@ -17,6 +17,7 @@ import experiments
 from experiments import sweeps
 from mian_jax import sweep
 from mian_jax.config import apply_overrides
+from mian_jax.models import ABLATIONS
 from tests.test_e2e import ROOT, _launch
 from helpers import launch_here, xla_flags
 
@@ -147,7 +148,6 @@ def test_every_sweeps_trials_are_valid_configs_of_every_experiment(experiment):
 
 
 def test_module_ablations_removes_every_module_once_without_ibim_first_and_mian_last():
-  from mian_jax.models import ABLATIONS
   names = [t["model.name"] for t in sweeps.trials("module_ablations", seeds=0)]
   assert sorted(names) == sorted([*ABLATIONS, "mian"])
   assert names[0] == "mian_no_ibim" and names[-1] == "mian"
