@@ -109,6 +109,9 @@ class ModelConfig:
   # activation unit on [e_i, h_t, e_i - h_t, e_i * h_t] (hidden widths model.attention_mlp), softmax over
   # the real positions. Either way R_ibim = sum_t alpha_t [e_i; h_t].
   ibim_attention: Literal["additive", "target"] = "target"
+  # IBIM's softmax gets a learned null position (logit b): alpha_t = exp(s_t) / (exp(b) + sum exp(s_t')), so
+  # the weights may sum to less than 1 and a history with little relevant to the candidate pools to little.
+  ibim_sink: bool = False
   # mian: how e_b (for GIM and the MLP) pools the behaviours: mean (over the real ones) or sum (as DIN / DIEN
   # do; it keeps how many behaviours there are).
   behaviour_pool: Literal["mean", "sum"] = "sum"

@@ -1,6 +1,6 @@
 """MIAN as a whole against numpy computations of its docstring's formulas (mian_jax/models/mian.py), on a
 tiny batch with hand-set weights: IBIM (recency position, encoder, [e_i; h_t] pooled additively or by the
-activation unit), GIM (weights and R_g), the Pre-LN and Post-LN blocks, and the MLP input of every
+activation unit, with or without the softmax's null position), GIM (weights and R_g), the Pre-LN and Post-LN blocks, and the MLP input of every
 ablation (MIAN's minus exactly the removed module's output); the sequential IBIM options (causal, GRU and
 GRU + Pre-LN encoders, the last state, the candidate token, DIEN's auxiliary loss on the encoder's states)
 and the candidate products, each with its shapes and one hand-computed case."""
@@ -12,6 +12,7 @@ import pytest
 
 from mian_jax import models
 from mian_jax.config import ModelConfig
+from mian_jax.layers.attention import masked_softmax
 from mian_jax.layers.embedding import Groups
 from mian_jax.layers.transformer import EncoderBlock
 from mian_jax.models.mian import GIM_INPUTS, MAX_RANK, gim_inputs
@@ -105,7 +106,7 @@ def test_encoder_block_matches_its_formula(pre_ln):
   assert np.all(got[~MASK] == 0)
 
 
-def _ibim_numpy(p, g, position, attention):
+def _ibim_numpy(p, g, position, attention, sink=False):
   """R_ibim and alpha from the module docstring, in numpy (one Pre-LN block, then the final LayerNorm)."""
   e_i, e_b = np.asarray(g.item), np.asarray(g.behaviour)
   rank = np.where(MASK, LENGTHS[:, None] - 1 - np.arange(T)[None, :], 0)
@@ -128,8 +129,27 @@ def _ibim_numpy(p, g, position, attention):
     z = np.concatenate([q, h, q - h, q * h], -1)
     z = 1 / (1 + np.exp(-(z @ a["dense0"]["kernel"] + a["dense0"]["bias"])))
     s = (z @ a["score"]["kernel"] + a["score"]["bias"])[..., 0]
-  alpha = np.where(MASK, _softmax(np.where(MASK, s, -1e9)), 0)
+  if sink:  # one more, empty position of logit b
+    b = p["ibim_pool" if attention == "additive" else "ibim_target"]["sink"]
+    e = np.where(MASK, np.exp(s), 0)
+    alpha = e / (np.exp(b) + e.sum(-1, keepdims=True))
+  else:
+    alpha = np.where(MASK, _softmax(np.where(MASK, s, -1e9)), 0)
   return (alpha[..., None] * v).sum(1), alpha
+
+
+@pytest.mark.parametrize("attention", ["additive", "target"])
+def test_ibim_sink_is_a_softmax_over_one_more_empty_position(attention):
+  _, p, pieces, attn, g = _run(ibim_attention=attention, ibim_sink=True)
+  r_ibim, alpha = _ibim_numpy(p, g, "none", attention, sink=True)
+  assert attn["ibim"].shape == (B, T) and pieces["R_ibim"].shape == (B, 2 * DI)
+  np.testing.assert_allclose(attn["ibim"], alpha, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(pieces["R_ibim"], r_ibim, rtol=1e-4, atol=1e-4)
+  total = attn["ibim"].sum(-1)
+  assert np.all(total[LENGTHS > 0] < 1 - 1e-3) and total[2] == 0  # the null position keeps a share
+  # By hand: scores (0, 0) over two real behaviours and b = log 2 give 1/4 each, so R = (v_0 + v_1) / 4.
+  w = np.asarray(masked_softmax(jnp.zeros((1, 3)), jnp.asarray([[True, True, False]]), jnp.log(2.0)))
+  np.testing.assert_allclose(w, [[0.25, 0.25, 0.0]], rtol=1e-6)
 
 
 @pytest.mark.parametrize("position", ["none", "learned", "sinusoidal"])

@@ -10,22 +10,33 @@ import jax
 import jax.numpy as jnp
 
 
-def masked_softmax(scores: jax.Array, mask: jax.Array | None) -> jax.Array:
-  """softmax over the last axis in float32; masked positions get exactly 0 (all masked: all 0)."""
+def masked_softmax(scores: jax.Array, mask: jax.Array | None, sink: jax.Array | None = None) -> jax.Array:
+  """softmax over the last axis in float32; masked positions get exactly 0 (all masked: all 0).
+
+  With `sink` (a scalar logit b) the softmax runs over one more, empty position: alpha_l = exp(s_l) /
+  (exp(b) + sum_l' exp(s_l')), so the weights sum to less than 1 and how much there is to attend to
+  is kept (an empty or irrelevant sequence pools to near 0)."""
   scores = scores.astype(jnp.float32)
-  if mask is None:
-    return jax.nn.softmax(scores, axis=-1)
-  weights = jax.nn.softmax(jnp.where(mask, scores, -1e9), axis=-1)
-  return weights * mask
+  if mask is not None:
+    scores = jnp.where(mask, scores, -1e9)
+  if sink is not None:
+    null = jnp.broadcast_to(jnp.asarray(sink, jnp.float32), scores.shape[:-1] + (1,))
+    weights = jax.nn.softmax(jnp.concatenate([scores, null], axis=-1), axis=-1)[..., :-1]
+  else:
+    weights = jax.nn.softmax(scores, axis=-1)
+  return weights if mask is None else weights * mask
 
 
 class AdditivePool(nn.Module):
-  """One shared (W [E], b): alpha_l = softmax_l(tanh(V_l . W + b)); returns (sum_l alpha_l V_l [B, E], alpha [B, L])."""
+  """One shared (W [E], b): alpha_l = softmax_l(tanh(V_l . W + b)); returns (sum_l alpha_l V_l [B, E], alpha [B, L]).
+  With `sink`, the softmax has a learned null position (masked_softmax; parameter `sink`, init 0)."""
+  sink: bool = False
 
   @nn.compact
   def __call__(self, v_ble: jax.Array, mask_bl: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     score_bl = jnp.tanh(nn.Dense(1, name="score")(v_ble)[..., 0])
-    alpha_bl = masked_softmax(score_bl, mask_bl)
+    sink = self.param("sink", nn.initializers.zeros, ()) if self.sink else None
+    alpha_bl = masked_softmax(score_bl, mask_bl, sink)
     return jnp.einsum("bl,ble->be", alpha_bl.astype(v_ble.dtype), v_ble), alpha_bl
 
 

@@ -8,7 +8,9 @@ s_t   = MLP_A([q, k_t, q - k_t, q * k_t]) -> Dense(1)      hidden activations: s
         code's choice (din_attention / din_fcn_attention in github.com/mouna99/dien; the DIN paper names
         PReLU / Dice)
 w_t   = s_t at real positions, 0 at padding (normalise=False: DIN, the paper's "softmax abandoned"), or
-        softmax_t over the real positions (normalise=True: DIEN's AUGRU scores, softmax_stag=1)
+        softmax_t over the real positions (normalise=True: DIEN's AUGRU scores, softmax_stag=1), with
+        sink=True over one more, empty position of learned logit b (parameter `sink`, init 0):
+        w_t = exp(s_t) / (exp(b) + sum_t' exp(s_t')) (layers/attention.masked_softmax)
 out   = sum_t w_t k_t  [B, E];  returns (out, w [B, T])
 
 The first layer is computed as the same linear map, regrouped: with its kernel's four row blocks
@@ -46,6 +48,7 @@ class TargetAttention(nn.Module):
   hidden: Sequence[int]
   normalise: bool = False
   project_query: bool = False
+  sink: bool = False  # normalise only
 
   @nn.compact
   def __call__(self, q_bd: jax.Array, k_bte: jax.Array, mask_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -60,7 +63,8 @@ class TargetAttention(nn.Module):
     layers = jax.tree.map(lambda p: p.astype(k_bte.dtype), layers)
     s_bt = in_chunks(lambda k, q: activation_scores(layers, q, k), (k_bte,), (q_bd.astype(k_bte.dtype),), mask_bt)
     if self.normalise:
-      w_bt = masked_softmax(s_bt, mask_bt)  # float32; an empty history gets all 0
+      sink = self.param("sink", nn.initializers.zeros, ()) if self.sink else None
+      w_bt = masked_softmax(s_bt, mask_bt, sink)  # float32; an empty history gets all 0
     else:
       w_bt = jnp.where(mask_bt, s_bt, 0.0)
     return jnp.einsum("bt,bte->be", w_bt.astype(k_bte.dtype), k_bte), w_bt

@@ -35,7 +35,7 @@ class _Entry(NamedTuple):
 
 
 # MIAN's fields by the module reading them (an ablation leaves out what its missing module reads).
-_IBIM = ("ibim_position", "ibim_encoder", "ibim_layers", "ibim_heads", "ibim_ffn_mult", "ibim_attention",
+_IBIM = ("ibim_position", "ibim_encoder", "ibim_layers", "ibim_heads", "ibim_ffn_mult", "ibim_attention", "ibim_sink",
          "attention_mlp", "ibim_last_state", "ibim_candidate_token",
          "ibim_aux_loss", "aux_loss_weight")  # attention_mlp: ibim_attention=target's unit
 _GIM = ("gim_dim", "mlp_on_concat")  # without GIM the MLP always reads the concatenation

@@ -19,7 +19,9 @@ IBIM  x_t = e_b^t + P(rank_t) at real positions, rank_t = n - 1 - t for a histor
         behaviours <= t only (gru, causal: h_t; gru_pre_ln: the GRU's states, before the Transformer):
         a_t scores e_b^{t+1} against another behaviour of the batch; extras["aux_loss"] in training,
         added to the click loss times model.aux_loss_weight (as DIEN's);
-      alpha_t = softmax_t(s_t) over the real positions (padding gets 0), with (model.ibim_attention)
+      alpha_t = softmax_t(s_t) over the real positions (padding gets 0; with model.ibim_sink over one more,
+        empty position of learned logit b: alpha_t = exp(s_t) / (exp(b) + sum_t' exp(s_t')), which may sum
+        to less than 1), with (model.ibim_attention)
         additive  s_t = tanh(V_t W + b)                                (the paper's formula)
         target    s_t = ActUnit([e_i, h_t, e_i - h_t, e_i * h_t])      (DIN's activation unit, sigmoid
                   hidden layers model.attention_mlp: the slides' "just like DIN or DIEN")
@@ -212,8 +214,9 @@ class MIAN(nn.Module):
     h_bte = h_bte[:, :t]
     v_bte = _broadcast_concat(e_bi, h_bte)
     if cfg.ibim_attention == "additive":
-      return *AdditivePool(name="ibim_pool")(v_bte, mask_bt), states, a_bte
-    _, alpha_bt = TargetAttention(cfg.attention_mlp, normalise=True, name="ibim_target")(e_bi, h_bte, mask_bt)
+      return *AdditivePool(sink=cfg.ibim_sink, name="ibim_pool")(v_bte, mask_bt), states, a_bte
+    _, alpha_bt = TargetAttention(cfg.attention_mlp, normalise=True, sink=cfg.ibim_sink, name="ibim_target")(
+        e_bi, h_bte, mask_bt)
     return jnp.einsum("bt,bte->be", alpha_bt.astype(v_bte.dtype), v_bte), alpha_bt, states, a_bte
 
   def encode(self, x_bte: jax.Array, mask_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
