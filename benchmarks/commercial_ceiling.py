@@ -1,9 +1,9 @@
 """What of the commercial data's Bayes AUC a model of its fields can reach: the planted truth's test-day AUC
 with each of its parts removed.
 
-    python -m benchmarks.commercial_ceiling [--scale 0.01] [--seed 0] [--samples 200000]
+    python -m benchmarks.commercial_ceiling [--scale 0.03] [--seed 0] [--samples 200000]
 
-Draws `--samples` test-day samples from the generator's world at `--scale` (the CPU default is 0.01) and
+Draws `--samples` test-day samples from the generator's world at `--scale` (the CPU default is 0.03) and
 prints a table: the AUC of the true logit (the Bayes AUC a run prints), and of the logit without the
 per-user propensity (`user_bias`, which no field reveals: only a user-id embedding could learn it; the
 commercial experiment embeds none), without the item bias, and without each interaction kind (as
@@ -40,7 +40,7 @@ def ceilings(scale: float, seed: int, samples: int) -> list[tuple[str, float]]:
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--scale", type=float, default=0.01)
+  ap.add_argument("--scale", type=float, default=0.03)
   ap.add_argument("--seed", type=int, default=0, help="the generator seed (data.seed)")
   ap.add_argument("--samples", type=int, default=200_000)
   args = ap.parse_args()

@@ -41,7 +41,7 @@ class DataConfig:
   # the commercial generator writes its data set into (cached there by its parameters). Converted data
   # sets are cached under $MIAN_JAX_CACHE (default data_cache/).
   dir: str = "data_cache"
-  scale: float = -1.0  # commercial (generated) data only: 1.0 = 36M samples / 2.16M users; -1 = 1.0 with an accelerator, 0.01 on CPU
+  scale: float = -1.0  # commercial (generated) data only: 1.0 = 36M samples / 2.16M users; -1 = 1.0 with an accelerator, 0.03 on CPU
   # Behaviours kept per sample (the most recent ones): 1..MAX_LEN (100,000), and train.batch_size x max_len
   # and train.eval_batch_size x max_len at most MAX_BATCH_ENTRIES (2^28) history entries per batch.
   max_len: int = 50

@@ -43,13 +43,17 @@ SELECTED_ON = {"holdout": "valid", "test": "test", "none": None}  # data.validat
 
 def resolved(config: Config) -> tuple[Config, str | None]:
   """(a copy of `config` with data.scale < 0 resolved for a generated data set: full scale with an
-  accelerator, 1% on CPU; the note saying so or None). Other data sets do not read data.scale."""
+  accelerator, 3% on CPU; the note saying so or None). Other data sets do not read data.scale.
+
+  3% on CPU: at 1% (310k training samples) MIAN's commercial run ends 0.020 below the data's Bayes AUC,
+  a gap set by the sample size, not the model; at 3% (940k) it ends within 0.015 of it, in about 10
+  minutes on 2 cores (README, "The commercial data set")."""
   config = copy.deepcopy(config)
   if config.data.scale >= 0 or not data_lib.source_for(config.data).generated:
     return config, None
   if jax.default_backend() == "cpu":
-    config.data.scale = 0.01
-    return config, "note: CPU only, so data.scale=0.01 (361k samples); full scale: --set data.scale=1.0"
+    config.data.scale = 0.03
+    return config, "note: CPU only, so data.scale=0.03 (1.08M samples); full scale: --set data.scale=1.0"
   config.data.scale = 1.0
   return config, None
 
