@@ -276,3 +276,15 @@ def test_an_old_identity_naming_the_cache_folder_still_matches():
   assert workdir.differences(old, _here(name="mian")) == []
   assert workdir.differences(_saved(name="mian"), workdir.identity(_config(name="mian"), "tiny-abcdefabcd", "abc123")) \
       == ["data: checkpoint tiny-0123456789, this run tiny-abcdefabcd"]
+
+
+def test_a_generated_data_sets_scale_is_named_first_and_old_checkpoints_without_it_still_match():
+  """The commercial CPU default moved from data.scale 0.01 to 0.03: a checkpoint of the other scale is
+  refused naming data.scale before the content id; one recorded before the scale was (no key) matches."""
+  saved = workdir.identity(_config(name="mian"), "commercial-aaaaaaaaaa", "abc123", 0.01)
+  now = workdir.identity(_config(name="mian"), "commercial-bbbbbbbbbb", "abc123", 0.03)
+  assert workdir.differences(saved, now) == ["data.scale: checkpoint 0.01, this run 0.03",
+                                             "data: checkpoint commercial-aaaaaaaaaa, this run commercial-bbbbbbbbbb"]
+  same = workdir.identity(_config(name="mian"), "commercial-aaaaaaaaaa", "abc123", 0.03)
+  assert workdir.differences(workdir.identity(_config(name="mian"), "commercial-aaaaaaaaaa", "abc123"), same) == []
+  assert "data.scale" not in workdir.identity(_config(name="mian"), "tiny-0123456789", "abc123")  # not generated

@@ -215,8 +215,9 @@ class Run:
     return abstract(self.shapes, self.shardings)
 
   def identity(self) -> dict[str, Any]:
+    generated = data_lib.source_for(self.config.data).generated
     return workdir_lib.identity(self.config, shards.content_id(self.src.directory, self.src.meta),
-                                 self.schema.fingerprint())
+                                 self.schema.fingerprint(), self.config.data.scale if generated else None)
 
   def checkpoints(self, workdir: str | Path, read_only: bool = False) -> Checkpoints:
     return Checkpoints(Path(workdir) / "checkpoints", keep=self.config.train.keep_checkpoints, read_only=read_only)

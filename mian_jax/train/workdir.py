@@ -115,19 +115,23 @@ class Lock:
       self._fd = None
 
 
-def identity(config: Config, data_id: str, schema_fingerprint: str) -> dict[str, Any]:
+def identity(config: Config, data_id: str, schema_fingerprint: str, scale: float | None = None) -> dict[str, Any]:
   """What a checkpoint records of its run and a resuming run must match (see `differences`). "model" holds
   the model's name and only the model.* fields that model reads (models.fields): a change of another
   model's field (e.g. model.cin_layers under MIAN) does not refuse a resume. "data" is the data set's
   content id (data/shards.content_id: its name and a digest of its blocks and statistics), not its cache
   folder, whose name changes with the input files' mtimes: the same data converted again resumes.
-  Checkpoints of earlier versions hold the folder under "data set" instead, which is no longer compared."""
+  Checkpoints of earlier versions hold the folder under "data set" instead, which is no longer compared.
+  For a generated data set "data.scale" (resolved) comes first, so that a refusal names the setting that
+  made the data differ (the CPU default moved from 1% to 3%: `data.scale: checkpoint 0.01, this run 0.03`);
+  checkpoints without it are not compared on it."""
   from mian_jax import models  # here: the registry imports flax, which the other guards do not need
 
   every = dataclasses.asdict(config.model)
   model = {"name": every["name"], **{f: every[f] for f in models.fields(config.model.name)}}
+  scaled = {} if scale is None else {"data.scale": scale}
   return {"model": model, "train.embedding_optimizer": config.train.embedding_optimizer,
-          "data": data_id, "feature schema": schema_fingerprint}
+          **scaled, "data": data_id, "feature schema": schema_fingerprint}
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
