@@ -45,11 +45,14 @@ def read_logits(path: Path, n: int) -> np.ndarray:
   """The logits of a --predict output of n rows (row, user, probability), in row order."""
   with open(path, newline="") as f:
     rows = list(csv.DictReader(f))
-  if len(rows) != n or (rows and "probability" not in rows[0]):
+  if len(rows) != n or (rows and not {"row", "probability"} <= set(rows[0])):
     raise SystemExit(f"error: {path}: {len(rows)} rows with columns {list(rows[0]) if rows else []}, expected {n} "
                      "rows of row,user,probability (--predict on the same data folder)")
-  p = np.clip(np.array([float(r["probability"]) for r in rows]), 1e-6, 1 - 1e-6)
-  order = np.array([int(r["row"]) for r in rows])
+  try:
+    p = np.clip(np.array([float(r["probability"]) for r in rows]), 1e-6, 1 - 1e-6)
+    order = np.array([int(r["row"]) for r in rows])
+  except (TypeError, ValueError) as e:
+    raise SystemExit(f"error: {path}: {e} (a --predict output has a row number and a probability per line)") from None
   return np.log(p / (1 - p))[np.argsort(order)]
 
 

@@ -79,3 +79,7 @@ def test_the_residual_table_finds_the_truths_parts_in_a_runs_scores(tmp_path):
   _write_scores(tmp_path / "short.csv", logit[:-1])
   with pytest.raises(SystemExit, match="error: .*short.csv: .* expected"):
     commercial_residuals.table(folder, [tmp_path / "short.csv"])
+  bad = (tmp_path / "other.csv").read_text().replace(",0.", ",zero.", 1)
+  (tmp_path / "bad.csv").write_text(bad)
+  with pytest.raises(SystemExit, match="error: .*bad.csv: could not convert"):
+    commercial_residuals.table(folder, [tmp_path / "bad.csv"])

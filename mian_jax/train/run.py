@@ -46,7 +46,7 @@ def resolved(config: Config) -> tuple[Config, str | None]:
   accelerator, 3% on CPU; the note saying so or None). Other data sets do not read data.scale.
 
   3% on CPU: at 1% (310k training samples) MIAN's commercial run ends 0.020 below the data's Bayes AUC,
-  a gap set by the sample size, not the model; at 3% (940k) it ends within 0.015 of it, in about 10
+  a gap set by the sample size, not the model; at 3% (938k) it ends within 0.015 of it, in about 10
   minutes on 2 cores (README, "The commercial data set")."""
   config = copy.deepcopy(config)
   if config.data.scale >= 0 or not data_lib.source_for(config.data).generated:
