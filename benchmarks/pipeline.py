@@ -1,7 +1,8 @@
 """Benchmark 3: the input path alone and against the step, on the commercial data set's ArrayRecord shards.
 
     python -m benchmarks.pipeline [--scale 0.01] [--batch 8192] [--batches 50] [--threads 1,2]
-                                  [--models mian] [--steps 100] [--eval-batch 8192]
+                                  [--models mian] [--steps 100] [--eval-batch 8192] [--per-call 1,4,16]
+                                  [--cli lr,deepfm] [--cli-steps 60]
 
 Rows, one table (pipeline.json):
 - train input, W threads: training batches per second from the shards (read, decode, the in-batch order,
@@ -10,9 +11,14 @@ Rows, one table (pipeline.json):
 - eval input, W threads: evaluation rows per second (every row of the test split, in order);
 - MODEL step alone: the jitted train step on batches already on the device (the input path's own
   batches, placed once);
-- MODEL input + step: the trainer's path, batches decoded by the default threads and placed on the
-  devices data.device_prefetch batches ahead, and `vs_step`, its ratio to the step alone (target >= 0.9);
-- MODEL evaluation: the eval step over the test split, input included (rows per second).
+- MODEL input + step, PLACEMENT, K per call: the trainer's loop body (`take`, `Run.train_call`) with
+  data.placement=host (batches decoded by the default threads, placed data.device_prefetch ahead) or device
+  (the split held on the device, batches gathered inside the step) and train.steps_per_call=K, with
+  `vs_step`, its ratio to the step alone (target >= 0.9);
+- load the train split onto the device: the seconds data.placement=device takes before the first step;
+- MODEL evaluation, PLACEMENT: `Run.evaluate` over the test split (input, eval step, metrics; rows/s);
+- launch.py ... --model M (--cli M): the main job with its defaults at --batch for --cli-steps steps, its
+  result.json samples/s (training steps only), with `vs_step` against M's step alone measured in this run.
 Every rate is a median of `--repeats` timed runs made in this one sitting (first batches and
 compilation apart).
 """
@@ -20,10 +26,16 @@ compilation apart).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 from benchmarks.common import jax, report, time_step
 from mian_jax import data
@@ -31,6 +43,8 @@ from mian_jax.config import Config, DataConfig, ModelConfig, TrainConfig
 from mian_jax.data import pipeline
 from mian_jax.train import partition
 from mian_jax.train.run import Run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _median_rate(measure, repeats: int) -> float:
@@ -55,45 +69,82 @@ def eval_input_rate(src, rows: int, threads: int) -> float:
   return total / (time.perf_counter() - t)
 
 
-def assemble(model: str, src, compute_dtype: str) -> Run:
-  config = Config(model=ModelConfig(name=model), train=TrainConfig(learning_rate=1e-3, compute_dtype=compute_dtype))
+def assemble(model: str, src, compute_dtype: str, placement: str = "host") -> Run:
+  """The trainer's Run for `model` on `src`, one device, with the placement given (not chosen by size)."""
+  config = Config(model=ModelConfig(name=model), train=TrainConfig(learning_rate=1e-3, compute_dtype=compute_dtype),
+                  data=DataConfig(source="commercial", max_len=src.schema.max_len, placement=placement))
   mesh = partition.make_mesh(jax.devices()[:1])
-  return Run.assemble(config, src.schema, mesh, total_steps=1000)
+  run = Run.assemble(config, src.schema, mesh, total_steps=100_000)
+  return dataclasses.replace(run, src=src, placement=placement)
 
 
-def model_rows(model: str, src, batch: int, steps: int, eval_batch: int, compute_dtype: str) -> list[dict]:
+def trained_rate(run: Run, batch: int, steps: int, per_call: int) -> tuple[float, Any]:
+  """Samples per second of the trainer's loop body (take, train_call) over `steps` steps, `per_call` steps a
+  call, after two untimed calls (compilation; under data.placement=device the split is loaded before)."""
+  it = run.train_iterator(0, on_devices=True)
+  state = run.init_state(seed=0)
+  for _ in range(2):
+    state, metrics = run.train_call(state, it.take(per_call))
+  jax.block_until_ready(metrics)
+  calls = max(1, steps // per_call)
+  t = time.perf_counter()
+  for _ in range(calls):
+    state, metrics = run.train_call(state, it.take(per_call))
+  jax.block_until_ready(metrics)
+  rate = batch * calls * per_call / (time.perf_counter() - t)
+  it.close()
+  return rate, state
+
+
+def model_rows(model: str, src, batch: int, steps: int, eval_batch: int, compute_dtype: str,
+               per_call: list[int]) -> list[dict]:
   run = assemble(model, src, compute_dtype)
   place = lambda b: partition.to_global(b, run.mesh)
   it = pipeline.train_iterator(src, batch_per_process=batch, seed=0, max_len=src.schema.max_len, place=place)
   fixed = [next(it) for _ in range(3)]
-  state = run.init_state(seed=0)
-  alone, state = time_step(run.train_step, state, fixed, repeats=20)
-  for _ in range(10):  # the placing thread fills up while these run
-    state, metrics = run.train_step(state, next(it))
-  jax.block_until_ready(metrics)
-  t = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = run.train_step(state, next(it))
-  jax.block_until_ready(metrics)
-  end_to_end = batch * steps / (time.perf_counter() - t)
   it.close()
+  alone, state = time_step(run.train_step, run.init_state(seed=0), fixed, repeats=20)
   step_rate = batch / alone["median_s"]
-  params = state.params
-  _, first = pipeline.eval_batches(src, "test", rows_per_process=eval_batch, max_len=src.schema.max_len, place=place)
-  jax.block_until_ready(run.eval_step(params, next(first)))  # compiled before the timed pass
-  first.close()
-  t = time.perf_counter()
-  _, batches = pipeline.eval_batches(src, "test", rows_per_process=eval_batch, max_len=src.schema.max_len,
-                                     place=place)
-  eval_step = run.eval_step
-  outs = [eval_step(params, b) for b in batches]
-  jax.block_until_ready(outs)
-  eval_rate = src.rows("test") / (time.perf_counter() - t)
-  return [{"what": f"{model} step alone", "kind": "step", "model": model, "samples_per_s": step_rate},
-          {"what": f"{model} input + step", "kind": "end_to_end", "model": model, "samples_per_s": end_to_end,
-           "vs_step": end_to_end / step_rate},
-          {"what": f"{model} evaluation (input + eval step)", "kind": "evaluation", "model": model,
-           "rows_per_s": eval_rate}]
+  rows = [{"what": f"{model} step alone", "kind": "step", "model": model, "samples_per_s": step_rate}]
+  for placement in ("host", "device"):
+    placed = assemble(model, src, compute_dtype, placement)
+    if placement == "device":
+      t = time.perf_counter()
+      held, _ = placed.resident("train")
+      rows.append({"what": f"load the train split onto the device ({held.rows:,} rows)", "kind": "load",
+                   "seconds": time.perf_counter() - t})
+    for k in per_call:
+      rate, state = trained_rate(placed, batch, steps, k)
+      rows.append({"what": f"{model} input + step, {placement}, {k} per call", "kind": "end_to_end", "model": model,
+                   "placement": placement, "steps_per_call": k, "samples_per_s": rate, "vs_step": rate / step_rate})
+    placed.config.train.eval_batch_size = eval_batch
+    placed.evaluate(state.params, "test")  # compiled (and, on the device, loaded) before the timed pass
+    t = time.perf_counter()
+    placed.evaluate(state.params, "test")
+    rows.append({"what": f"{model} evaluation, {placement} (input + eval step + metrics)", "kind": "evaluation",
+                 "model": model, "placement": placement, "rows_per_s": src.rows("test") / (time.perf_counter() - t)})
+  return rows
+
+
+def cli_rows(models: list[str], batch: int, steps: int, scale: float, root: str, step_rates: dict[str, float]
+             ) -> list[dict]:
+  """`launch.py --experiment commercial --model M` with the defaults at `batch` for `steps` steps: its
+  result.json's samples/s (training steps only), against the step alone measured in this run."""
+  rows = []
+  for model in models:
+    with tempfile.TemporaryDirectory(prefix="mian_jax_cli_") as workdir:
+      cmd = [sys.executable, str(ROOT / "launch.py"), "--experiment", "commercial", "--model", model, "--workdir",
+             workdir, "--set", f"data.dir={root}", "--set", f"data.scale={scale}", "--set",
+             f"train.batch_size={batch}", "--set", f"train.steps={steps}", "--set", f"train.eval_every={steps}"]
+      done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+      if done.returncode:
+        raise SystemExit(f"error: {' '.join(cmd)} failed: {done.stderr.strip().splitlines()[-1:]}")
+      rate = json.loads((Path(workdir) / "result.json").read_text())["samples_per_s"]
+      placement = next((line for line in done.stdout.splitlines() if line.startswith("data.placement")), "host")
+    rows.append({"what": f"launch.py --experiment commercial --model {model} ({placement.split(' (')[0]})",
+                 "kind": "cli", "model": model, "samples_per_s": rate,
+                 "vs_step": rate / step_rates[model] if model in step_rates else None})
+  return rows
 
 
 def main(argv=None):
@@ -107,6 +158,10 @@ def main(argv=None):
   p.add_argument("--eval-batch", type=int, default=8192)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--dtype", default="float32")
+  p.add_argument("--per-call", default="1,4,16", help="comma-separated train.steps_per_call values to time")
+  p.add_argument("--cli", default="", help="comma-separated models also run through launch.py (their step alone "
+                                           "is measured too)")
+  p.add_argument("--cli-steps", type=int, default=60)
   args = p.parse_args(argv)
   cores = os.cpu_count() or 1
   threads = [int(t) for t in args.threads.split(",")] if args.threads else \
@@ -126,9 +181,13 @@ def main(argv=None):
       if r["kind"] == kind:
         r["vs_one"] = r[key] / one
         r["target_vs_one"] = 0.8 * r["threads"]
-  for model in filter(None, args.models.split(",")):
-    rows += model_rows(model, src, args.batch, args.steps, args.eval_batch, args.dtype)
-  report("pipeline", rows, ["what", "samples_per_s", "rows_per_s", "vs_one", "target_vs_one", "vs_step"],
+  per_call = [int(k) for k in args.per_call.split(",")]
+  cli = list(filter(None, args.cli.split(",")))
+  for model in dict.fromkeys(list(filter(None, args.models.split(","))) + cli):
+    rows += model_rows(model, src, args.batch, args.steps, args.eval_batch, args.dtype, per_call)
+  steps_alone = {r["model"]: r["samples_per_s"] for r in rows if r["kind"] == "step"}
+  rows += cli_rows(cli, args.batch, args.cli_steps, args.scale, root, steps_alone)
+  report("pipeline", rows, ["what", "samples_per_s", "rows_per_s", "seconds", "vs_one", "target_vs_one", "vs_step"],
          {"batch": args.batch, "scale": args.scale, "eval_batch": args.eval_batch, "cores": cores,
           "split_rows": {"train": src.rows("train"), "test": src.rows("test")}, "dtype": args.dtype})
 

@@ -53,6 +53,12 @@ class DataConfig:
   threads: int = 0  # decoding threads (workers=0); 0 = one per host core, at most 4 (measured best: README)
   prefetch: int = 4  # decoded batches kept ready ahead of the step (at least one per thread)
   device_prefetch: int = 2  # batches placed on the devices ahead of the step (copies overlap it); 0 = when asked
+  # Where the splits live while a run trains and evaluates: host = read from the shards batch by batch
+  # (decoded by data.threads, placed data.device_prefetch ahead); device = decoded once into columns held in
+  # every device's memory, each batch gathered inside the jitted step from its row indices (the same batches
+  # to the bit); auto = device when the splits take at most half of the devices' free memory (the host's
+  # available memory on CPU), else host. README, "The input path".
+  placement: Literal["auto", "host", "device"] = "auto"
   embed_user_id: bool = False  # feed the user id to the model (it is always stored, for gAUC)
   seed: int = 0  # generator seed (the data set, not the training order)
   days: int = 30  # commercial data: days covered; the last `test_days` are the test split
@@ -161,6 +167,10 @@ class TrainConfig:
   # process only), e.g. to leave the others to another job. train.mesh then counts these N.
   devices: int = 0
   eval_every: int = 0  # steps between evaluations (validation and test); 0 = once per epoch (and at the end)
+  # Training steps per jitted call (a scan over the call's batches): the host dispatches once per call. A call
+  # is shortened to end on every log, evaluation, checkpoint and profile step and on the last step, so they
+  # fall where they do with 1; a SIGTERM / Ctrl-C is answered when the call in flight ends. 1..1024.
+  steps_per_call: int = 4
   checkpoint_every: int = 200  # steps between checkpoints (also at every eval and at the end)
   log_every: int = 50  # steps between training-metric fetches (metrics.jsonl, TensorBoard; a progress line in a log file)
   keep_checkpoints: int = 3  # latest checkpoints kept (the best by validation AUC is kept as well)
@@ -353,6 +363,7 @@ def _sizes(config: Config) -> str | None:
       ("data.threads", d.threads, 0, 1024, " (0 = one per host core, at most 4)"),
       ("data.device_prefetch", d.device_prefetch, 0, 64, ""),
       ("train.keep_checkpoints", t.keep_checkpoints, 1, 1 << 20, ""),
+      ("train.steps_per_call", t.steps_per_call, 1, 1024, ""),
   ):
     message = _bounds(key, value, low, high, unit)
     if message:

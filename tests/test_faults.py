@@ -78,8 +78,10 @@ def test_sigkill_at_ten_random_moments_resumes_bit_identically(tmp_path, data_ro
 
 def test_sigterm_ctrl_c_and_a_second_ctrl_c_resume_bit_identically(tmp_path, data_root, uninterrupted):
   w = tmp_path / "stopped"
-  for signals in ([signal.SIGTERM], [signal.SIGINT], [signal.SIGINT, signal.SIGINT]):
-    proc = _launch(w, data_root, *RUN, wait=False)
+  # The legs read the data from the shards (host) or hold it on the device in turn: the same batches.
+  for signals, placement in (([signal.SIGTERM], "host"), ([signal.SIGINT], "device"),
+                             ([signal.SIGINT, signal.SIGINT], "host")):
+    proc = _launch(w, data_root, *RUN, "--set", f"data.placement={placement}", wait=False)
     assert _wait_for_progress(proc, w, _latest(w))
     for s in signals:
       proc.send_signal(s)

@@ -51,18 +51,21 @@ def _cmd(workdir, data_root, *extra):
 def test_two_processes_take_the_step_of_one_process_with_eight_devices(tmp_path, data_root):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(4)}
   port = _free_port()
+  # The two processes hold their own blocks on their devices (data.placement=device); the one process reads
+  # its batches from the shards (host): the same batches, so the same step.
+  device = ("--set", "data.placement=device")
   by_flags = _cmd(tmp_path / "two", data_root, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                  "--process-id", "0")
+                  "--process-id", "0", *device)
   by_env = {**env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
   procs = [subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for cmd, e in ((by_flags, env), (_cmd(tmp_path / "two", data_root), by_env))]
+           for cmd, e in ((by_flags, env), (_cmd(tmp_path / "two", data_root, *device), by_env))]
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert "on 8 device(s)" in outs[0][0] and "final test" not in outs[1][0]  # only process 0 reports
   assert "step 1/1 (100%)" in outs[0][0] and "step " not in outs[1][0] and "eval " not in outs[1][0]  # progress too
   env8 = {**env, "XLA_FLAGS": xla_flags(8)}
-  one = subprocess.run(_cmd(tmp_path / "one", data_root), cwd=ROOT, env=env8, capture_output=True, text=True,
+  one = subprocess.run(_cmd(tmp_path / "one", data_root, "--set", "data.placement=host"), cwd=ROOT, env=env8, capture_output=True, text=True,
                        timeout=600)
   assert one.returncode == 0, one.stderr[-3000:]
   metrics = lambda out: {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", out.strip().splitlines()[-1])}

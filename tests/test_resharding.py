@@ -1,5 +1,6 @@
 """A checkpoint written on N devices resumes on M: 1 device -> 8 devices with tables split over a `model`
-axis -> 4 devices, data parallel; the run ends where an uninterrupted one-device run ends."""
+axis -> 4 devices, data parallel, the data read from the shards or held on the devices in turn
+(data.placement); the run ends where an uninterrupted one-device run ends."""
 
 import jax
 import numpy as np
@@ -20,12 +21,13 @@ def _run(workdir, data_root, devices, steps, *sets):
 
 def test_checkpoint_moves_between_device_counts(tmp_path, data_root):
   w = tmp_path / "moved"
-  _run(w, data_root, 1, 2)
-  out = _run(w, data_root, 8, 4, "train.mesh=data=4,model=2")  # tables padded to 2 rows and split
+  # The legs also change data.placement: the batches, and so the run, are the same either way.
+  _run(w, data_root, 1, 2, "data.placement=host")
+  out = _run(w, data_root, 8, 4, "train.mesh=data=4,model=2", "data.placement=device")  # tables padded, split
   assert "resumed from step 2" in out and "on 8 device(s)" in out
-  out = _run(w, data_root, 4, 6)
+  out = _run(w, data_root, 4, 6, "data.placement=host")
   assert "resumed from step 4" in out and "on 4 device(s)" in out
-  _run(tmp_path / "ref", data_root, 1, 6)
+  _run(tmp_path / "ref", data_root, 1, 6)  # data.placement=auto: device here
   step, moved = _final_params(w)
   ref_step, ref = _final_params(tmp_path / "ref")
   assert step == ref_step == 6

@@ -30,7 +30,7 @@ def default_cache_root() -> str:
 
 
 # data.* fields every data set reads (the pipeline, the trainer and every converter).
-COMMON_FIELDS = ("source", "dir", "max_len", "block_size", "workers", "threads", "prefetch", "device_prefetch", "oov",
+COMMON_FIELDS = ("source", "dir", "max_len", "block_size", "workers", "threads", "prefetch", "device_prefetch", "placement", "oov",
                  "validation", "embed_user_id", "seed")
 
 

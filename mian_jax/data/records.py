@@ -125,13 +125,12 @@ def _layout(schema: FeatureSchema) -> tuple[tuple, tuple, np.dtype, int, int]:
   return scalars, sequences, ldt, per_row, sum(d.itemsize for _, d in sequences)
 
 
-def decode_blocks(schema: FeatureSchema, blobs: Sequence[bytes], max_len: int | None = None,
-                  order: Callable[[int], np.ndarray] | None = None) -> dict[str, np.ndarray]:
-  """Decodes k block records as one batch, its rows taken in the order `order(rows)` returns (a
-  permutation of the rows of the concatenated blocks; None = as stored). Equal to
-  concat([decode_block(b) for b in blobs]) indexed by that permutation. A record that does not match the
-  schema raises decode_block's RecordError with `.block` = its position in `blobs`."""
-  t = max_len or schema.max_len
+def stored_columns(schema: FeatureSchema, blobs: Sequence[bytes]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """The k block records `blobs` as columns in their stored (narrow) types, blocks concatenated: `label`
+  u8 [N], each scalar field [N], `hist_len` [N] (the stored history lengths, u8 / u16) and each behaviour
+  field's values [sum of lengths] (ragged: row r's are the `hist_len[r]` values after those of the rows
+  before it); and the rows of each block [k]. A record that does not match the schema raises
+  decode_block's RecordError with `.block` = its position in `blobs`."""
   scalars, sequences, ldt, per_row, per_behaviour = _layout(schema)
   k = len(blobs)
   head = np.zeros((k, 2), np.int64)  # n, total per block
@@ -146,13 +145,14 @@ def decode_blocks(schema: FeatureSchema, blobs: Sequence[bytes], max_len: int | 
     _refuse(schema, blobs, int(bad[0]))
 
   def column(dtype: np.dtype, offsets: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.frombuffer(b, dtype, int(c), int(o)) for b, o, c in zip(blobs, offsets, counts)])
+    return np.concatenate([np.frombuffer(b, dtype, int(c), int(o)) for b, o, c in zip(blobs, offsets, counts)]
+                          ) if k else np.zeros(0, dtype)
 
   # The columns before the histories: when every block holds the same number of rows (training batches),
   # they sit at the same offsets in every record, so one gather of those bytes from all k records and one
   # copy per column replace k reads per column.
   fixed = [("label", np.dtype(np.uint8))] + [(name, dtype) for name, dtype, _ in scalars] + [("hist_len", ldt)]
-  stored: dict[str, np.ndarray] = {}
+  out: dict[str, np.ndarray] = {}
   if k and (n == n[0]).all():
     m = int(n[0])
     head_bytes = _HEADER.itemsize + m * per_row
@@ -160,26 +160,40 @@ def decode_blocks(schema: FeatureSchema, blobs: Sequence[bytes], max_len: int | 
         (np.cumsum(sizes) - sizes)[:, None] + np.arange(_HEADER.itemsize, head_bytes)]  # [k, m * per_row]
     at = 0
     for name, dtype in fixed:
-      stored[name] = np.ascontiguousarray(prefix[:, at:at + m * dtype.itemsize]).view(dtype).reshape(-1)
+      out[name] = np.ascontiguousarray(prefix[:, at:at + m * dtype.itemsize]).view(dtype).reshape(-1)
       at += m * dtype.itemsize
     offset = np.full(k, head_bytes, np.int64)
   else:
     offset = np.full(k, _HEADER.itemsize, np.int64)
     for name, dtype in fixed:
-      stored[name] = column(dtype, offset, n)
+      out[name] = column(dtype, offset, n)
       offset = offset + n * dtype.itemsize
-  lengths = stored.pop("hist_len").astype(np.int64)
-  block_rows = np.cumsum(n) - n
-  sums = np.add.reduceat(lengths, block_rows) if lengths.size else np.zeros(k, np.int64)
+  lengths = out["hist_len"].astype(np.int64)
+  sums = np.add.reduceat(lengths, np.cumsum(n) - n) if lengths.size else np.zeros(k, np.int64)
   sums[n == 0] = 0  # reduceat reads one element for an empty block
   bad = np.flatnonzero(sums != total)
   if bad.size:
     _refuse(schema, blobs, int(bad[0]))
+  for name, dtype in sequences:
+    out[name] = column(dtype, offset, total)
+    offset = offset + total * dtype.itemsize
+  return out, n
 
+
+def decode_blocks(schema: FeatureSchema, blobs: Sequence[bytes], max_len: int | None = None,
+                  order: Callable[[int], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+  """Decodes k block records as one batch, its rows taken in the order `order(rows)` returns (a
+  permutation of the rows of the concatenated blocks; None = as stored). Equal to
+  concat([decode_block(b) for b in blobs]) indexed by that permutation. A record that does not match the
+  schema raises decode_block's RecordError with `.block` = its position in `blobs`."""
+  t = max_len or schema.max_len
+  scalars, sequences, _, _, _ = _layout(schema)
+  stored, _ = stored_columns(schema, blobs)
+  lengths = stored["hist_len"].astype(np.int64)
   rows = np.arange(len(lengths)) if order is None else np.asarray(order(len(lengths)))
   keep = np.minimum(lengths, t)  # the most recent `keep` behaviours
   src = np.cumsum(lengths) - keep  # where each row's kept slice starts in the batch's behaviours
-  all_behaviours = int(total.sum())
+  all_behaviours = int(lengths.sum())
   itype = np.int32 if all_behaviours < np.iinfo(np.int32).max - t else np.int64  # half the bytes of int64
   keep_r, src_r = keep[rows].astype(itype), src[rows].astype(itype)
   pos = np.arange(t, dtype=itype)[None, :]
@@ -190,8 +204,7 @@ def decode_blocks(schema: FeatureSchema, blobs: Sequence[bytes], max_len: int | 
     out[name] = stored[name][rows].astype(decoded)
   for name, dtype in sequences:
     values = np.zeros(all_behaviours + 1, np.int32)
-    values[:-1] = column(dtype, offset, total)
-    offset = offset + total * dtype.itemsize
+    values[:-1] = stored[name]
     out[name] = values.take(index)
   out["hist_len"] = keep_r.astype(np.int32)
   out["weight"] = np.ones(len(rows), np.float32)

@@ -99,14 +99,16 @@ class _Trainer:
     patience = config.train.early_stop_patience
     self.step, self.t_log = self.start, time.perf_counter()
     trace = StepTrace(config.train.profile_steps, workdir / "tensorboard")
+    ends = self._call_ends(eval_every, trace)
     with interrupts.Deferred() as stop:
       while self.step < run.total_steps:
-        batch = next(self.data_it)  # already on the devices (placed ahead, data.device_prefetch)
+        steps = self._call_size(ends)
+        inputs = self.data_it.take(steps)  # already on the devices (placed ahead, data.device_prefetch)
         trace.before(self.step + 1)
         with jax.transfer_guard("disallow"):
-          self.state, step_metrics = run.train_step(self.state, batch)
+          self.state, step_metrics = run.train_call(self.state, inputs)
         self.pending.append(step_metrics)
-        self.step += 1
+        self.step += steps
         step = self.step
         if trace.after(step, step_metrics):
           report.say(f"profile of steps {config.train.profile_steps}: {workdir / 'tensorboard'} (TensorBoard's "
@@ -152,6 +154,21 @@ class _Trainer:
       self.data_it.close()
 
   # ---------------------------------------------------------------- its steps
+  def _call_ends(self, eval_every: int, trace: StepTrace) -> list[int]:
+    """The periods a train call must end on: logging, evaluation, checkpoints (every multiple), and the
+    steps before and at the end of a profiled range."""
+    t = self.config.train
+    periods = [t.log_every, eval_every, t.checkpoint_every]
+    self.profile_ends = [s for s in (trace.first - 1, trace.last) if s > 0]
+    return periods
+
+  def _call_size(self, periods: list[int]) -> int:
+    """Steps in the next train call: train.steps_per_call, shortened to end on the next step where something
+    happens (a multiple of a period, a profile boundary, the run's last step)."""
+    s = self.step
+    ends = [(s // m + 1) * m for m in periods if m > 0] + [e for e in self.profile_ends if e > s]
+    return max(1, min([self.config.train.steps_per_call, self.run.total_steps - s] + [e - s for e in ends]))
+
   def _start(self):
     """(state, data position, first step, resumed?) from the latest readable checkpoint, else a new state."""
     self.start_lines: tuple[str, ...] = ()
@@ -199,7 +216,8 @@ class _Trainer:
     """Fetches the pending step metrics: stops at (or counts) non-finite steps, logs the rest."""
     if not self.pending:
       return
-    fetched, self.pending = jax.device_get(self.pending), []
+    calls, self.pending = jax.device_get(self.pending), []
+    fetched = [{k: v[i] for k, v in call.items()} for call in calls for i in range(len(call["loss"]))]
     first = self.step - len(fetched) + 1
     bad = [first + i for i, m in enumerate(fetched) if not m["finite"]]
     if bad and self.config.train.on_nonfinite == "stop":

@@ -25,16 +25,18 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mian_jax import data as data_lib
 from mian_jax import distributed, interrupts, metrics as metrics_lib, models, progress
 from mian_jax.config import Config, check_batch
-from mian_jax.data import pipeline, shards
-from mian_jax.errors import ConfigError, Diverged, RunError
+from mian_jax.data import pipeline, resident, shards
+from mian_jax.errors import ConfigError, DataError, Diverged, RunError
 from mian_jax.schema import FeatureSchema
-from mian_jax.train import optim, partition, state as state_lib, step as step_lib, workdir as workdir_lib
+from mian_jax.train import on_device, optim, partition, state as state_lib, step as step_lib, workdir as workdir_lib
 from mian_jax.train.checkpoint import CheckpointMismatch, CheckpointUnreadable, Checkpoints, abstract, echoes_dropped
 
 METRICS = ("auc", "gauc", "logloss")
@@ -112,6 +114,35 @@ def check_splits(config: Config, src: pipeline.Source) -> None:
                    f"sample besides its last one); set data.validation=test or none")
 
 
+def choose_placement(config: Config, src: pipeline.Source, mesh: Mesh) -> tuple[str, str | None]:
+  """(data.placement resolved to host or device, the line saying which and the sizes, or None for host by
+  choice). auto: device when the splits a process holds take at most DEVICE_SHARE of its devices' least free
+  memory (all processes agree: host if any says no); device: refused (DataError) when they exceed it whole."""
+  wanted = config.data.placement
+  if wanted == "host":
+    return "host", None
+  processes = jax.process_count()
+  splits = [s for s in ("train", "valid", "test") if src.rows(s)]
+  # A process holds the training blocks it reads: with several processes and epochs, most of the split.
+  need = sum(resident.estimate_bytes(src, s, 1.0 if s == "train" else 1 / processes) for s in splits)
+  free, copies = on_device.free_bytes(mesh)
+  share = need * copies / max(free, 1)
+  sizes = (f"the splits take {need / 2**20:,.1f} MiB" + (f" x {copies} devices" if copies > 1 else "")
+           + f", {share:.1%} of {free / 2**30:,.1f} GiB free")
+  if wanted == "device":
+    if share > 1:
+      raise DataError(f"data.placement=device: {sizes.replace('the splits take', 'the splits need')}, more than "
+                      f"the devices have; set data.placement=host")
+    return "device", f"data.placement=device: {sizes}"
+  fits = share <= on_device.DEVICE_SHARE
+  if processes > 1:
+    fits = bool(np.asarray(multihost_utils.process_allgather(np.array([fits]))).all())
+  chosen = "device" if fits else "host"
+  return chosen, (f"data.placement=auto: {chosen} ({sizes}; device when at most "
+                  f"{on_device.DEVICE_SHARE:.0%}" + ("" if fits or share <= on_device.DEVICE_SHARE
+                                                    else " on every process") + ")")
+
+
 @dataclasses.dataclass
 class Run:
   config: Config  # resolved (data.scale >= 0); a copy, never the caller's
@@ -125,6 +156,8 @@ class Run:
   total_steps: int  # train.steps, else train.epochs epochs
   src: pipeline.Source | None = None  # None: a run without data (benchmarks on synthetic batches)
   notes: tuple[str, ...] = ()  # lines the caller may print (e.g. the data.scale note)
+  placement: str = "host"  # data.placement resolved (choose_placement): host or device
+  _resident: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)  # split -> (Held, its store)
 
   @classmethod
   def build(cls, config: Config, src: pipeline.Source | None = None, mesh: Mesh | None = None) -> "Run":
@@ -139,7 +172,8 @@ class Run:
     batch = partition.per_process_batch(config.train.batch_size, mesh, "train.batch_size")
     total = config.train.steps or config.train.epochs * pipeline.steps_per_epoch(src, batch, jax.process_count())
     run = cls.assemble(config, src.schema, mesh, total)
-    return dataclasses.replace(run, src=src, notes=tuple(n for n in (note,) if n))
+    placement, line = choose_placement(config, src, mesh)
+    return dataclasses.replace(run, src=src, placement=placement, notes=tuple(n for n in (note, line) if n))
 
   @classmethod
   def assemble(cls, config: Config, schema: FeatureSchema, mesh: Mesh, total_steps: int) -> "Run":
@@ -159,11 +193,13 @@ class Run:
     if not workdir_lib.checkpoint_steps(workdir):  # before any data is built or any folder created
       raise _no_checkpoint(workdir)
     run = cls.build(config)
-    ckpt = run.checkpoints(workdir, read_only=True)  # beside a training run: creates, cleans, deletes nothing
+    # Beside a training run: creates, cleans, deletes nothing; a step that run removes while the steps are
+    # listed (Orbax reads each step's metadata) means listing them again.
+    ckpt = _listed(lambda: run.checkpoints(workdir, read_only=True))
     try:
       for attempt in range(READ_ATTEMPTS):  # a training run beside this one may remove a step while it is read
-        best = ckpt.best_step()
-        steps = ([best] if best is not None else []) + [s for s in sorted(ckpt.all_steps(), reverse=True) if s != best]
+        best, listed = _listed(lambda: (ckpt.best_step(), ckpt.all_steps()), ckpt.reload)
+        steps = ([best] if best is not None else []) + [s for s in sorted(listed, reverse=True) if s != best]
         if not steps:
           raise _no_checkpoint(workdir)
         try:
@@ -226,10 +262,67 @@ class Run:
     """This process's rows of a batch -> global arrays sharded over the mesh's `data` axis."""
     return partition.to_global(batch, self.mesh)
 
-  def train_iterator(self, start: int = 0, on_devices: bool = False) -> pipeline.TrainIterator:
+  @functools.cached_property
+  def _train_call(self) -> Callable:
+    fn = step_lib.make_train_step(self.model, self.schema, self.tx, self.config.model.aux_loss_weight,
+                                  self.config.train.compute_dtype)
+    held = self.placement == "device"
+    schema, max_len, mesh = self.schema, self.config.data.max_len, self.mesh
+
+    def call(state, store, inputs):
+      if not held:  # a tuple of batches, each placed on the devices
+        inputs = jax.tree.map(lambda *x: jnp.stack(x), *inputs)
+
+      def body(state, x):
+        return fn(state, on_device.gather(schema, max_len, mesh, store, x) if held else x)
+
+      return jax.lax.scan(body, state, inputs)
+
+    rep = partition.replicated(mesh)
+    inputs = NamedSharding(mesh, P(None, mesh.axis_names)) if held else partition.batch_sharding(mesh)
+    store = on_device.store_sharding(mesh) if held else rep
+    return jax.jit(call, in_shardings=(self.shardings, store, inputs), out_shardings=(self.shardings, rep),
+                   donate_argnums=0)
+
+  def train_call(self, state: state_lib.TrainState, inputs: Any) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
+    """(state, metrics [steps]) after the steps of `inputs` (what the training iterator's `take(steps)`
+    returned), in one jitted call: a scan of the train step, whose losses and metrics equal those of
+    `train_step` called step by step."""
+    store = self._resident["train"][1] if self.placement == "device" else None
+    return self._train_call(state, store, inputs)
+
+  def resident(self, split: str, start: int = 0) -> tuple[resident.Held, dict[str, jax.Array]]:
+    """(this process's blocks of `split` as held on the devices, their device columns), loaded at the first
+    call (training: the blocks this process reads from global batch `start` to the run's end)."""
+    if split not in self._resident:
+      c = self.config
+      if split == "train":
+        k = pipeline.blocks_per_process_batch(self.src, self.batch_per_process, jax.process_count())
+        blocks = resident.train_blocks(self.src, c.train.seed, k, start, max(start + 1, self.total_steps),
+                                       jax.process_index(), jax.process_count())
+      else:
+        blocks = resident.eval_blocks(self.src, split, jax.process_index(), jax.process_count())
+      with interrupts.phase(f"loading the {split} split onto the devices"):
+        held = resident.load(self.src, split, blocks, max_len=c.data.max_len, oov=c.data.oov, threads=c.data.threads)
+        store = on_device.place(held, self.mesh)
+      held.columns = {}  # on the devices now: the host's copy is freed
+      self._resident[split] = (held, store)
+    return self._resident[split]
+
+  def train_iterator(self, start: int = 0, on_devices: bool = False) -> pipeline.TrainIterator | resident.RowIterator:
     """Training batches from global batch `start`: numpy, or (`on_devices`) already placed on the mesh,
-    data.device_prefetch batches ahead of the step."""
+    data.device_prefetch batches ahead of the step; under data.placement=device (with `on_devices`) their
+    row indices instead, for `train_call`."""
     c = self.config
+    if on_devices and self.placement == "device":
+      held, _ = self.resident("train", start)
+      k = pipeline.blocks_per_process_batch(self.src, self.batch_per_process, jax.process_count())
+      order = pipeline.BlockOrder(len(self.src.blocks("train")), c.train.seed, k, jax.process_index(),
+                                  jax.process_count())
+      sharding = NamedSharding(self.mesh, P(None, self.mesh.axis_names))
+      return resident.RowIterator(held, order, c.train.seed, start, k * jax.process_count(),
+                                  lambda rows: jax.make_array_from_process_local_data(sharding, rows),
+                                  c.data.device_prefetch)
     return pipeline.train_iterator(
         self.src, batch_per_process=self.batch_per_process, seed=c.train.seed, max_len=c.data.max_len,
         process_index=jax.process_index(), process_count=jax.process_count(), workers=c.data.workers,
@@ -240,9 +333,62 @@ class Run:
   def evaluate(self, params, split: str = "test", eval_step: Callable | None = None) -> dict[str, Any]:
     """Exact AUC / gAUC / logloss over a whole split (every row once, padding rows dropped); with
     `mapped_values` when data.oov=map read values as 0. `eval_step`: another (params, batch) -> probs."""
-    eval_step = eval_step or self.eval_step
     c = self.config
     rows = partition.per_process_batch(c.train.eval_batch_size, self.mesh, "train.eval_batch_size")
+    if self.placement == "device" and eval_step is None:
+      outs, mapped = self._evaluate_on_devices(params, split, rows)
+    else:
+      outs, mapped = self._evaluate_from_host(params, split, rows, eval_step or self.eval_step)
+    outs = partition.gather(outs)
+    cat = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    real = cat["w"] > 0
+    try:
+      out: dict[str, Any] = metrics_lib.evaluate(cat["y"][real], cat["p"][real], cat["u"][real])
+    except metrics_lib.NaNScores as e:
+      raise Diverged(f"the model's {split} predictions are not finite: {e}; lower train.learning_rate or check the "
+                     f"data (the checkpoints written so far are kept)") from None
+    if np.isnan(out["auc"]):
+      labels = set(np.unique(cat["y"][real]).tolist())
+      progress.say(f"warning: the {split} split has {'no rows' if not labels else f'one class only (every label {labels.pop():g})'}"
+          f": its AUC and gAUC are undefined, and model selection ignores them")
+    if mapped:  # this process's count (data.oov=map)
+      out["mapped_values"] = mapped
+    return out
+
+  @functools.cached_property
+  def _eval_rows(self) -> Callable:
+    """(params, store, rows, valid) -> (probabilities, labels, groups, weights) of the gathered batch."""
+    fn = step_lib.make_eval_step(self.model, self.schema, self.config.train.compute_dtype)
+    schema, max_len, mesh, group = self.schema, self.config.data.max_len, self.mesh, self.src.group_key
+
+    def call(params, store, rows, valid):
+      batch = on_device.gather(schema, max_len, mesh, store, rows, valid)
+      return fn(params, batch), batch["label"], batch[group], batch["weight"]
+
+    data = partition.batch_sharding(mesh)
+    return jax.jit(call, in_shardings=(self.shardings.params, on_device.store_sharding(mesh), data, data),
+                   out_shardings=data)
+
+  def _evaluate_on_devices(self, params, split: str, rows: int) -> tuple[list[dict[str, jax.Array]], dict[str, int]]:
+    """The eval pass over the split held on the devices: the host sends each batch's row numbers only."""
+    held, store = self.resident(split)
+    count = pipeline.eval_batch_count(self.src, split, rows, jax.process_count())
+    data = partition.batch_sharding(self.mesh)
+    outs = []
+    with progress.Progress(count, "batch", f"eval {split}", every=count,
+                           fields=(f"{self.src.rows(split):,} rows",), leave=False) as bar:
+      for b in range(count):
+        local = np.arange(b * rows, (b + 1) * rows, dtype=np.int32)
+        valid = local < held.rows
+        placed = [jax.make_array_from_process_local_data(data, x) for x in (local, valid)]
+        p, y, u, w = self._eval_rows(params, store, *placed)
+        outs.append({"p": p, "y": y, "u": u, "w": w})
+        bar.update()
+    return outs, held.counts().as_dict()
+
+  def _evaluate_from_host(self, params, split: str, rows: int, eval_step: Callable
+                          ) -> tuple[list[dict[str, jax.Array]], dict[str, int]]:
+    c = self.config
     count, batches = pipeline.eval_batches(self.src, split, rows_per_process=rows, max_len=c.data.max_len,
                                            process_index=jax.process_index(), process_count=jax.process_count(),
                                            oov=c.data.oov, threads=c.data.threads, place=self.place,
@@ -260,22 +406,7 @@ class Run:
           bar.update()
     finally:
       batches.close()
-    outs = partition.gather(outs)
-    cat = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-    real = cat["w"] > 0
-    try:
-      out: dict[str, Any] = metrics_lib.evaluate(cat["y"][real], cat["p"][real], cat["u"][real])
-    except metrics_lib.NaNScores as e:
-      raise Diverged(f"the model's {split} predictions are not finite: {e}; lower train.learning_rate or check the "
-                     f"data (the checkpoints written so far are kept)") from None
-    if np.isnan(out["auc"]):
-      labels = set(np.unique(cat["y"][real]).tolist())
-      progress.say(f"warning: the {split} split has {'no rows' if not labels else f'one class only (every label {labels.pop():g})'}"
-          f": its AUC and gAUC are undefined, and model selection ignores them")
-    mapped = batches.counts.as_dict()
-    if mapped:  # this process's count (data.oov=map)
-      out["mapped_values"] = mapped
-    return out
+    return outs, batches.counts.as_dict()
 
   def evaluate_splits(self, params, step: int) -> tuple[dict[str, dict[str, Any]], float]:
     """({split: metrics} for the validation split (data.validation=holdout) and the test split, the value
@@ -291,6 +422,18 @@ class Run:
 
 
 READ_ATTEMPTS = 20  # Run.restore lists the steps again this often when the ones it tried were removed meanwhile
+
+
+def _listed(read: Callable[[], Any], again: Callable[[], None] | None = None) -> Any:
+  """read(), tried again (after again()) while it fails on a step folder removed meanwhile."""
+  for attempt in range(READ_ATTEMPTS):
+    try:
+      return read()
+    except FileNotFoundError:
+      if attempt == READ_ATTEMPTS - 1:
+        raise
+      if again is not None:
+        _listed(again)
 
 
 class _Removed(RunError):
