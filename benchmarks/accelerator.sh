@@ -9,7 +9,8 @@
 #   step        the train step alone of mian, din, dien, deepfm at batch 8192 (benchmarks/step_throughput.py);
 #   step_bf16   the same for mian and dien in bfloat16;
 #   pipeline    the input path alone (train input at 1-16 threads, eval input) and input + step for mian,
-#               din, deepfm (benchmarks/pipeline.py, 10% data scale, batch 8192);
+#               din, deepfm with data.placement host and device at 16 steps per call, and evaluation
+#               (benchmarks/pipeline.py, 10% data scale, batch 8192);
 #   end_to_end  a timed 1,500-step MIAN run on the full-scale commercial data through launch.py (the data
 #               set is generated first and cached under data_cache/): its result.json (samples/s, wall time,
 #               test AUC) is copied to end_to_end.json;
@@ -68,12 +69,12 @@ if [ "$mode" = smoke ]; then
   for k in "${!SMOKE_LIMITS[@]}"; do LIMITS[$k]=${SMOKE_LIMITS[$k]}; done
   step_args=(--models mian,deepfm --batch 256 --repeats 2)
   bf16_args=(--models mian --batch 256 --repeats 2 --dtype bfloat16)
-  pipeline_args=(--scale 0.001 --batch 256 --batches 5 --threads 1,2 --models mian)
+  pipeline_args=(--scale 0.001 --batch 256 --batches 5 --threads 1,2 --models mian --per-call 1,4 --steps 8)
   run_args=(--experiment commercial:tiny --set train.steps=20)
 else
   step_args=(--models mian,din,dien,deepfm --batch 8192 --repeats 20)
   bf16_args=(--models mian,dien --batch 8192 --repeats 20 --dtype bfloat16)
-  pipeline_args=(--scale 0.1 --batch 8192 --threads 1,2,4,8,16 --models mian,din,deepfm)
+  pipeline_args=(--scale 0.1 --batch 8192 --threads 1,2,4,8,16 --models mian,din,deepfm --per-call 16 --steps 200)
   run_args=(--experiment commercial --set data.scale=1.0 --set train.steps=1500)
 fi
 

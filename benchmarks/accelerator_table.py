@@ -151,23 +151,33 @@ def build(out: Path) -> list[tuple[str, str, str]]:
   else:
     rows.append(("pipeline", "eval input alone", phases.missing("pipeline")))
   step_rates = {r.get("model"): r.get("samples_per_s") for r in pipe if r.get("kind") == "step"}
-  ends = {r.get("model"): r for r in pipe if r.get("kind") == "end_to_end"}
+  ends: dict[str, list[dict]] = {}
+  for r in pipe:
+    if r.get("kind") == "end_to_end":
+      ends.setdefault(r.get("model"), []).append(r)
   for m in phases.models("pipeline") + [m for m in ends if m not in phases.models("pipeline")]:
-    r = ends.get(m)
-    if r is None or fmt_rate(r.get("samples_per_s")) is None:
+    measured = [r for r in ends.get(m, []) if fmt_rate(r.get("samples_per_s")) is not None]
+    if not measured:
       rows.append(("pipeline", f"{m} input + step", phases.missing("pipeline")))
       continue
-    value = fmt_rate(r["samples_per_s"])
-    vs = r.get("vs_step")
-    if number(vs) is None and number(step_rates.get(m)):
-      vs = r["samples_per_s"] / step_rates[m]
-    if number(vs) is not None:
-      value += f" ({fmt_ratio(vs)} of the step alone)"
-    rows.append(("pipeline", f"{m} input + step", value))
+    for r in measured:
+      value = fmt_rate(r["samples_per_s"])
+      vs = r.get("vs_step")
+      if number(vs) is None and number(step_rates.get(m)):
+        vs = r["samples_per_s"] / step_rates[m]
+      if number(vs) is not None:
+        value += f" ({fmt_ratio(vs)} of the step alone)"
+      how = ", ".join(x for x in (r.get("placement"), f"{r['steps_per_call']} per call" if r.get("steps_per_call")
+                                  else None) if x)
+      rows.append(("pipeline", f"{m} input + step" + (f" ({how})" if how else ""), value))
 
   for r in pipe:
     if r.get("kind") == "evaluation" and fmt_rate(r.get("rows_per_s"), "rows/s"):
-      rows.append(("pipeline", f"{r.get('model')} evaluation, input + eval step", fmt_rate(r["rows_per_s"], "rows/s")))
+      where = f" ({r['placement']})" if r.get("placement") else ""
+      rows.append(("pipeline", f"{r.get('model')} evaluation, input + eval step{where}",
+                   fmt_rate(r["rows_per_s"], "rows/s")))
+    if r.get("kind") == "load" and number(r.get("seconds")) is not None:
+      rows.append(("pipeline", r.get("what", "load"), f"{r['seconds']:.2f} s"))
 
   result = read_json(out / "end_to_end.json")
   result = result if isinstance(result, dict) else {}

@@ -69,9 +69,10 @@ def eval_input_rate(src, rows: int, threads: int) -> float:
   return total / (time.perf_counter() - t)
 
 
-def assemble(model: str, src, compute_dtype: str, placement: str = "host") -> Run:
+def assemble(model: str, src, compute_dtype: str, placement: str = "host", batch: int = 8192) -> Run:
   """The trainer's Run for `model` on `src`, one device, with the placement given (not chosen by size)."""
-  config = Config(model=ModelConfig(name=model), train=TrainConfig(learning_rate=1e-3, compute_dtype=compute_dtype),
+  config = Config(model=ModelConfig(name=model),
+                  train=TrainConfig(learning_rate=1e-3, compute_dtype=compute_dtype, batch_size=batch),
                   data=DataConfig(source="commercial", max_len=src.schema.max_len, placement=placement))
   mesh = partition.make_mesh(jax.devices()[:1])
   run = Run.assemble(config, src.schema, mesh, total_steps=100_000)
@@ -98,7 +99,7 @@ def trained_rate(run: Run, batch: int, steps: int, per_call: int) -> tuple[float
 
 def model_rows(model: str, src, batch: int, steps: int, eval_batch: int, compute_dtype: str,
                per_call: list[int]) -> list[dict]:
-  run = assemble(model, src, compute_dtype)
+  run = assemble(model, src, compute_dtype, batch=batch)
   place = lambda b: partition.to_global(b, run.mesh)
   it = pipeline.train_iterator(src, batch_per_process=batch, seed=0, max_len=src.schema.max_len, place=place)
   fixed = [next(it) for _ in range(3)]
@@ -107,7 +108,7 @@ def model_rows(model: str, src, batch: int, steps: int, eval_batch: int, compute
   step_rate = batch / alone["median_s"]
   rows = [{"what": f"{model} step alone", "kind": "step", "model": model, "samples_per_s": step_rate}]
   for placement in ("host", "device"):
-    placed = assemble(model, src, compute_dtype, placement)
+    placed = assemble(model, src, compute_dtype, placement, batch)
     if placement == "device":
       t = time.perf_counter()
       held, _ = placed.resident("train")

@@ -163,11 +163,12 @@ class _Trainer:
     return periods
 
   def _call_size(self, periods: list[int]) -> int:
-    """Steps in the next train call: train.steps_per_call, shortened to end on the next step where something
-    happens (a multiple of a period, a profile boundary, the run's last step)."""
-    s = self.step
+    """Steps in the next train call: train.steps_per_call when that many are left before the next step where
+    something happens (a multiple of a period, a profile boundary, the run's last step), else 1. So a run
+    compiles two programs at most (k steps and one step), and the steps before an event go one at a time."""
+    s, k = self.step, self.config.train.steps_per_call
     ends = [(s // m + 1) * m for m in periods if m > 0] + [e for e in self.profile_ends if e > s]
-    return max(1, min([self.config.train.steps_per_call, self.run.total_steps - s] + [e - s for e in ends]))
+    return k if min([self.run.total_steps] + ends) - s >= k else 1
 
   def _start(self):
     """(state, data position, first step, resumed?) from the latest readable checkpoint, else a new state."""

@@ -68,8 +68,11 @@ def place(held: Held, mesh: Mesh) -> dict[str, jax.Array]:
   out = {}
   try:
     for (name, column), size in zip(held.columns.items(), sizes.tolist()):
-      padded = np.zeros((1, max(1, size)), column.dtype)
-      padded[0, :len(column)] = column
+      if len(column) == max(1, size):  # a view: no host copy
+        padded = column[None]
+      else:
+        padded = np.zeros((1, max(1, size)), column.dtype)
+        padded[0, :len(column)] = column
       shards = [jax.device_put(padded, d) for d in local]
       out[name] = jax.make_array_from_single_device_arrays((mesh.devices.size, padded.shape[1]), sharding, shards)
   except Exception as e:
