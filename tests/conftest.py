@@ -56,6 +56,7 @@ SLOW = {
                                 "test_statistics_mirror_the_paper_and_each_interaction_matters"},
     "test_custom.py": {"test_parquet_gives_the_same_data_as_csv", "test_real_alimama_rows_train_through_launch"},
     "test_e2e.py": "*",
+    "test_resident.py": {"test_steps_in_one_call_equal_one_step_per_call"},
     "test_faults.py": "*",
     "test_faults_data.py": {"test_a_test_split_with_one_class_prints_auc_as_undefined"},
     "test_faults_gauc.py": {"test_predict_writes_the_raw_user_of_every_row"},

@@ -84,6 +84,9 @@ class _Trainer:
     # result.json is never deleted: a finished run's stays until this run finishes and replaces it.
     self.data_start = pipeline.resume_from(data_state, run.blocks_per_batch, config.train.reset_data_position)
     self.data_it = run.train_iterator(self.data_start, on_devices=True)
+    if run.placement == "device":  # the evaluated splits too: a damaged shard is named before the first step
+      for split in run.evaluated_splits():
+        run.resident(split)
     self.report = report = Reporter(workdir, self.start, run.total_steps, config.train.log_every)
     for line in run.notes + self.start_lines:
       report.say(line)

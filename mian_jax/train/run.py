@@ -408,13 +408,16 @@ class Run:
       batches.close()
     return outs, batches.counts.as_dict()
 
+  def evaluated_splits(self) -> tuple[str, ...]:
+    """The splits each evaluation of a training run scores: validation (data.validation=holdout) and test."""
+    return ("valid", "test") if SELECTED_ON[self.config.data.validation] == "valid" else ("test",)
+
   def evaluate_splits(self, params, step: int) -> tuple[dict[str, dict[str, Any]], float]:
     """({split: metrics} for the validation split (data.validation=holdout) and the test split, the value
     the best checkpoint is chosen by): the validation AUC, the test AUC (validation=test) or the step
     (validation=none: the latest evaluation is the one reported). An undefined AUC selects nothing: -1."""
     on = SELECTED_ON[self.config.data.validation]
-    splits = ("valid", "test") if on == "valid" else ("test",)
-    evals = {split: self.evaluate(params, split) for split in splits}
+    evals = {split: self.evaluate(params, split) for split in self.evaluated_splits()}
     if on is None:
       return evals, float(step)
     value = evals[on]["auc"]
