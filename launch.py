@@ -44,7 +44,8 @@ def _parser(experiment_names: list[str], model_names: list[str], sweep_names: li
                                                   "experiment's layout) with the best checkpoint, in input order; "
                                                   "needs --out")
   p.add_argument("--out", metavar="FILE", help="--predict: the CSV to write (row, user, probability); an existing FILE is "
-                                                "replaced only when it is an earlier --predict output")
+                                                "replaced only when it is an earlier --predict output. --plot: the "
+                                                "PNG to write (default <workdir>/gim_attention.png)")
   p.add_argument("--export", metavar="DIR", help="write the best checkpoint's inference function (jax.export, any "
                                                  "batch size) with its schema and vocabularies to DIR (mian_jax.serving)")
   p.add_argument("--coordinator", metavar="HOST:PORT",
@@ -154,10 +155,18 @@ def _main(argv: list[str] | None) -> int:
   from mian_jax import predict
   from mian_jax.train import loop, report
   if args.plot == "gim":
+    from pathlib import Path
+
     from mian_jax import plots
+    from mian_jax.errors import RunError
+    target = Path(args.out or f"{workdir}/gim_attention.png")
     with interrupts.phase("drawing the GIM weights (nothing is written until they are drawn)"):
       weights, columns = predict.gim_weights(config, workdir)
-      path = plots.gim_heatmap(weights, f"{workdir}/gim_attention.png", columns)
+      try:
+        path = plots.gim_heatmap(weights, target, columns)
+      except OSError as e:  # a read-only workdir, a full disk: nothing of the run is at stake
+        raise RunError(f"cannot write {target}: {e.strerror or e}; give --out FILE in a folder you can "
+                              f"write (the checkpoints were only read)") from None
     print(f"wrote {path}")
   elif args.eval:
     with interrupts.phase("evaluating (nothing is written)"):

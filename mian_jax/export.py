@@ -7,7 +7,9 @@ device), and serializes it with `jax.export` for a symbolic batch size `b`. The 
     model.jaxexport   `Exported.serialize()`: f(params, inputs) -> probs float32 [b]
     params.npz        the parameters as the leaves of f's first argument, in pytree order ("000000", ...)
     manifest.json     the inputs (name, dtype, per-sample shape, kind, vocabulary size, how a raw value is
-                      encoded), the output, the feature schema (`schema.to_dict()`), the model name
+                      encoded), the output, the feature schema (`schema.to_dict()`), the model name, the
+                      SHA-256 of every other file (`sha256`) and of itself (`manifest_sha256`), checked by
+                      `serving.Scorer.load`
     vocab/*.json      every vocabulary of the data set (a list: value k has id k + 1; 0 = padding / OOV)
 
 Decisions:
@@ -48,7 +50,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mian_jax import files, interrupts
+from mian_jax import files, interrupts, serving
 from mian_jax.config import Config
 from mian_jax.data import pipeline
 from mian_jax.schema import FeatureSchema
@@ -117,6 +119,7 @@ def write(model: nn.Module, src: pipeline.Source, params: dict[str, Any], out_di
       (tmp / "vocab").mkdir()
       for name in vocabs:
         shutil.copyfile(vocab_dir / name, tmp / "vocab" / name)
+    manifest = serving.sealed(tmp, manifest)  # every file's SHA-256, and the manifest's own
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     interrupts.commit(lambda: _replace(tmp, out_dir))  # a signal from here on leaves it complete
   finally:

@@ -68,18 +68,19 @@ def write_text(path: str | Path, text: str) -> None:
   write_with(path, lambda f: f.write(text))
 
 
-def write_with(path: str | Path, write: Callable[[IO[str]], Any],
-               put_in_place: Callable[[Callable[[], None]], Any] = lambda rename: rename(), newline: str | None = None
-               ) -> None:
+def write_with(path: str | Path, write: Callable[[IO[Any]], Any],
+               put_in_place: Callable[[Callable[[], None]], Any] = lambda rename: rename(), newline: str | None = None,
+               binary: bool = False) -> None:
   """`write(f)` into a new temporary file beside `path` (never a file of someone else's), fsynced, then
   renamed over `path` by `put_in_place(rename)` (e.g. `interrupts.commit`); the temporary file is removed
-  when anything fails or is interrupted."""
+  when anything fails or is interrupted, and a failed write is an OSError naming `path`. `binary`: f takes
+  bytes (a picture)."""
   path = Path(path)
   fd, tmp = -1, None
   try:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, file_mode())
-    with os.fdopen(fd, "w", newline=newline) as f:
+    with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline=newline)) as f:
       fd = -1
       write(f)
       f.flush()
@@ -155,3 +156,42 @@ def claim(folder: str | Path, kind: str, ours: Callable[[Path], bool], fix: str)
   if sample is None:
     return folder
   raise NotOurs(f"{folder} holds files that are not {kind}'s (e.g. {sample.name}), so nothing is written there; {fix}")
+
+
+class Busy(Error):
+  """Another process holds a folder's lock (`Exclusive`)."""
+
+
+class Exclusive:
+  """An OS file lock on `path` (a lock file, created when missing) for as long as the block runs: a second
+  holder is refused at once with `Busy(busy.format(owner=...))`, naming the holder's pid and host. The lock
+  ends with its process, kill -9 included."""
+
+  def __init__(self, path: str | Path, busy: str):
+    self.path, self.busy = Path(path), busy
+    self._fd: int | None = None
+
+  def __enter__(self) -> "Exclusive":
+    import fcntl
+    import socket
+
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+      os.close(fd)
+      raise Busy(self.busy.format(owner=owner)) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc) -> None:
+    import fcntl
+
+    if self._fd is not None:
+      os.ftruncate(self._fd, 0)
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mian_jax import files
+
 
 def _pyplot():
   """matplotlib.pyplot on the headless Agg backend, imported on the first drawing: its import is ~0.35 s of
@@ -22,6 +24,11 @@ def _pyplot():
 
 
 PLOTS = ("gim",)
+
+
+def _save(fig, path: str | Path, dpi: int) -> None:
+  """The figure as a PNG at `path`, written atomically (a failed write, a full disk say, names `path`)."""
+  files.write_with(path, lambda f: fig.savefig(f, dpi=dpi, format="png"), binary=True)
 
 
 def gim_heatmap(weights: np.ndarray, path: str | Path, columns: tuple[str, ...]) -> Path:
@@ -38,7 +45,7 @@ def gim_heatmap(weights: np.ndarray, path: str | Path, columns: tuple[str, ...])
   ax.set_title("GIM attention weights")
   fig.tight_layout()
   path = Path(path)
-  fig.savefig(path, dpi=120)
+  _save(fig, path, 120)
   plt.close(fig)
   return path
 
@@ -65,7 +72,7 @@ def sweep_auc(groups: list[dict], path: str | Path, title: str = "") -> Path:
   ax.set_title(f"sweep {title}" if title else "sweep")
   fig.tight_layout()
   path = Path(path)
-  fig.savefig(path, dpi=110)
+  _save(fig, path, 110)
   plt.close(fig)
   return path
 
@@ -93,6 +100,6 @@ def training_curves(metrics_jsonl: str | Path, path: str | Path, title: str = ""
     fig.suptitle(title)
   fig.tight_layout()
   path = Path(path)
-  fig.savefig(path, dpi=110)
+  _save(fig, path, 110)
   plt.close(fig)
   return path

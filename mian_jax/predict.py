@@ -102,20 +102,42 @@ def _as_data_set(config: Config, src: pipeline.Source, path: Path) -> Path:
   return data.source_for(config.data).encode_records(config.data, src, path)
 
 
+HEADER = ["row", "user", "probability"]
+EARLIER_HEADERS = (HEADER, ["row", "probability"])  # the outputs --predict wrote, this version's and before
+
+
 def _check_out(out: Path) -> None:
-  """`out` may be written: it does not exist, or it is a previous --predict output (its header starts with
-  `row,`); anything else is someone else's file and is refused (DataError)."""
+  """`out` may be written: it does not exist, or it is a previous --predict output (its first line is exactly
+  a header --predict writes or wrote, `row,user,probability` or `row,probability`, and its second, if any, row
+  0 with a probability in [0, 1]); anything else is someone else's file and is refused (DataError)."""
   if out.is_dir():
     raise DataError(f"--out {out} is a folder; give the path of the CSV file to write")
   if out.exists():
     try:
       with out.open("rb") as f:
-        head = f.readline(200)
+        head = [f.readline(4096) for _ in range(2)]
     except OSError as e:
       raise DataError(f"--out {out} cannot be read ({e.strerror}); give another path") from None
-    if not head.startswith(b"row,"):
-      raise DataError(f"--out {out} exists and is not a --predict output (its first line is not the `row,...` "
-                      f"header), so it is not overwritten; give another path or move that file")
+    if not _is_output(head):
+      raise DataError(f"--out {out} exists and is not a --predict output (its first lines are not the "
+                      f"`row,user,probability` header and row 0), so it is not overwritten; give another path or move "
+                      f"that file")
+
+
+def _is_output(head: list[bytes]) -> bool:
+  try:
+    lines = [line.decode("utf-8") for line in head if line]
+    rows = list(csv.reader(lines))
+  except (UnicodeDecodeError, csv.Error):
+    return False
+  if not rows or rows[0] not in EARLIER_HEADERS:
+    return False
+  if len(rows) == 1:
+    return True
+  try:
+    return len(rows[1]) == len(rows[0]) and rows[1][0] == "0" and 0.0 <= float(rows[1][-1]) <= 1.0
+  except ValueError:
+    return False
 
 
 def user_names(src: pipeline.Source, groups: np.ndarray, trained: Path | None = None) -> list[str]:
@@ -153,7 +175,7 @@ def predict(config: Config, workdir: str | Path, path: str | Path, out: str | Pa
 
   def write(f):
     w = csv.writer(f)
-    w.writerow(["row", "user", "probability"])
+    w.writerow(HEADER)
     w.writerows((i, u, f"{p:.6f}") for i, (u, p) in enumerate(zip(users, scores)))
 
   files.write_with(out, write, interrupts.commit, newline="")  # a signal from the rename on leaves `out` complete

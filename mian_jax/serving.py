@@ -35,10 +35,16 @@ Decisions:
   is not a number ("abc") is an error naming the record and the feature.
 - A record without one of the model's features is an error (a misspelt key would otherwise score
   every sample as OOV); keys that are not inputs are ignored.
+- `load` checks the export before reading it: every file the manifest names must lie inside the export
+  folder (no absolute path, no `..`), and match the SHA-256 the manifest lists for it; the manifest must
+  match its own digest (an edited vocabulary or `mean` would change every probability without a word, a
+  flipped bit in the function can crash the process that deserializes it). A changed file is a ValueError
+  naming it. Exports written before the checksums load unchecked (their paths are still confined).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -85,6 +91,55 @@ def _as_id(value: Any) -> int:
   raise ValueError(f"{value!r} is not an integer id")
 
 
+def _sha256(path: Path) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _manifest_digest(manifest: dict[str, Any]) -> str:
+  held = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+  return hashlib.sha256(json.dumps(held, sort_keys=True).encode()).hexdigest()
+
+
+def sealed(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+  """`manifest` with the SHA-256 of every file under `directory` (but the manifest) and of itself."""
+  manifest = json.loads(json.dumps(manifest))
+  names = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()
+                 and p.name != "manifest.json")
+  manifest["sha256"] = {name: _sha256(directory / name) for name in names}
+  manifest["manifest_sha256"] = _manifest_digest(manifest)
+  return manifest
+
+
+def _inside(directory: Path, name: Any) -> Path:
+  """The file `name` of the export: a relative path that stays inside `directory` (ValueError otherwise)."""
+  if not isinstance(name, str) or not name or Path(name).is_absolute():
+    raise ValueError(f"{directory}/manifest.json names {name!r}, not a file of the export; re-export the model")
+  path = (directory / name).resolve()
+  if not path.is_relative_to(directory.resolve()):
+    raise ValueError(f"{directory}/manifest.json names {name!r}, outside the export folder; re-export the model")
+  return path
+
+
+def _checked(directory: Path, manifest: dict[str, Any], names: list[str]) -> None:
+  """ValueError when the manifest was edited or a file it names does not match its SHA-256."""
+  sums = manifest.get("sha256")
+  if sums is None and "manifest_sha256" not in manifest:
+    return  # written before the checksums
+  if manifest.get("manifest_sha256") != _manifest_digest(manifest) or not isinstance(sums, dict):
+    raise ValueError(f"{directory}/manifest.json was changed after the export was written (its digest does not "
+                     f"match); re-export the model")
+  for name in names:
+    path = _inside(directory, name)
+    if name not in sums:
+      raise ValueError(f"{directory}/{name} has no checksum in the manifest; re-export the model")
+    if not path.is_file():
+      raise ValueError(f"{directory}/{name} is missing; re-export the model")
+    if _sha256(path) != sums[name]:
+      raise ValueError(f"{directory}/{name} does not match its checksum (the file was changed or damaged); "
+                       f"re-export the model")
+
+
 class Scorer:
   """An exported model, ready to score: `Scorer.load(directory)`."""
 
@@ -103,8 +158,14 @@ class Scorer:
   def load(cls, directory: str | Path) -> "Scorer":
     directory = Path(directory)
     manifest = json.loads((directory / "manifest.json").read_text())
-    if manifest.get("format") != FORMAT:
-      raise ValueError(f"{directory}: export format {manifest.get('format')!r}, this loader reads {FORMAT!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+      found = manifest.get("format") if isinstance(manifest, dict) else None
+      raise ValueError(f"{directory}: export format {found!r}, this loader reads {FORMAT!r}")
+    vocab_names = sorted({e["vocab"] for e in manifest["inputs"].values() if e.get("vocab")})
+    names = [manifest["function"], manifest["params"], *vocab_names]
+    for name in names:
+      _inside(directory, name)
+    _checked(directory, manifest, names)
     exported = jax.export.deserialize(bytearray((directory / manifest["function"]).read_bytes()))
     args_def = jax.tree_util.treedef_children(exported.in_tree)[0]  # in_tree: ((params, inputs), {})
     params_def = jax.tree_util.treedef_children(args_def)[0]

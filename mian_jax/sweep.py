@@ -101,8 +101,9 @@ def _command(experiment: str, workdir: Path, sets: list[str], fresh: bool) -> li
 
 
 def is_sweep(folder: Path) -> bool:
-  """A sweep's root: it holds results.csv, or a trial workdir (a folder with trial.json)."""
-  return (folder / "results.csv").exists() or any((c / "trial.json").exists() for c in folder.iterdir() if c.is_dir())
+  """A sweep's root: it holds results.csv, its lock file or a trial workdir (a folder with trial.json)."""
+  return ((folder / "results.csv").exists() or (folder / ".sweep.lock").exists()
+          or any((c / "trial.json").exists() for c in folder.iterdir() if c.is_dir()))
 
 
 def _result(workdir: Path) -> dict[str, Any] | None:
@@ -142,6 +143,12 @@ def run(experiment: str, trials: list[dict[str, str]], root: Path, base_sets: li
   env = dict(os.environ if env is None else env)
   root = files.claim(root, "a sweep", is_sweep, "choose a new or empty --workdir for the sweep (or an earlier sweep's)")
   root.mkdir(parents=True, exist_ok=True)
+  with files.Exclusive(root / ".sweep.lock", f"{root} is in use by another sweep ({{owner}}); wait for it to finish, "
+                                             f"stop it, or use another --workdir"):
+    return _run_locked(experiment, trials, root, base_sets, devices_per_trial, fresh, env)
+
+
+def _run_locked(experiment, trials, root, base_sets, devices_per_trial, fresh, env) -> list[dict[str, Any]]:
   ids = trial_ids(trials)
   sets = [base_sets + [f"{k}={v}" for k, v in t.items()] for t in trials]
   rows: dict[int, dict[str, Any]] = {}

@@ -116,4 +116,7 @@ def plant(src: Path, target: Path, split: str, record: int, edit) -> Path:
   raw = edit(block)
   blobs[record] = raw if raw is not None else records.encode_block(schema, block)
   shards.write_records(path, blobs)
+  # Sealed again, as the writer of such records would have: the digests check that files are as written.
+  unsealed = {k: v for k, v in meta.items() if k not in ("digests", "meta_sha256")}
+  shards.write_text(target / src.name / "meta.json", json.dumps(shards.seal(target / src.name, unsealed), indent=1))
   return path

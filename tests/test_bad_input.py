@@ -52,7 +52,9 @@ def test_truncated_and_corrupt_shards_are_named(tmp_path, data_root, tiny_source
   run = _run(tmp_path / "w", data_root, "--set", f"data.dir={tmp_path / 'data'}", "--set", "train.steps=2")
   assert run.returncode == 2
   assert run.stderr.strip().splitlines() == [run.stderr.strip().splitlines()[-1]]  # one line
-  assert run.stderr.startswith(f"error: {shard}: cannot be opened")
+  # A run opening the data set checks every shard file against the digest written with it.
+  assert run.stderr.startswith(f"error: {shard}: its content does not match the digest written with the data "
+                               f"set (the file was changed or damaged); remove {copy} to rebuild the data set")
   assert _listing(tmp_path / "data") == before  # nothing removed
   assert not list((tmp_path / "w").rglob("checkpoints/*"))  # nothing saved from a run that could not read its data
   # Bytes changed inside a shard (in its data, not the padding after it): ArrayRecord's chunk hash
@@ -65,6 +67,52 @@ def test_truncated_and_corrupt_shards_are_named(tmp_path, data_root, tiny_source
   test_shard.write_bytes(bytes(raw))
   with pytest.raises(pipeline.DataError, match=rf"{test_shard}(: cannot be opened| record \d+: ).*(corrupt|checksum)"):
     _eval_all(_source(copy2))
+  # Through launch.py the damaged test shard is named before the first step, not at the first evaluation.
+  run = _run(tmp_path / "w2", data_root, "--set", f"data.dir={tmp_path / 'flipped'}", "--set", "train.steps=2")
+  assert run.returncode == 2 and run.stderr.startswith(f"error: {test_shard}: its content does not match"), run.stderr
+  assert "step 1/" not in run.stdout and not list((tmp_path / "w2").rglob("checkpoints/*"))
+
+
+def test_an_edited_meta_json_is_refused(tmp_path, data_root, tiny_source):
+  """meta.json carries its own digest: an edited `blocks` entry (the run would count other samples) or other
+  parameters under the same folder name are one error line each."""
+  import json
+
+  copy = tmp_path / "data" / tiny_source.directory.name
+  shutil.copytree(tiny_source.directory, copy)
+  meta = json.loads((copy / "meta.json").read_text())
+  meta["blocks"]["train"][0] -= 1
+  (copy / "meta.json").write_text(json.dumps(meta, indent=1))
+  run = _run(tmp_path / "w", data_root, "--set", f"data.dir={tmp_path / 'data'}", "--set", "train.steps=2")
+  assert run.returncode == 2, run.stderr
+  assert run.stderr == (f"error: {copy / 'meta.json'} was changed after the data set was written (its digest does "
+                        f"not match); remove {copy} to rebuild the data set\n")
+  meta["blocks"]["train"][0] += 1
+  meta["params"]["seed"] = 7  # other parameters, resealed: the folder's name says they are the run's
+  del meta["meta_sha256"]
+  from mian_jax.data import shards
+
+  (copy / "meta.json").write_text(json.dumps({**meta, "meta_sha256": shards._meta_digest(meta)}, indent=1))
+  run = _run(tmp_path / "w", data_root, "--set", f"data.dir={tmp_path / 'data'}", "--set", "train.steps=2")
+  assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+  assert run.stderr.startswith(f"error: {copy}/meta.json was written for other parameters (seed: 7 there, 0 here); "
+                               f"remove {copy} to rebuild the data set"), run.stderr
+
+
+def test_a_resume_on_other_rows_with_the_same_statistics_is_refused(tmp_path, data_root, tiny_source):
+  """Two labels swapped between rows leave every statistic as it was; the shards' digests differ."""
+  def swap(block):
+    ones, zeros = np.flatnonzero(block["label"] == 1), np.flatnonzero(block["label"] == 0)
+    block["label"][ones[0]], block["label"][zeros[0]] = 0, 1
+
+  path = plant(tiny_source.directory, tmp_path / "data", "train", 0, swap)
+  sets = ("--set", "train.steps=2", "--set", "train.checkpoint_every=2")
+  first = _run(tmp_path / "w", data_root, *sets)  # trained on the session's data set
+  assert first.returncode == 0, first.stderr
+  other = _run(tmp_path / "w", data_root, "--set", f"data.dir={tmp_path / 'data'}", *sets[:1], "train.steps=4")
+  assert other.returncode == 2 and "holds checkpoints of another run (data rows: checkpoint " in other.stderr, \
+      other.stderr
+  assert path.parent.name == tiny_source.directory.name  # same folder name and statistics: only the rows differ
 
 
 def test_a_record_that_does_not_match_the_schema_is_named(tmp_path, tiny_source):

@@ -3,6 +3,7 @@ vocabularies, numeric standardisation, sequence order), schema mistakes named by
 real Alimama and DIN-layout samples in ../shared/data when present."""
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,8 @@ def test_parquet_gives_the_same_data_as_csv(tmp_path):
     (lambda s: s.replace('label = "clk"', ""), r"key label: name the 0/1 label column"),
     (lambda s: s.replace('separator = "|"', 'separator = ","'), r"columns.clicks.separator: ',' is also the field"),
     (lambda s: s.replace("[columns.gender]", "[columns.gender"), r"schema.toml: not valid TOML"),
+    (lambda s: s.replace('train = ["train-*.csv"]', 'train = ["*.csv"]'),
+     r"schema.toml keys train and test: both match .*test.csv; a file may not be in training and test data"),
 ])
 def test_schema_mistakes_name_the_file_and_key(tmp_path, edit, message):
   folder = write_csv(tmp_path / "csv")
@@ -181,13 +184,17 @@ def test_real_alimama_rows_train_through_launch(tmp_path):
 
 
 def test_real_din_layout_sample_through_a_schema(tmp_path):
-  folder = SHARED / "amazon-electronics-din-sample"
-  if not (folder / "sample_data.txt").exists():
-    pytest.skip(f"{folder} is absent (the DIN-layout Amazon sample, not part of the repository)")
+  shared = SHARED / "amazon-electronics-din-sample"
+  if not (shared / "sample_data.txt").exists():
+    pytest.skip(f"{shared} is absent (the DIN-layout Amazon sample, not part of the repository)")
+  folder = tmp_path / "din"  # the sample, as a training file and a test file (one file may not be both)
+  folder.mkdir()
+  for name in ("train.txt", "test.txt"):
+    shutil.copyfile(shared / "sample_data.txt", folder / name)
   schema = tmp_path / "din.toml"
   schema.write_text("""
-train = "sample_data.txt"
-test = "sample_data.txt"
+train = "train.txt"
+test = "test.txt"
 format = "csv"
 delimiter = ";"
 header = false
@@ -219,7 +226,7 @@ separator = " "
   assert st["oov"]["test"]["item"] == 0 and 0 < st["label_rate"]["test"] < 1
   assert meta["schema"]["user_key"] == "user_id"  # no user column: one user for all rows (gAUC = AUC)
   test = decode_split(d, meta, "test")
-  first = (folder / "sample_data.txt").read_text().splitlines()[0].split(";")
+  first = (shared / "sample_data.txt").read_text().splitlines()[0].split(";")
   assert test["hist_len"][0] == len(first[0].split()) and test["label"][0] == float(first[4])
 
 

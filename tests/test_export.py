@@ -224,3 +224,41 @@ def test_the_scorer_has_one_rule_for_ids_and_names_the_record_and_feature(run, r
     with pytest.raises(error) as e:
       scorer.encode([record, {**record, key: value}])
     assert words in str(e.value), str(e.value)
+
+
+def test_a_changed_export_is_refused_naming_its_file(run, tmp_path):
+  """The manifest lists every file's SHA-256 and its own: a flipped bit in the function, an edited vocabulary
+  or `mean`, and paths that leave the export folder are refused before anything is deserialized."""
+  import json
+  import shutil
+
+  from mian_jax.serving import Scorer
+
+  _, _, exported = run
+  manifest = json.loads((exported / "manifest.json").read_text())
+  assert set(manifest["sha256"]) >= {"model.jaxexport", "params.npz"} and manifest["manifest_sha256"]
+
+  def copy(name):
+    target = tmp_path / name
+    shutil.copytree(exported, target)
+    return target
+
+  flipped = copy("flipped")
+  raw = bytearray((flipped / "model.jaxexport").read_bytes())
+  raw[len(raw) // 2] ^= 1
+  (flipped / "model.jaxexport").write_bytes(bytes(raw))
+  with pytest.raises(ValueError, match=r"flipped/model.jaxexport does not match its checksum"):
+    Scorer.load(flipped)
+  for where, edit in (("edited", lambda m: m["inputs"]["activity"].__setitem__("mean", 3.0)),
+                      ("outside", lambda m: m.__setitem__("params", "../flipped/params.npz")),
+                      ("absolute", lambda m: m.__setitem__("function", "/etc/hostname"))):
+    folder = copy(where)
+    changed = json.loads((folder / "manifest.json").read_text())
+    edit(changed)
+    (folder / "manifest.json").write_text(json.dumps(changed))
+    message = {"edited": "manifest.json was changed after the export was written",
+               "outside": r"names '../flipped/params.npz', outside the export folder",
+               "absolute": r"names '/etc/hostname', not a file of the export"}[where]
+    with pytest.raises(ValueError, match=message):
+      Scorer.load(folder)
+  Scorer.load(copy("intact"))  # an unchanged copy loads

@@ -100,8 +100,15 @@ def test_predict_never_overwrites_a_file_it_did_not_write(finished, tmp_path, da
   assert "is not a --predict output" in _error_line(run.stderr)
   assert theirs.read_text() == "id,name\n1,a\n"
   earlier = tmp_path / "earlier.csv"
-  earlier.write_text("row,probability\n0,0.5\n")
-  predict._check_out(earlier)  # an earlier output may be replaced
+  for ours in ("row,probability\n0,0.5\n", "row,user,probability\n0,u7,0.123456\n1,u8,0.5\n",
+               "row,user,probability\n"):
+    earlier.write_text(ours)
+    predict._check_out(earlier)  # an earlier output may be replaced
+  for mine in ("row,name\n1,alice\n", "row,user,probability,note\n0,u,0.5,x\n", "row,user,probability\n3,u,7\n",
+               "row,user,probability\n0,u,high\n", "row, user\n"):
+    earlier.write_text(mine)  # a user's own file that merely starts with `row,`
+    with pytest.raises(DataError, match="is not a --predict output"):
+      predict._check_out(earlier)
   with pytest.raises(DataError, match="is a folder"):
     predict._check_out(tmp_path)
 
@@ -415,3 +422,35 @@ def test_predict_eval_and_export_beside_a_training_run_leave_it_unharmed(tmp_pat
   left = [p.name for p in (w / "checkpoints").iterdir() if "tmp" in p.name]
   assert not left, left
   assert json.loads((w / "result.json").read_text())["step"] == 60
+
+
+def test_plot_writes_where_out_says_and_a_failed_picture_write_names_its_file(finished, tmp_path, data_root):
+  """--plot gim reads the checkpoints only: with --out it writes nothing in the workdir; a write that fails is
+  one error line naming the file and saying how to go on (not how to resume training). A picture that cannot
+  be written (a full disk: a file-size limit here) is an OSError naming the file, which launch.py prints."""
+  import subprocess
+  import sys
+
+  from mian_jax import plots
+
+  before = sorted(str(p.relative_to(finished)) for p in finished.rglob("*"))
+  picture = tmp_path / "figure6.png"
+  run = _run(finished, data_root, "--plot", "gim", "--out", str(picture))
+  assert run.returncode == 0, run.stderr
+  assert picture.read_bytes().startswith(b"\x89PNG") and f"wrote {picture}" in run.stdout
+  assert sorted(str(p.relative_to(finished)) for p in finished.rglob("*")) == before
+  blocked = tmp_path / "a_file"
+  blocked.write_text("not a folder")
+  run = _run(finished, data_root, "--plot", "gim", "--out", str(blocked / "f.png"))
+  assert run.returncode == 2 and _error_line(run.stderr).startswith(
+      f"error: cannot write {blocked / 'f.png'}: Not a directory; give --out FILE in a folder you can write"), run.stderr
+  assert "resumes" not in run.stderr and blocked.read_text() == "not a folder"
+  curves = tmp_path / "curves.png"
+  script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000)); "
+            "from mian_jax import plots\n"
+            "try:\n  plots.training_curves(sys.argv[1], sys.argv[2])\n"
+            "except OSError as e:\n  print('named', e.filename, e.strerror)\n")
+  done = subprocess.run([sys.executable, "-c", script, str(finished / "metrics.jsonl"), str(curves)], capture_output=True,
+                        text=True, timeout=120, cwd=Path(plots.__file__).resolve().parents[1])
+  assert done.stdout.startswith(f"named {curves} File too large"), done.stdout + done.stderr
+  assert not curves.exists() and not list(tmp_path.glob(".curves.png.*"))  # no half-written picture left

@@ -164,3 +164,17 @@ def test_an_invalid_trial_is_refused_before_any_runs_naming_it(tmp_path):
   line = run.stderr.strip().splitlines()[-1]
   assert line.startswith("error: --sweep accelerator_batch, trial batch_size=1024,learning_rate=0.004: "
                          "train.batch_size=1024 must be a multiple of 2000"), line
+
+
+def test_a_second_sweep_on_the_same_folder_is_refused_before_any_trial(tmp_path):
+  import os
+
+  from mian_jax import files
+
+  root = tmp_path / "sweep"
+  root.mkdir()
+  with files.Exclusive(root / ".sweep.lock", "held by the test"):  # a sweep running in this folder
+    with pytest.raises(files.Busy, match=rf"{root} is in use by another sweep \(pid {os.getpid()} on .*\); wait for it"):
+      sweep.run("commercial:tiny", [{"model.name": "lr"}], root, [])
+  assert sorted(p.name for p in root.iterdir()) == [".sweep.lock"]  # no trial started, no results written
+  assert sweep.is_sweep(root)  # a folder holding only the lock of an ended sweep is a sweep's: it may be reused

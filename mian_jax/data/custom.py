@@ -40,6 +40,7 @@ counterpart go to `context`. Conversion, vocabularies, OOV and caching are `tabu
 from __future__ import annotations
 
 import glob
+import os
 import hashlib
 import tomllib
 from pathlib import Path
@@ -126,6 +127,18 @@ def _files(folder: Path, patterns: Any, schema_path: Path, key: str) -> list[str
   return out
 
 
+def _disjoint(inputs: dict[str, list[str]], schema_path: Path) -> None:
+  """DataError when a training file is also a test or validation file (e.g. train = "*.csv" also matching the
+  test files): the model would be evaluated and selected on what it trained on. Validation may read the
+  test files (data.validation on the test split is the BARS protocol)."""
+  trained = {os.path.realpath(f) for f in inputs["train"]}
+  for split in ("valid", "test"):
+    both = [f for f in inputs.get(split, []) if os.path.realpath(f) in trained]
+    if both:
+      raise DataError(f"{schema_path} keys train and {split}: both match {both[0]}; a file may not be in training "
+                      f"and {split} data (narrow the patterns, e.g. train = \"train-*.csv\")")
+
+
 def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tuple[tabular.Spec, dict[str, list[str]]]:
   """The schema file -> (Spec, {split: files}); DataError naming the file and key of any mistake."""
   path = Path(schema_path)
@@ -152,6 +165,7 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
             "test": _files(folder, doc.get("test"), path, "test")}
   if p.holdout and "valid" in doc:
     inputs["valid"] = _files(folder, doc.get("valid"), path, "valid")
+  _disjoint(inputs, path)
   fmt_name = doc.get("format") or Path(inputs["train"][0]).suffix.lstrip(".").lower()
   if fmt_name not in ("csv", "tsv", "txt", "parquet"):
     raise _fail(path, "format", f"{fmt_name!r} is not csv, tsv or parquet")

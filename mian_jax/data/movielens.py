@@ -353,5 +353,6 @@ def encode_records(trained: Path, folder: str, cache_root: str) -> tuple[Path, d
       directory, "test", 0, 1).name]}, "blocks": {"train": [], "test": [len(rows[i:i + p.block_size])
                                                                     for i in range(0, len(rows), p.block_size)]},
           "stats": {"rows": {"train": 0, "test": int(len(rows))}}}
+  meta = shards.seal(directory, meta)
   shards.write_text(directory / "meta.json", json.dumps(meta, indent=1))
   return directory, meta

@@ -1,4 +1,6 @@
-"""Sharded ArrayRecord data sets on disk: written in parallel and atomically, cached by their parameters.
+"""Sharded ArrayRecord data sets on disk: written in parallel and atomically, cached by their parameters,
+sealed with each shard file's SHA-256 and a digest of meta.json itself (`seal`, checked by `verify` and
+`load_meta`).
 
 A data set lives in `<data.dir>/<name>-<hash of its parameters>/`:
     meta.json                      written last; its presence means the data set is complete
@@ -88,14 +90,69 @@ def write_records(path: Path, records: Sequence[bytes]) -> None:
 
 
 def load_meta(directory: Path) -> dict[str, Any] | None:
+  """The data set's meta.json (None when there is none yet); DataError when it is damaged or was edited
+  after the data set was written (its own digest, `meta_sha256`, does not match)."""
   path = directory / "meta.json"
   if not path.exists():
     return None
   try:
-    return files.read_json(path)
+    meta = files.read_json(path)
   except files.Damaged as e:
     raise DataError(f"{e}; it is written last when a data set is complete, so remove {directory} to rebuild "
                     f"the data set") from None
+  if not isinstance(meta, dict):
+    raise DataError(f"{path} holds no data set description; remove {directory} to rebuild the data set")
+  if "meta_sha256" in meta and _meta_digest(meta) != meta["meta_sha256"]:
+    raise DataError(f"{path} was changed after the data set was written (its digest does not match); remove "
+                    f"{directory} to rebuild the data set")
+  return meta
+
+
+# Each shard file's SHA-256, written into meta.json with the data set (`seal`) and checked when a run opens it
+# (`verify`): a changed or damaged file of any split is named before anything trains, and the digests are
+# the data set's identity by content (`rows_digest`). meta.json carries a digest of itself too.
+def file_digest(path: Path) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _meta_digest(meta: dict[str, Any]) -> str:
+  held = {k: v for k, v in meta.items() if k != "meta_sha256"}
+  return hashlib.sha256(json.dumps(held, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def seal(directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
+  """`meta` with the digest of every shard file it lists and of itself, as meta.json will hold it."""
+  meta = json.loads(json.dumps(meta))  # tuples become lists, as when read back
+  names = [name for split in SPLITS for name in meta["files"].get(split, [])]
+  with futures.ThreadPoolExecutor(min(8, len(names) or 1)) as pool:
+    meta["digests"] = dict(zip(names, pool.map(lambda n: file_digest(directory / n), names)))
+  meta["meta_sha256"] = _meta_digest(meta)
+  return meta
+
+
+def verify(directory: Path, meta: dict[str, Any]) -> None:
+  """DataError naming the first shard file that is missing or whose content does not match its digest.
+  Data sets written before digests were kept have none to check."""
+  digests = meta.get("digests") or {}
+  names = sorted(digests)
+  missing = [n for n in names if not (directory / n).is_file()]
+  if missing:
+    raise DataError(f"{directory / missing[0]} is missing; remove {directory} to rebuild the data set")
+  with futures.ThreadPoolExecutor(min(8, len(names) or 1)) as pool:
+    found = list(pool.map(lambda n: file_digest(directory / n), names))
+  for name, got in zip(names, found):
+    if got != digests[name]:
+      raise DataError(f"{directory / name}: its content does not match the digest written with the data set (the "
+                      f"file was changed or damaged); remove {directory} to rebuild the data set")
+
+
+def rows_digest(meta: dict[str, Any]) -> str | None:
+  """A digest of every shard file's content (None for a data set written without digests)."""
+  digests = meta.get("digests")
+  if not digests:
+    return None
+  return hashlib.sha256(json.dumps(sorted(digests.values())).encode()).hexdigest()[:16]
 
 
 def write_text(path: Path, text: str) -> None:
@@ -183,7 +240,10 @@ def build(directory: Path, schema: FeatureSchema, params: dict[str, Any], num_sh
   if meta is not None and meta.get("params") == params:
     return meta
   if meta is not None:  # same hash, other parameters: never mix shards of two data sets
-    raise ValueError(f"{directory}/meta.json was written for other parameters; remove {directory} to rebuild")
+    had = meta.get("params") if isinstance(meta.get("params"), dict) else {}
+    key = next((k for k in sorted(set(had) | set(params)) if had.get(k) != params.get(k)), "params")
+    raise DataError(f"{directory}/meta.json was written for other parameters ({key}: {had.get(key)!r} there, "
+                    f"{params.get(key)!r} here); remove {directory} to rebuild the data set")
   directory.mkdir(parents=True, exist_ok=True)
   _remove_unfinished(directory)
   try:
@@ -195,8 +255,8 @@ def build(directory: Path, schema: FeatureSchema, params: dict[str, Any], num_sh
   files = {s: [shard_path(directory, s, i, num_shards).name for i in range(num_shards) if stats[i]["blocks"][s]]
            for s in SPLITS}
   blocks = {s: [n for st in stats for n in st["blocks"][s]] for s in SPLITS}
-  meta = {"params": params, "schema": schema.to_dict(), "files": files, "blocks": blocks,
-          "stats": finish(stats)}
+  meta = seal(directory, {"params": params, "schema": schema.to_dict(), "files": files, "blocks": blocks,
+                          "stats": finish(stats)})
   write_text(directory / "stats.json", json.dumps(meta["stats"], indent=1))
   write_text(directory / "meta.json", json.dumps(meta, indent=1))
   return meta

@@ -79,9 +79,12 @@ def open_source(config: Config) -> pipeline.Source:
   (or stop with process 0's error)."""
   try:
     with interrupts.phase("building the data set"):
-      return distributed.process_zero_first("building the data set", lambda: data_lib.open_source(config.data))
+      src = distributed.process_zero_first("building the data set", lambda: data_lib.open_source(config.data))
   except distributed.ProcessZeroFailed as e:
     raise RunError(str(e)) from None
+  with interrupts.phase("checking the data set's files"):  # every split, before anything trains
+    shards.verify(src.directory, src.meta)
+  return src
 
 
 def make_mesh(config: Config) -> Mesh:
@@ -253,7 +256,8 @@ class Run:
   def identity(self) -> dict[str, Any]:
     generated = data_lib.source_for(self.config.data).generated
     return workdir_lib.identity(self.config, shards.content_id(self.src.directory, self.src.meta),
-                                 self.schema.fingerprint(), self.config.data.scale if generated else None)
+                                 self.schema.fingerprint(), self.config.data.scale if generated else None,
+                                 shards.rows_digest(self.src.meta))
 
   def checkpoints(self, workdir: str | Path, read_only: bool = False) -> Checkpoints:
     return Checkpoints(Path(workdir) / "checkpoints", keep=self.config.train.keep_checkpoints, read_only=read_only)

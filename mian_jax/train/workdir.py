@@ -19,9 +19,7 @@ the same model and data.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -84,38 +82,35 @@ class WorkdirBusy(RunError):
 
 
 class Lock:
+  """One run per workdir: `<workdir>/.lock` held (files.Exclusive) while the run lasts; a second run is refused
+  with WorkdirBusy naming the holder."""
+
   def __init__(self, workdir: Path, enabled: bool = True):
     self.path = Path(workdir) / ".lock"
     self.enabled = enabled
-    self._fd: int | None = None
+    self._held: files.Exclusive | None = None
 
   def __enter__(self) -> "Lock":
     if not self.enabled:
       return self
     claim(self.path.parent)
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    held = files.Exclusive(self.path, f"{self.path.parent} is in use by another run ({{owner}}); wait for it to "
+                                      f"finish, stop it, or use another --workdir")
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-      os.close(fd)
-      raise WorkdirBusy(f"{self.path.parent} is in use by another run ({owner}); wait for it to finish, stop it, "
-                        f"or use another --workdir") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-    self._fd = fd
+      self._held = held.__enter__()
+    except files.Busy as e:
+      raise WorkdirBusy(str(e)) from None
     return self
 
   def __exit__(self, *exc) -> None:
-    if self._fd is not None:
-      os.ftruncate(self._fd, 0)
-      fcntl.flock(self._fd, fcntl.LOCK_UN)
-      os.close(self._fd)
-      self._fd = None
+    if self._held is not None:
+      self._held.__exit__(*exc)
+      self._held = None
 
 
-def identity(config: Config, data_id: str, schema_fingerprint: str, scale: float | None = None) -> dict[str, Any]:
+def identity(config: Config, data_id: str, schema_fingerprint: str, scale: float | None = None,
+             rows: str | None = None) -> dict[str, Any]:
   """What a checkpoint records of its run and a resuming run must match (see `differences`). "model" holds
   the model's name and only the model.* fields that model reads (models.fields): a change of another
   model's field (e.g. model.cin_layers under MIAN) does not refuse a resume. "data" is the data set's
@@ -124,14 +119,17 @@ def identity(config: Config, data_id: str, schema_fingerprint: str, scale: float
   Checkpoints of earlier versions hold the folder under "data set" instead, which is no longer compared.
   For a generated data set "data.scale" (resolved) comes first, so that a refusal names the setting that
   made the data differ (the CPU default moved from 1% to 3%: `data.scale: checkpoint 0.01, this run 0.03`);
-  checkpoints without it are not compared on it."""
+  checkpoints without it are not compared on it. "data rows" (`rows`) is a digest of the shard files' content
+  (data/shards.rows_digest), so a resume on other rows with the same statistics is refused; checkpoints and
+  data sets written without it are not compared on it."""
   from mian_jax import models  # here: the registry imports flax, which the other guards do not need
 
   every = dataclasses.asdict(config.model)
   model = {"name": every["name"], **{f: every[f] for f in models.fields(config.model.name)}}
   scaled = {} if scale is None else {"data.scale": scale}
+  rows_id = {} if rows is None else {"data rows": rows}
   return {"model": model, "train.embedding_optimizer": config.train.embedding_optimizer,
-          **scaled, "data": data_id, "feature schema": schema_fingerprint}
+          **scaled, "data": data_id, **rows_id, "feature schema": schema_fingerprint}
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
