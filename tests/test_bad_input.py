@@ -93,10 +93,14 @@ def test_an_edited_meta_json_is_refused(tmp_path, data_root, tiny_source):
   from mian_jax.data import shards
 
   (copy / "meta.json").write_text(json.dumps({**meta, "meta_sha256": shards._meta_digest(meta)}, indent=1))
-  run = _run(tmp_path / "w", data_root, "--set", f"data.dir={tmp_path / 'data'}", "--set", "train.steps=2")
-  assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
-  assert run.stderr.startswith(f"error: {copy}/meta.json was written for other parameters (seed: 7 there, 0 here); "
-                               f"remove {copy} to rebuild the data set"), run.stderr
+  import experiments
+  from mian_jax import data
+
+  config = experiments.get_config("commercial:tiny")
+  config.data.dir = str(tmp_path / "data")
+  with pytest.raises(pipeline.DataError, match=rf"^{copy}/meta.json was written for other parameters \(seed: 7 there, "
+                                               rf"0 here\); remove {copy} to rebuild the data set$"):
+    data.open_source(config.data)
 
 
 def test_a_resume_on_other_rows_with_the_same_statistics_is_refused(tmp_path, data_root, tiny_source):
