@@ -2,7 +2,7 @@
 
     scorer = Scorer.load("export_dir")
     probs = scorer.score_ids(batch)      # already-encoded inputs, as the eval batches hold them
-    probs = scorer.score(records)        # raw values, one dict per sample, as in the user's files
+    probs = scorer.score(records)        # raw values, a list of dicts (one per sample), as in the user's files
 
 No model code, Flax, or training code is imported: the function is `jax.export`'s serialized
 StableHLO, called with the parameters from `params.npz` (put on the device once) and a batch of any
@@ -34,7 +34,10 @@ Decisions:
   max(x, 0), then (x - mean) / std); None, NaN or infinity becomes 0.0, as in conversion; a value that
   is not a number ("abc") is an error naming the record and the feature.
 - A record without one of the model's features is an error (a misspelt key would otherwise score
-  every sample as OOV); keys that are not inputs are ignored.
+  every sample as OOV); keys that are not inputs are ignored. A categorical value is None, text or a
+  number, with a vocabulary or without: a bool, a list or a dict is an error naming the record and the
+  feature. `score` takes a list of records (a single dict is refused with how to pass one) and works
+  through it `batch_size` records at a time (default 8192), so its memory does not grow with the list.
 - `load` checks the export before reading it: every file the manifest names must lie inside the export
   folder (no absolute path, no `..`), and match the SHA-256 the manifest lists for it; the manifest must
   match its own digest (an edited vocabulary or `mean` would change every probability without a word, a
@@ -54,6 +57,14 @@ import jax
 import numpy as np
 
 FORMAT = "mian_jax.export/1"
+BATCH = 8192  # records Scorer.score encodes and scores per call
+
+
+def _renumbered(message: str, offset: int) -> str:
+  """`record i` in a chunk's message as the record's number in the caller's list."""
+  import re
+
+  return re.sub(r"^record (\d+)", lambda m: f"record {int(m.group(1)) + offset}", message)
 
 
 def _key(value: Any) -> str:
@@ -70,6 +81,13 @@ def _load_vocab(path: Path) -> dict[str, int]:
   if isinstance(values, dict):
     return {_key(k): int(v) for k, v in values.items()}
   return {_key(v): i + 1 for i, v in enumerate(values)}
+
+
+def _is_scalar(value: Any) -> bool:
+  """A value a vocabulary can hold: None, text or a number (not a bool, a list, a dict, ...)."""
+  if isinstance(value, (bool, np.bool_)):
+    return False
+  return value is None or isinstance(value, (str, int, float, np.integer, np.floating, np.str_))
 
 
 def _as_id(value: Any) -> int:
@@ -217,6 +235,8 @@ class Scorer:
 
   def _id(self, entry: dict[str, Any], value: Any) -> int:
     if entry.get("vocab"):
+      if not _is_scalar(value):  # one rule with the ids: a value is text or a number, never a container
+        raise ValueError(f"{value!r} is not a value of the vocabulary (text or a number)")
       i = 0 if value is None else self._vocabs[entry["vocab"]].get(_key(value), 0)
     else:
       i = _as_id(value)
@@ -280,6 +300,20 @@ class Scorer:
       batch["hist_len"][i] = min(lengths.pop() if lengths else 0, t)
     return batch
 
-  def score(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """Click probabilities float32 [len(records)] of raw records (see the module docstring)."""
-    return self.score_ids(self.encode(records))
+  def score(self, records: Sequence[Mapping[str, Any]], batch_size: int = BATCH) -> np.ndarray:
+    """Click probabilities float32 [len(records)] of raw records (see the module docstring), encoded and
+    scored `batch_size` records at a time: memory stays flat in the number of records."""
+    if isinstance(records, Mapping):
+      raise TypeError("score takes a list of records (dicts); for one record, pass [record]")
+    if batch_size < 1:
+      raise ValueError(f"batch_size={batch_size}: give a positive number of records per call")
+    n = len(records)
+    if n < 1:
+      raise ValueError("score at least one record")
+    out = np.empty(n, np.float32)
+    for lo in range(0, n, batch_size):
+      try:
+        out[lo:lo + batch_size] = self.score_ids(self.encode(records[lo:lo + batch_size]))
+      except (KeyError, TypeError, ValueError) as e:  # the record number in the whole list, not in the chunk
+        raise type(e)(_renumbered(str(e.args[0]) if e.args else str(e), lo)) from None
+    return out

@@ -161,6 +161,18 @@ def test_raw_values_are_mapped_through_the_vocabularies(run, reference, tmp_path
     scorer.encode([{**records[0], "hist_age_days": records[0]["hist_age_days"] + [1]}])
   with pytest.raises(KeyError, match="activity"):
     scorer.encode([{k: v for k, v in records[0].items() if k != "activity"}])
+  # One rule on types with a vocabulary or without: a container or a bool is not a value, it is named.
+  for bad in ({"a": 1}, ["item-1"], True):
+    with pytest.raises(ValueError, match=r"^record 1: feature 'item_id': .* is not a value of the vocabulary"):
+      scorer.score([records[0], {**records[1], "item_id": bad}])
+    with pytest.raises(ValueError, match=r"^record 0: feature 'city': .* is not an integer id"):
+      scorer.score([{**records[0], "city": bad}])
+  with pytest.raises(TypeError, match=r"score takes a list of records \(dicts\); for one record, pass \[record\]"):
+    scorer.score(records[0])
+  # Scored in chunks: the same probabilities, and a bad record named by its place in the whole list.
+  np.testing.assert_allclose(scorer.score(records, batch_size=4), scorer.score(records), **TIGHT)
+  with pytest.raises(ValueError, match=r"^record 9: feature 'item_id'"):
+    scorer.score(records[:9] + [{**records[9], "item_id": True}], batch_size=4)
   entry = {"log1p": True, "mean": 1.0, "std": 2.0}
   assert serving.Scorer._numeric(entry, math.e - 1) == 0.0 and serving.Scorer._numeric(entry, None) == 0.0
   assert serving.Scorer._numeric(entry, float("inf")) == 0.0
