@@ -248,3 +248,15 @@ def test_records_to_score_are_encoded_with_the_training_vocabularies_in_file_ord
   bad.write_text("\n".join([HEADER, TEST[0], "1,u1,a1"]) + "\n")
   with pytest.raises(pipeline.DataError, match="bad.csv line 3"):  # no row may be dropped when scoring
     tabular.encode_records(directory, [str(bad)], str(tmp_path / "cache"), 1 << 20)
+
+
+@pytest.mark.parametrize("how", ["cr_only", "stray_cr"])
+def test_carriage_returns_in_a_header_are_one_error_line(tmp_path, how):
+  folder = write_csv(tmp_path / "csv")
+  lines = (folder / "train-0.csv").read_text().splitlines()
+  if how == "cr_only":
+    (folder / "train-0.csv").write_bytes(("\r".join(lines) + "\r").encode())
+  else:
+    (folder / "train-0.csv").write_bytes((lines[0].replace(",", "\r,", 1) + "\n" + "\n".join(lines[1:]) + "\n").encode())
+  with pytest.raises(pipeline.DataError, match=r"train-0.csv line 1: the header holds a carriage return .* LF or CRLF"):
+    build(folder, tmp_path / "cache")

@@ -88,7 +88,13 @@ def read_header(path: str | Path, delimiter: str) -> tuple[str, ...]:
     raise DataError(f"{Path(path).name} line 1: the header is not valid UTF-8; save the file as UTF-8") from None
   if not text.strip():
     raise DataError(f"{Path(path).name} line 1: the header is empty; the first line must name the columns")
-  return tuple(c.strip() for c in next(csv.reader([text], delimiter=delimiter)))
+  if "\r" in text:
+    raise DataError(f"{Path(path).name} line 1: the header holds a carriage return (CR-only line endings, or a "
+                    f"stray \\r); save the file with LF or CRLF line endings")
+  try:
+    return tuple(c.strip() for c in next(csv.reader([text], delimiter=delimiter)))
+  except csv.Error as e:
+    raise DataError(f"{Path(path).name} line 1: the header cannot be read as CSV ({e}); fix the first line") from None
 
 
 def text_parts(path: str | Path, fmt: TextFormat, part_bytes: int) -> list[Part]:
