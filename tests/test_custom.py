@@ -260,3 +260,42 @@ def test_carriage_returns_in_a_header_are_one_error_line(tmp_path, how):
     (folder / "train-0.csv").write_bytes((lines[0].replace(",", "\r,", 1) + "\n" + "\n".join(lines[1:]) + "\n").encode())
   with pytest.raises(pipeline.DataError, match=r"train-0.csv line 1: the header holds a carriage return .* LF or CRLF"):
     build(folder, tmp_path / "cache")
+
+
+def _replace_column(path: Path, name: str, array: pa.Array) -> None:
+  table = pq.read_table(path)
+  pq.write_table(table.set_column(table.column_names.index(name), name, array), path)
+
+
+@pytest.mark.parametrize("column, array, message", [
+    ("clk", pa.array([[1], [0]], pa.list_(pa.int64())), r"column 'clk': type list<\w+: int64> cannot be read as a label"),
+    ("clicks", pa.array([[["a2"]], [["a1"]]], pa.list_(pa.list_(pa.string()))),
+     r"column 'clicks': values of type list<\w+: string> cannot be read as a sequence"),
+    ("price", pa.array([[1.0], [2.0]], pa.list_(pa.float64())), r"column 'price': type list<\w+: double> cannot"),
+    ("gender", pa.array([b"\xff\xfe", b"M"], pa.binary()), r"column 'gender': type binary cannot be read as a categorical"),
+    ("gender", pa.array([{"x": 1}, {"x": 2}], pa.struct([("x", pa.int64())])), r"column 'gender': type struct<x: int64>"),
+])
+def test_parquet_columns_of_a_type_their_kind_cannot_read_are_one_error(tmp_path, column, array, message):
+  folder = write_parquet(tmp_path / "pq")
+  _replace_column(folder / "train-0.parquet", column, array)
+  with pytest.raises(pipeline.DataError, match=rf"train-0.parquet {message}.*convert the column"):
+    build(folder, tmp_path / "cache")
+
+
+def test_a_missing_behaviour_is_a_bad_row_naming_its_line(tmp_path):
+  """A null entry in a Parquet history and an empty one in a CSV history (`a1||a2`, `|`) are bad rows: counted
+  against data.max_bad_rows, never read as padding that counts in the history's length."""
+  folder = write_parquet(tmp_path / "pq")
+  _replace_column(folder / "train-1.parquet", "clicks", pa.array([[], ["a1", None, "a2"]], pa.list_(pa.string())))
+  with pytest.raises(pipeline.DataError, match=r"train-1.parquet row 2: clicks holds a missing behaviour \(entry 1 is "
+                                               r"empty\); leave missing behaviours out of the history"):
+    build(folder, tmp_path / "cache")
+  _, meta = build(folder, tmp_path / "cache", max_bad_rows=1)
+  assert meta["stats"]["bad_rows"]["count"] == 1 and meta["stats"]["rows"]["train"] == 3
+  for history in ("a1||a2", "|"):
+    folder = write_csv(tmp_path / f"csv{len(history)}")
+    lines = (folder / "train-0.csv").read_text().splitlines()
+    lines[2] = lines[2].replace("a1|a2|a3|a4", history)
+    (folder / "train-0.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(pipeline.DataError, match=r"train-0.csv line 3: clicks holds a missing behaviour"):
+      build(folder, tmp_path / f"cache{len(history)}")

@@ -173,10 +173,40 @@ def _take(chunk: delimited.Chunk, keep: np.ndarray) -> delimited.Chunk:
                                                   chunk.lines[keep], chunk.path)
 
 
+def _scalar_type(t: pa.DataType) -> bool:
+  """A Parquet type a label, categorical or numeric column may have: a number, a boolean or text."""
+  if pa.types.is_dictionary(t):
+    t = t.value_type
+  return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
+          or pa.types.is_string(t) or pa.types.is_large_string(t))
+
+
+def check_types(chunk: delimited.Chunk, spec: Spec) -> None:
+  """DataError naming the file and column whose (Parquet) type its kind cannot read: a label, categorical or
+  numeric column must hold numbers, booleans or text; a sequence a list of them, or text with separators."""
+  for c in spec.columns:
+    if not c.source:
+      continue
+    t = chunk.table.schema.field(c.source).type
+    if c.kind == "sequence" and (pa.types.is_list(t) or pa.types.is_large_list(t)):
+      ok, t_inner = _scalar_type(t.value_type), t.value_type
+    else:
+      ok, t_inner = _scalar_type(t), None
+    if not ok:
+      expected = ("a list of numbers or text, or text with separators" if c.kind == "sequence"
+                  else "numbers, booleans or text")
+      raise DataError(f"{Path(chunk.path).name} column {c.source!r}: {'values of ' if t_inner else ''}type "
+                      f"{t_inner or t} cannot be read as a {c.kind if c.kind != 'label' else 'label'} column (expected "
+                      f"{expected}); convert the column in the file or leave it out of the schema")
+
+
 def validate(chunk: delimited.Chunk, spec: Spec, bad: delimited.BadRows) -> delimited.Chunk:
-  """Drops (or raises on) rows with a label other than 0/1 or sequences of unequal lengths."""
+  """Drops (or raises on) rows with a label other than 0/1, sequences of unequal lengths, or a missing
+  behaviour (a null or empty entry: `1^^2`, `[1, None, 2]`; an empty column is an empty history)."""
   unit = "row" if spec.fmt is None else "line"
   keep = np.ones(chunk.table.num_rows, bool)
+  if spec.fmt is None:
+    check_types(chunk, spec)
   label = _column(chunk, spec.label.source)
   if pa.types.is_boolean(label.type):
     label = pc.cast(label, pa.int8())
@@ -192,6 +222,19 @@ def validate(chunk: delimited.Chunk, spec: Spec, bad: delimited.BadRows) -> deli
   for c in spec.features("sequence"):
     groups.setdefault((c.separator, c.newest_first), []).append(c)
   seqs = spec.features("sequence")
+  for c in seqs:
+    lists = _tokens(_column(chunk, c.source), c.separator)
+    flat = pc.list_flatten(lists)
+    missing = np.asarray(pc.fill_null(pc.equal(flat, ""), True), bool)
+    if missing.any():
+      rows = np.asarray(pc.list_parent_indices(lists), np.int64)
+      first = np.cumsum(_lengths(lists)) - _lengths(lists)
+      for at in np.flatnonzero(missing):
+        i = int(rows[at])
+        if keep[i]:
+          bad.add(chunk.path, int(chunk.lines[i]), f"{c.source} holds a missing behaviour (entry {at - first[i]} is "
+                  f"empty); leave missing behaviours out of the history", unit)
+          keep[i] = False
   if len(seqs) > 1:
     lengths = {c.source: _lengths(_tokens(_column(chunk, c.source), c.separator)) for c in seqs}
     first = seqs[0].source
