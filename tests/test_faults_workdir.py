@@ -454,3 +454,18 @@ def test_plot_writes_where_out_says_and_a_failed_picture_write_names_its_file(fi
                         text=True, timeout=120, cwd=Path(plots.__file__).resolve().parents[1])
   assert done.stdout.startswith(f"named {curves} File too large"), done.stdout + done.stderr
   assert not curves.exists() and not list(tmp_path.glob(".curves.png.*"))  # no half-written picture left
+
+
+def test_a_log_without_its_checkpoints_is_kept_beside_a_run_that_starts_over(finished, tmp_path, data_root):
+  """checkpoints/ moved away: the rerun cannot resume, says so, and keeps the earlier run's files (its log is
+  not cut to step 0)."""
+  w = _copy(finished, tmp_path)
+  logged = (w / "metrics.jsonl").read_text()
+  (w / "checkpoints").rename(tmp_path / "moved_checkpoints")
+  run = _run(w, data_root, *RUN)
+  assert run.returncode == 0, run.stderr
+  note = next(line for line in run.stdout.splitlines() if "holds no checkpoint" in line)
+  assert note.startswith(f"note: {w} holds no checkpoint, but its log reached step 24") and "training starts at step 0" in note, note
+  kept = [p for p in w.iterdir() if p.name.startswith("previous-")]
+  assert len(kept) == 1 and (kept[0] / "metrics.jsonl").read_text() == logged
+  assert "resumed from" not in run.stdout and (tmp_path / "moved_checkpoints").is_dir()

@@ -23,7 +23,7 @@ from mian_jax.data import pipeline
 from mian_jax.errors import Diverged, RunError
 from mian_jax.train import state as state_lib, workdir as workdir_lib
 from mian_jax.train.checkpoint import CheckpointWriteError
-from mian_jax.train.report import Reporter, StepTrace
+from mian_jax.train.report import Reporter, StepTrace, events
 from mian_jax.train.run import METRICS, SELECTED_ON, Run, check_devices, restore_first_readable
 
 EXIT_PREEMPTED = errors.EXIT_PREEMPTED
@@ -51,6 +51,13 @@ def train_and_evaluate(config: Config, workdir: str | Path, fresh: bool = False)
     raise RunError(str(e)) from None
 
 
+def _logged_to(workdir: Path) -> int:
+  """The last step workdir's metrics.jsonl logged (0 when it has none)."""
+  path = workdir / "metrics.jsonl"
+  steps = [e.get("step") for e in events(path)] if path.exists() else []
+  return max([s for s in steps if isinstance(s, int)], default=0)
+
+
 def evals_since_best(events: list[dict[str, Any]], split: str) -> int:
   """Evaluations of `split` since its best AUC (0: the latest is the best)."""
   aucs = [e["auc"] for e in events if e.get("split") == split and e.get("auc") is not None]
@@ -74,8 +81,13 @@ class _Trainer:
     t_start = time.perf_counter()
     run, config, workdir = self.run, self.config, self.workdir
     interrupts.set_phase("preparing the model (nothing written yet)")
+    moved = orphaned = None
     if self.fresh and self.lead:
       moved = workdir_lib.set_aside_previous(workdir)
+    elif self.lead and not workdir_lib.checkpoint_steps(workdir) and _logged_to(workdir) > 0:
+      # A log without a checkpoint to resume (its checkpoints/ moved or deleted, or a run stopped before its
+      # first one): training starts at step 0, and that log is kept beside it, not cut to step 0.
+      orphaned = _logged_to(workdir), workdir_lib.set_aside_previous(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     self.ckpt = run.checkpoints(workdir)
     self.state, data_state, self.start, self.resumed = self._start()
@@ -92,6 +104,10 @@ class _Trainer:
       report.say(line)
     if self.fresh and self.lead and moved:
       report.say(f"--fresh: the previous run's files are in {moved} (delete that folder when no longer needed)")
+    if orphaned:
+      report.say(f"note: {workdir} holds no checkpoint, but its log reached step {orphaned[0]} (its checkpoints "
+                 f"folder was moved or deleted, or that run stopped before its first checkpoint); its files were "
+                 f"moved to {orphaned[1]} and training starts at step 0")
     src, shapes = run.src, run.shapes.params
     counts = state_lib.num_params(shapes)
     report.say(f"{config.model.name}: {counts['tables']:,} embedding + {counts['dense']:,} dense parameters; "
