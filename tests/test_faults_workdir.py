@@ -469,3 +469,34 @@ def test_a_log_without_its_checkpoints_is_kept_beside_a_run_that_starts_over(fin
   kept = [p for p in w.iterdir() if p.name.startswith("previous-")]
   assert len(kept) == 1 and (kept[0] / "metrics.jsonl").read_text() == logged
   assert "resumed from" not in run.stdout and (tmp_path / "moved_checkpoints").is_dir()
+
+
+def test_checkpoints_moved_away_during_a_run_are_reported_as_such(tmp_path, data_root):
+  """A real run saving every step; its checkpoints/ renamed under it: the failed save says the folder was moved,
+  not that training resumes from a step that went with it."""
+  import subprocess
+  import sys
+  import time
+
+  from helpers import xla_flags
+  from test_e2e import ROOT
+
+  w = tmp_path / "w"
+  cmd = [sys.executable, str(ROOT / "launch.py"), "--experiment", "commercial:tiny", "--workdir", str(w), "--set",
+         f"data.dir={data_root}", "--set", "train.steps=400", "--set", "train.checkpoint_every=1"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 300
+    while not (w / "checkpoints" / "2").is_dir():
+      assert proc.poll() is None and time.time() < deadline, "no checkpoint yet"
+      time.sleep(0.1)
+    (w / "checkpoints").rename(tmp_path / "elsewhere")
+    _, err = proc.communicate(timeout=300)
+  finally:
+    proc.kill()
+  assert proc.returncode == 2, err
+  line = _error_line(err)
+  assert re.match(rf"error: could not write checkpoint step \d+: {w / 'checkpoints'} was moved or deleted while the run "
+                  rf"was writing it \(it held the checkpoints up to step \d+\); put it back", line), line
+  assert "is kept and training resumes" not in err

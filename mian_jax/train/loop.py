@@ -210,6 +210,12 @@ class _Trainer:
       self.ckpt.save(self.step, self.state, self.data_it.get_state(),
                      {**self.config.to_dict(), "identity": self.run.identity()}, metrics)
     except CheckpointWriteError as e:  # a full disk, a lost mount, permissions: the complete checkpoints stay
+      latest, folder = self.ckpt.latest_step(), self.workdir / "checkpoints"
+      if latest is not None and not (folder / str(latest)).is_dir():  # checkpoints/ moved away during the run
+        raise CheckpointNotWritten(
+            f"could not write checkpoint step {self.step}: {folder} was moved or deleted while the run was writing "
+            f"it (it held the checkpoints up to step {latest}); put it back and rerun to resume from them, or rerun "
+            f"to start over (the log is kept)") from None
       raise CheckpointNotWritten(
           f"could not write checkpoint step {self.step} in {self.workdir / 'checkpoints'} ({_os_reason(e.cause)}); "
           f"free space or fix the directory, then rerun: {self._kept()} and training resumes from it (the "
