@@ -11,6 +11,7 @@ last evaluation batch).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import jax
@@ -36,13 +37,11 @@ def free_bytes(mesh: Mesh) -> tuple[int, int]:
   if all(s and "bytes_limit" in s for s in stats):
     return min(int(s["bytes_limit"]) - int(s.get("bytes_in_use", 0)) for s in stats), 1
   available = None
-  try:
+  with contextlib.suppress(OSError):  # no /proc (not Linux): the pages the system says are free
     with open("/proc/meminfo") as f:
       for line in f:
         if line.startswith("MemAvailable:"):
           available = int(line.split()[1]) * 1024
-  except OSError:
-    pass
   if available is None:
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
   return available, len(local)
