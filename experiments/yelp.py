@@ -11,10 +11,7 @@ MLP 200-80, batch 1024, Adam 1e-3 constant, evaluation after each epoch; beyond 
 the best chosen on test: the `peer` sweep), runs train to convergence: up to 8 epochs, stopped when the
 validation AUC has not improved for 2 epochs, the best on validation reported. Candidate = business +
 category, behaviours = earlier businesses; no profile beyond the user id, no context fields.
-MIAN's IBIM is the one chosen on Yelp's validation split at convergence (README, "MIAN on real data":
-`--sweep mian_aux`): DIEN's GRU over the behaviours, trained by DIEN's auxiliary loss, and the candidate x
-history product; the paper's IBIM is `--set model.ibim_encoder=pre_ln --set model.ibim_aux_loss=false
---set model.candidate_product=none` (the package's defaults).
+MIAN is the package's default configuration (config.ModelConfig); the paper's is `--model mian_paper`.
 Variant "tiny": a small model and small batches, for checking the machinery only.
 """
 
@@ -32,9 +29,6 @@ def get_config(variant_name: str = "") -> Config:
   config.model.name = "mian"
   config.model.embed_dim = 18
   config.model.mlp = (200, 80)
-  config.model.ibim_encoder = "gru"
-  config.model.ibim_aux_loss = True
-  config.model.candidate_product = "history"
   config.train.batch_size = 1024
   config.train.epochs = 8
   config.train.early_stop_patience = 2

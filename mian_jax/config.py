@@ -91,14 +91,18 @@ class ModelConfig:
   # Width D of every embedding table (DIN/DIEN reference default); 1..MAX_EMBED_DIM (4096). Every model
   # (the trainer builds the tables: LR's too).
   embed_dim: int = 18
-  # mian: IBIM's fields (ibim_*)
+  # mian: IBIM's fields (ibim_*). The defaults of MIAN's options are the configuration chosen on the validation
+  # splits of Yelp, MovieLens-100k and the commercial data taken together (docs/results/mian-default/): IBIM's
+  # encoder a GRU trained by DIEN's auxiliary loss, and the candidate x history product. The paper's model,
+  # whatever these fields say, is model.name=mian_paper (models/__init__.py: PAPER).
   ibim_layers: int = 1  # Pre-LN Transformer blocks over the behaviours
   ibim_heads: int = 2  # attention heads; the behaviour width must divide by it
   ibim_ffn_mult: int = 2  # FFN hidden width = mult x behaviour width
   # IBIM sequence encoder: pre_ln / post_ln Transformer; causal = Pre-LN, each behaviour attending to itself
   # and earlier ones only; gru = DIEN's GRU (state width = behaviour width); gru_pre_ln = the GRU, then the
-  # Pre-LN Transformer over its states; none = the behaviours themselves.
-  ibim_encoder: Literal["pre_ln", "post_ln", "causal", "gru", "gru_pre_ln", "none"] = "pre_ln"
+  # Pre-LN Transformer over its states; none = the behaviours themselves. The default's auxiliary loss needs
+  # gru, gru_pre_ln or causal: with another encoder set model.ibim_aux_loss=false as well.
+  ibim_encoder: Literal["pre_ln", "post_ln", "causal", "gru", "gru_pre_ln", "none"] = "gru"
   # The encoder's output at the last real behaviour (DIEN's "current interest") as one more GIM / MLP input.
   ibim_last_state: bool = False
   # The candidate appended to the behaviours as one more token of the encoder (BST); its output is one more
@@ -107,7 +111,7 @@ class ModelConfig:
   # DIEN's auxiliary loss on IBIM's encoder states (layers/auxiliary.py): h_t scores the next real behaviour against
   # another behaviour of the batch, weighted by model.aux_loss_weight (training only). It needs states that
   # have not read the behaviour they score: ibim_encoder gru, gru_pre_ln (the GRU's states) or causal.
-  ibim_aux_loss: bool = False
+  ibim_aux_loss: bool = True
   # Recency-rank position added to the behaviours before IBIM's encoder (0 = the most recent behaviour,
   # so the same for any history length; beside the behaviour-age embedding where the data has ages).
   ibim_position: Literal["none", "learned", "sinusoidal"] = "none"
@@ -125,7 +129,7 @@ class ModelConfig:
   # mian: element-wise products of the candidate with what it meets, as more GIM / MLP inputs: history =
   # e_i * sum_t e_b^t (DIEN's and DIN's MLP input); fields = that, and the candidate (mapped linearly to
   # the field width) times IUIM's and ICIM's pooled fields; none = the paper's inputs only.
-  candidate_product: Literal["none", "history", "fields"] = "none"
+  candidate_product: Literal["none", "history", "fields"] = "history"
   mlp: tuple[int, ...] = (200, 80)  # prediction MLP hidden widths (every model but lr)
   # mian, din: the MLP's hidden activation (Dice: DIN's, running moments; relu: FuxiCTR's DIN)
   mlp_activation: Literal["relu", "dice"] = "dice"

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from mian_jax import errors, files, plots
+from mian_jax import errors, files, plots, significance
+from mian_jax.train import predictions, workdir as workdir_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_KEYS = ("best_step", "step", "best_epoch", "epoch", "valid_auc", "auc", "gauc", "logloss", "samples_per_s",
@@ -117,11 +118,15 @@ def _result(workdir: Path) -> dict[str, Any] | None:
 
 
 def _finished(workdir: Path, sets: list[str]) -> bool:
+  """result.json for the same overrides, and its test predictions unless no checkpoint is left to write
+  them from (a finished trial without them runs again to write them: it trains nothing)."""
   try:
     trial = files.read_json(workdir / "trial.json")
   except (OSError, files.Damaged):
     return False
-  return isinstance(trial, dict) and trial.get("sets") == sets and _result(workdir) is not None
+  if not (isinstance(trial, dict) and trial.get("sets") == sets and _result(workdir) is not None):
+    return False
+  return predictions.step_of(workdir / predictions.FILE) is not None or not workdir_lib.checkpoint_steps(workdir)
 
 
 def _row(tid: str, overrides: dict[str, str], workdir: Path, code: int | None, device: str) -> dict[str, Any]:
@@ -263,17 +268,57 @@ def _cell(mean_std: tuple[float | None, float | None], digits: int = 4) -> str:
   return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
-def results_markdown(rows: list[dict[str, Any]], reference: str = "mian") -> str:
-  """Settings (mean ± std over seeds; best AUC, gAUC and logloss in bold), the reference model's gain over
-  the best other model when the settings differ by model only, then every trial's status."""
+def best_group(groups: list[dict[str, Any]]) -> dict[str, Any] | None:
+  """The setting of the highest mean test AUC."""
+  scored = [g for g in groups if g["n"] and g["auc"][0] is not None]
+  return max(scored, key=lambda g: g["auc"][0]) if scored else None
+
+
+def differences(root: Path, groups: list[dict[str, Any]]) -> dict[str, significance.Difference]:
+  """{setting: its mean test AUC minus the best setting's, with DeLong's 95% interval}, from the trials'
+  test_predictions.npz (settings missing a trial's predictions, or scored on other rows, are left out)."""
+  top = best_group(groups)
+  if top is None:
+    return {}
+  loaded: dict[str, list[np.ndarray] | None] = {}
+  labels = None
+  for g in groups:
+    probs = []
+    for r in g["ok"]:
+      try:
+        p = predictions.read(root / r["trial"] / predictions.FILE)
+      except (FileNotFoundError, predictions.Unreadable):
+        break
+      if labels is None:
+        labels = p.label_n
+      if not np.array_equal(p.label_n, labels):  # another test split (another data set or its order)
+        break
+      probs.append(p.prob_n)
+    else:
+      loaded[g["label"]] = probs if probs else None
+  if not loaded.get(top["label"]):
+    return {}
+  return {label: significance.mean_difference(labels, np.stack(probs), np.stack(loaded[top["label"]]))
+          for label, probs in loaded.items() if probs}
+
+
+def results_markdown(rows: list[dict[str, Any]], reference: str = "mian",
+                     diffs: dict[str, significance.Difference] | None = None) -> str:
+  """Settings (mean ± std over seeds; best AUC, gAUC and logloss in bold; with `diffs`, each setting's AUC
+  difference to the best one and its 95% interval), the reference model's gain over the best other model
+  when the settings differ by model only, then every trial's status."""
   groups = groups_over_seeds(rows)
   scored = [g for g in groups if g["n"]]
   best = {k: (max if k != "logloss" else min)(g[k][0] for g in scored) for k in ("auc", "gauc", "logloss")} if scored else {}
   bold = lambda g, k: f"**{_cell(g[k])}**" if g["n"] and g[k][0] == best[k] else _cell(g[k])
-  lines = ["| setting | n | valid AUC | AUC | gAUC | logloss | samples/s | failed |",
-           "|---|---|---|---|---|---|---|---|"]
-  lines += [f"| {g['label']} | {g['n']} | {_cell(g['valid_auc'])} | {bold(g, 'auc')} | {bold(g, 'gauc')} | "
-            f"{bold(g, 'logloss')} | {_cell(g['samples_per_s'], 0)} | {g['failed']} |" for g in groups]
+  diffs = diffs or {}
+  top = best_group(groups)
+  diff_cell = lambda g: ("best" if g is top else diffs[g["label"]].cell()) if g["label"] in diffs else "-"
+  lines = ["| setting | n | valid AUC | AUC | AUC − best [95% CI] | gAUC | logloss | samples/s | failed |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  lines += [f"| {g['label']} | {g['n']} | {_cell(g['valid_auc'])} | {bold(g, 'auc')} | {diff_cell(g)} | "
+            f"{bold(g, 'gauc')} | {bold(g, 'logloss')} | {_cell(g['samples_per_s'], 0)} | {g['failed']} |"
+            for g in groups]
   by_model = [g for g in scored if set(g["overrides"]) == {"model.name"}]
   ref = [g for g in by_model if g["overrides"]["model.name"] == reference]
   others = [g for g in by_model if g["overrides"]["model.name"] != reference]
@@ -291,10 +336,24 @@ def results_markdown(rows: list[dict[str, Any]], reference: str = "mian") -> str
   return "\n".join(lines) + "\n"
 
 
+def _setting_row(g: dict[str, Any], diff: significance.Difference | None) -> dict[str, Any]:
+  row: dict[str, Any] = {"setting": g["label"], "n": g["n"], "failed": g["failed"]}
+  for k in ("valid_auc", "auc", "gauc", "logloss", "samples_per_s"):
+    row[f"{k}_mean"], row[f"{k}_std"] = g[k]
+  if diff is not None:
+    row.update(auc_minus_best=diff.estimate, ci95_low=diff.low, ci95_high=diff.high, p_value=diff.p_value)
+  return row
+
+
 def summarize(root: Path, rows: list[dict[str, Any]]) -> str:
-  """Writes results.csv, results.md and results.png in `root`; returns the markdown."""
+  """Writes results.csv (a row per trial), settings.csv (a row per setting: mean and std over seeds, the AUC
+difference to the best setting with its 95% interval and p-value), results.md and results.png in `root`;
+returns the markdown."""
   _write_csv(root / "results.csv", rows)
-  text = results_markdown(rows)
+  groups = groups_over_seeds(rows)
+  diffs = differences(root, groups)
+  _write_csv(root / "settings.csv", [_setting_row(g, diffs.get(g["label"])) for g in groups])
+  text = results_markdown(rows, diffs=diffs)
   files.write_text(root / "results.md", text)
   plots.sweep_auc(groups_over_seeds(rows), root / "results.png", title=root.name)
   return text

@@ -68,3 +68,27 @@ def test_tiny_run_trains_evaluates_and_checkpoints(tmp_path, data_root):
   assert again.stdout.strip().splitlines()[-1] == last
   fresh = _run(tmp_path / "w", data_root, "--fresh", "--set", "train.steps=5")
   assert fresh.returncode == 0 and "resumed" not in fresh.stdout
+
+
+def test_test_predictions_come_from_the_reported_checkpoint(tmp_path, data_root):
+  from mian_jax import metrics
+  from mian_jax.train import predictions
+
+  args = ["--model", "din", "--set", "train.steps=40", "--set", "train.eval_every=10", "--set",
+          "train.learning_rate=0.05"]
+  run = _launch(tmp_path / "w", data_root, *args)
+  assert run.returncode == 0, run.stderr
+  path = tmp_path / "w" / predictions.FILE
+  result_text = (tmp_path / "w" / "result.json").read_text()
+  result = json.loads(result_text)
+  assert result["best_step"] < result["step"] == 40  # the reported checkpoint is an earlier one (this setting)
+  p = predictions.read(path)
+  assert p.step == result["best_step"]
+  # The very scores the reported test metrics were computed from, at the best step.
+  assert metrics.auc(p.label_n, p.prob_n) == result["auc"]
+  assert metrics.gauc(p.label_n, p.prob_n, p.group_n) == result["gauc"]
+  first = path.read_bytes()
+  path.unlink()  # a finished run that lost them writes them again from its best checkpoint, training nothing
+  again = _launch(tmp_path / "w", data_root, *args)
+  assert again.returncode == 0, again.stderr
+  assert path.read_bytes() == first and (tmp_path / "w" / "result.json").read_text() == result_text

@@ -203,7 +203,8 @@ def test_a_batch_that_does_not_split_over_the_devices_is_a_config_error():
 def test_an_auxiliary_loss_on_an_encoder_that_reads_ahead(tmp_path, capfd, monkeypatch):
   """The auxiliary loss scores the next behaviour from h_t: an encoder whose h_t has read it is refused."""
   folder = write_csv(tmp_path / "csv")
-  code, lines = _main(tmp_path, capfd, monkeypatch, *_custom(folder), "model.ibim_aux_loss=true")
+  code, lines = _main(tmp_path, capfd, monkeypatch, *_custom(folder), "model.ibim_encoder=pre_ln",
+                       "model.ibim_aux_loss=true")
   _one_error(code, lines, "model.ibim_aux_loss=true needs model.ibim_encoder in gru, gru_pre_ln, causal",
              "with pre_ln", "model.ibim_aux_loss=false")
   assert not (tmp_path / "cache").exists()

@@ -18,6 +18,8 @@ from mian_jax.layers.transformer import EncoderBlock
 from mian_jax.models.mian import GIM_INPUTS, MAX_RANK, gim_inputs
 
 B, T, D, J, K, HEADS = 4, 5, 3, 2, 3, 2
+# The options these formulas start from (a test names what it changes): the paper's Pre-LN IBIM, no product.
+PAPER_IBIM = {"ibim_encoder": "pre_ln", "ibim_aux_loss": False, "candidate_product": "none"}
 DI = 2 * D  # two item fields
 LENGTHS = np.array([5, 2, 0, 3])
 MASK = np.arange(T)[None, :] < LENGTHS[:, None]
@@ -41,7 +43,8 @@ def _run(name="mian", g=None, given=None, **cfg):
   """(model, params, MLP input pieces by name, attention weights, groups); `given` params replace the
   hand-set ones where their names match."""
   g = _groups() if g is None else g
-  model = models.get(name, ModelConfig(mlp=(7,), gim_dim=4, attention_mlp=(5,), ibim_heads=HEADS, **cfg))
+  model = models.get(name, ModelConfig(mlp=(7,), gim_dim=4, attention_mlp=(5,), ibim_heads=HEADS,
+                                       **{**PAPER_IBIM, **cfg}))
   variables = model.init(jax.random.key(0), g, False)
   params = _hand_set(variables["params"])
   params = {k: (given[k] if given and k in given and k != "mlp" else v) for k, v in params.items()}
@@ -340,3 +343,23 @@ def test_candidate_products_match_their_formulas(product):
   assert gim_inputs(model, J, K) == (*GIM_INPUTS, *extra) and attn["gim"].shape == (B, 7 + len(extra))
   names = list(pieces)
   assert names[-len(extra) - 2:-2] == list(extra)  # in the MLP input after r's other pieces, before e_u / e_c
+
+
+def test_mian_paper_is_the_papers_model_whatever_the_config_says():
+  """mian_paper = mian with models.PAPER (the paper's IBIM, additive pooling, no product, MLP on R_g), and the
+  config's MIAN options change nothing of it; the package's mian is the configuration chosen on validation."""
+  g = _groups()
+  base = dict(mlp=(7,), gim_dim=4, attention_mlp=(5,), ibim_heads=HEADS)
+  default = ModelConfig(**base)
+  assert (default.ibim_encoder, default.ibim_aux_loss, default.candidate_product) == ("gru", True, "history")
+  paper = models.get("mian", ModelConfig(**base, **models.PAPER))
+  expected_vars = paper.init(jax.random.key(0), g, False)
+  expected, _ = paper.apply(expected_vars, g, False)
+  for options in ({}, {"ibim_encoder": "causal", "ibim_attention": "target", "candidate_product": "fields",
+                       "ibim_sink": True, "ibim_position": "learned", "mlp_on_concat": True}):
+    model = models.get("mian_paper", ModelConfig(**base, **options))
+    variables = model.init(jax.random.key(0), g, False)
+    assert jax.tree.structure(variables) == jax.tree.structure(expected_vars)
+    logit, _ = model.apply(expected_vars, g, False)
+    np.testing.assert_array_equal(np.asarray(logit), np.asarray(expected))
+  assert set(models.PAPER).isdisjoint(models.fields("mian_paper"))

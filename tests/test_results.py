@@ -66,7 +66,11 @@ def test_a_log_file_gets_a_progress_line_every_log_every_steps_and_per_evaluatio
   assert re.fullmatch(r"step 3/12 \(25%\) loss=\d\.\d{4} [\d,]+ samples/s eta \d+(m\d\d)?s", steps[0]), steps[0]
   assert re.fullmatch(r"step 12/12 \(100%\) loss=\d\.\d{4} [\d,]+ samples/s in \d+(m\d\d)?s", steps[-1]), steps[-1]
   passes = [l.split(":")[0] for l in out.splitlines() if l.startswith("eval ")]
-  assert passes == ["eval valid", "eval test"] * 2  # two evaluations (train.eval_every=6)
+  # Two evaluations (train.eval_every=6), and the test split scored again for test_predictions.npz when the
+  # best checkpoint is not the last one.
+  best = json.loads((trained[0] / "result.json").read_text())["best_step"]
+  assert passes == ["eval valid", "eval test"] * 2 + (["eval test"] if best != 12 else [])
+  assert f"test predictions of checkpoint step {best}: " in out
   assert "\r" not in out
 
 

@@ -4,6 +4,7 @@ finished one not run again, a failing trial reported without stopping the others
 
 import copy
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 import experiments
 from experiments import sweeps
 from mian_jax import sweep
+from mian_jax.train import predictions
 from mian_jax.config import apply_overrides
 from mian_jax.models import ABLATIONS
 from tests.test_e2e import ROOT, _launch
@@ -63,8 +65,8 @@ def test_results_markdown_groups_seeds_and_compares_models():
           for m, s, auc in (("din", 0, 0.70), ("din", 1, 0.72), ("mian", 0, 0.74), ("mian", 1, 0.76))]
   rows.append({"trial": "name=lr,seed=0", "model.name": "lr", "train.seed": "0", "status": "failed: error: boom"})
   text = sweep.results_markdown(rows)
-  assert "| name=din | 2 | 0.7200 ± 0.0141 | 0.7100 ± 0.0141 |" in text
-  assert "| name=mian | 2 | 0.7600 ± 0.0141 | **0.7500 ± 0.0141** |" in text
+  assert "| name=din | 2 | 0.7200 ± 0.0141 | 0.7100 ± 0.0141 | - |" in text  # no predictions: no interval
+  assert "| name=mian | 2 | 0.7600 ± 0.0141 | **0.7500 ± 0.0141** | - |" in text
   assert "| name=lr | 0 | - | - |" in text and "| name=lr,seed=0 | failed: error: boom |" in text
   assert "| name=mian,seed=1 | ok | 0.7700 | 0.7600 | 10 | 2 | 4 | 1 |" in text  # best and stopping epochs
   assert "mian vs the best other model (name=din): AUC +0.0400 (RelaImpr +19.05%)" in text
@@ -103,8 +105,20 @@ def test_sweep_runs_in_parallel_resumes_when_interrupted_and_skips_finished(tmp_
   text = (root / "results.md").read_text()
   assert "| name=lr | 2 | 0." in text and " ± " in text
   assert matplotlib.image.imread(root / "results.png").shape[0] > 100
+  with open(root / "settings.csv") as f:  # each setting's AUC minus the best's, from the trials' predictions
+    settings = {r["setting"]: r for r in csv.DictReader(f)}
+  worse = min(settings.values(), key=lambda r: float(r["auc_mean"]))
+  assert float(worse["ci95_low"]) < float(worse["auc_minus_best"]) < float(worse["ci95_high"])
+  assert float(worse["auc_minus_best"]) == pytest.approx(float(worse["auc_mean"]) - max(
+      float(r["auc_mean"]) for r in settings.values()), abs=1e-6)
+  # A finished trial that lost its predictions runs again to write them from its checkpoint, training nothing.
+  lost = root / "name=deepfm,seed=1" / "test_predictions.npz"
+  lost.unlink()
+  result = (lost.parent / "result.json").read_text()
   third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert third.returncode == 0 and third.stdout.count("finished before, not run again") == 4
+  assert third.returncode == 0 and third.stdout.count("finished before, not run again") == 3
+  assert (lost.parent / "result.json").read_text() == result  # its rates and wall time: nothing trained
+  assert predictions.read(lost).step == json.loads(result)["best_step"]
 
 
 def test_a_failing_trial_does_not_stop_the_others(tmp_path, data_root):
@@ -133,8 +147,9 @@ def test_gim_figure_from_the_best_checkpoint(tmp_path, data_root):
   config = experiments.get_config("commercial:tiny")
   config.data.dir = str(data_root)
   w, columns = predict.gim_weights(config, tmp_path / "w")
-  assert w.shape == (14, 7) and columns == FIGURE6_ORDER
-  assert abs(w.sum(1) - 1).max() < 1e-5  # a softmax over the seven inputs
+  # The paper's seven inputs, then the default's candidate x history product
+  assert w.shape == (14, 8) and columns == FIGURE6_ORDER + ("p_ib",)
+  assert abs(w.sum(1) - 1).max() < 1e-5  # a softmax over the eight inputs
 
 
 @pytest.mark.parametrize("experiment", experiments.names())

@@ -18,6 +18,7 @@ undeclared field changes neither a model's parameters nor its output.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 from typing import Any, NamedTuple
@@ -32,6 +33,7 @@ class _Entry(NamedTuple):
   cls: str
   kwargs: dict[str, Any]
   fields: tuple[str, ...]  # the ModelConfig fields this model reads (see the module docstring)
+  sets: dict[str, Any] = {}  # ModelConfig fields the entry fixes (it reads none of them from the config)
 
 
 # MIAN's fields by the module reading them (an ablation leaves out what its missing module reads).
@@ -41,6 +43,12 @@ _IBIM = ("ibim_position", "ibim_encoder", "ibim_layers", "ibim_heads", "ibim_ffn
 _GIM = ("gim_dim", "mlp_on_concat")  # without GIM the MLP always reads the concatenation
 _MIAN_TOWER = ("candidate_product", "behaviour_pool", "mlp", "mlp_activation", "dropout")
 _DIEN = ("embed_dim", "gru_dim", "attention_mlp", "mlp", "dropout", "aux_loss_weight")
+
+# The options mian_paper fixes: the paper's equations (models/mian.py), where the package's MIAN defaults to
+# the configuration chosen on validation (config.ModelConfig).
+PAPER: dict[str, Any] = {"ibim_encoder": "pre_ln", "ibim_attention": "additive", "ibim_position": "none",
+                         "ibim_aux_loss": False, "ibim_last_state": False, "ibim_candidate_token": False,
+                         "ibim_sink": False, "candidate_product": "none", "mlp_on_concat": False}
 
 _REGISTRY: dict[str, _Entry] = {
     "lr": _Entry("lr", "LR", {}, ("embed_dim",)),  # reads no embedding, but the trainer builds the tables
@@ -57,6 +65,12 @@ _REGISTRY: dict[str, _Entry] = {
     "dien_no_extractor": _Entry("dien", "DIEN", {"use_extractor": False},
                                 ("embed_dim", "attention_mlp", "mlp", "dropout")),
     "mian": _Entry("mian", "MIAN", {}, ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
+    # The paper's model (Zhang et al. 2021) whatever the config's MIAN options: IBIM a Pre-LN Transformer
+    # pooled by the paper's additive score, no position, no auxiliary loss, no candidate product, the MLP on
+    # GIM's output R_g alone. What the paper leaves open (widths, pooling of e_b, MLP activation) is the config's.
+    "mian_paper": _Entry("mian", "MIAN", {}, ("embed_dim", "ibim_layers", "ibim_heads", "ibim_ffn_mult", "gim_dim",
+                                              "behaviour_pool", "mlp", "mlp_activation", "dropout"),
+                         sets=PAPER),
     "mian_no_ibim": _Entry("mian", "MIAN", {"use_ibim": False}, ("embed_dim", *_GIM, *_MIAN_TOWER)),
     "mian_no_iuim": _Entry("mian", "MIAN", {"use_iuim": False}, ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
     "mian_no_icim": _Entry("mian", "MIAN", {"use_icim": False}, ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
@@ -85,4 +99,4 @@ def get(name: str, cfg: ModelConfig) -> nn.Module:
     raise KeyError(name)
   entry = _REGISTRY[name]
   factory = getattr(importlib.import_module(f"mian_jax.models.{entry.module}"), entry.cls)
-  return functools.partial(factory, **entry.kwargs)(cfg)
+  return functools.partial(factory, **entry.kwargs)(dataclasses.replace(cfg, **entry.sets))

@@ -16,12 +16,13 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mian_jax import errors, files, interrupts
 from mian_jax.config import Config
 from mian_jax.data import pipeline
 from mian_jax.errors import Diverged, RunError
-from mian_jax.train import state as state_lib, workdir as workdir_lib
+from mian_jax.train import predictions, state as state_lib, workdir as workdir_lib
 from mian_jax.train.checkpoint import CheckpointWriteError
 from mian_jax.train.report import Reporter, StepTrace, events
 from mian_jax.train.run import METRICS, SELECTED_ON, Run, check_devices, restore_first_readable
@@ -161,6 +162,8 @@ class _Trainer:
     if previous is None and not any(e["split"] == "test" and e["step"] == self.step for e in report.events()):
       self._evaluate_and_save()  # resumed after the end of a run that did not finish its evaluation
     result = previous or self._result(report.events(), time.perf_counter() - t_start)
+    interrupts.set_phase("writing the test predictions")
+    self._write_predictions(result["best_step"])
     # A rerun of a finished run trains nothing: its result.json (rates, wall time) stays as it was.
     report.summary(result, title=f"{config.experiment} / {config.model.name}", write=previous is None)
     report.close()
@@ -230,6 +233,30 @@ class _Trainer:
     evals, select = self.run.evaluate_splits(self.state.params, self.step)
     self.report.evaluation(self.step, evals)
     self._save({"select": select, **{f"{split}_{k}": evals[split][k] for split in evals for k in METRICS}})
+
+  def _write_predictions(self, best: int) -> None:
+    """test_predictions.npz of the reported checkpoint, unless the workdir has them already (train/predictions.py)."""
+    path = self.workdir / predictions.FILE
+    needed = predictions.step_of(path) != best if self.lead else False
+    if jax.process_count() > 1:  # every process scores (the rows are gathered), so all must agree
+      needed = bool(np.asarray(multihost_utils.process_allgather(np.array([needed]))).any())
+    if not needed:
+      return
+    params = self.state.params
+    if best != self.step:
+      try:
+        state, _, _, lines = restore_first_readable(self.ckpt, [best], self.run.abstract_state(), self.run.identity(),
+                                                    self.workdir, set_aside=False)
+      except RunError as e:
+        self.report.say(f"warning: no test predictions written: {e}")
+        return
+      for line in lines:
+        self.report.say(line)
+      params = state.params
+    (labels, probs, groups), _ = self.run.scores(params, "test")
+    if self.lead:
+      predictions.write(path, best, labels, probs, groups)
+      self.report.say(f"test predictions of checkpoint step {best}: {path}")
 
   def _batch_position(self, at_step: int) -> str:
     """Where the batch of training step `at_step` (1-based) comes from."""

@@ -337,6 +337,23 @@ class Run:
   def evaluate(self, params, split: str = "test", eval_step: Callable | None = None) -> dict[str, Any]:
     """Exact AUC / gAUC / logloss over a whole split (every row once, padding rows dropped); with
     `mapped_values` when data.oov=map read values as 0. `eval_step`: another (params, batch) -> probs."""
+    (y, p, u), mapped = self.scores(params, split, eval_step)
+    try:
+      out: dict[str, Any] = metrics_lib.evaluate(y, p, u)
+    except metrics_lib.NaNScores as e:
+      raise Diverged(f"the model's {split} predictions are not finite: {e}; lower train.learning_rate or check the "
+                     f"data (the checkpoints written so far are kept)") from None
+    if np.isnan(out["auc"]):
+      labels = set(np.unique(y).tolist())
+      progress.say(f"warning: the {split} split has {'no rows' if not labels else f'one class only (every label {labels.pop():g})'}"
+          f": its AUC and gAUC are undefined, and model selection ignores them")
+    if mapped:  # this process's count (data.oov=map)
+      out["mapped_values"] = mapped
+    return out
+
+  def scores(self, params, split: str = "test", eval_step: Callable | None = None
+             ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], dict[str, int]]:
+    """((labels, probabilities, groups) of every real row of `split`, in the split's order; the OOV counts)."""
     c = self.config
     rows = partition.per_process_batch(c.train.eval_batch_size, self.mesh, "train.eval_batch_size")
     if self.placement == "device" and eval_step is None:
@@ -346,18 +363,7 @@ class Run:
     outs = partition.gather(outs)
     cat = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     real = cat["w"] > 0
-    try:
-      out: dict[str, Any] = metrics_lib.evaluate(cat["y"][real], cat["p"][real], cat["u"][real])
-    except metrics_lib.NaNScores as e:
-      raise Diverged(f"the model's {split} predictions are not finite: {e}; lower train.learning_rate or check the "
-                     f"data (the checkpoints written so far are kept)") from None
-    if np.isnan(out["auc"]):
-      labels = set(np.unique(cat["y"][real]).tolist())
-      progress.say(f"warning: the {split} split has {'no rows' if not labels else f'one class only (every label {labels.pop():g})'}"
-          f": its AUC and gAUC are undefined, and model selection ignores them")
-    if mapped:  # this process's count (data.oov=map)
-      out["mapped_values"] = mapped
-    return out
+    return (cat["y"][real], cat["p"][real], cat["u"][real]), mapped
 
   @functools.cached_property
   def _eval_rows(self) -> Callable:
