@@ -106,7 +106,7 @@ def _main(argv: list[str] | None) -> int:
   import experiments
   from experiments import sweeps
   from mian_jax import config_fields, data, distributed, interrupts, models, progress
-  from mian_jax.config import ConfigError, apply_overrides, did_you_mean, validate
+  from mian_jax.config import ConfigError, apply_overrides, did_you_mean
   from mian_jax.train import workdir as workdir_lib
 
   args = _parser(experiments.names(), models.names(), sweeps.names()).parse_args(argv)

@@ -78,7 +78,7 @@ def table(folder: Path, scores: list[Path]) -> list[str]:
     lines.append(f"| {path.name} | {metrics.auc(label, m):.4f} | " + " | ".join(f"{c:.3f}" for c in coef)
                  + f" | {r2:.3f} | {residual.std():.3f} |")
   lines.append(f"| the truth | {metrics.auc(label, logit):.4f} | " + " | ".join("1.000" for _ in PARTS)
-               + f" | 1.000 | 0.000 |")
+               + " | 1.000 | 0.000 |")
   if len(scores) > 1:
     lines.append("")
     for (i, a), (j, b) in itertools.combinations(enumerate(scores), 2):

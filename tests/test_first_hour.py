@@ -129,7 +129,8 @@ def test_every_config_field_has_a_description():
   assert missing == [], f"give these fields a comment in mian_jax/config.py: {missing}"
 
 
-def test_the_readme_names_only_config_fields_that_exist():
+def test_the_readme_and_docs_name_only_config_fields_that_exist():
   keys = {key for key, _, _ in config_fields.fields(Config())}
-  named = set(re.findall(r"`((?:data|model|train|sweep)\.[a-z_0-9]+)(?:=[^`]*)?`", (ROOT / "README.md").read_text()))
+  pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+  named = set(re.findall(r"`((?:data|model|train|sweep)\.[a-z_0-9]+)(?:=[^`]*)?`", "".join(p.read_text() for p in pages)))
   assert {k for k in named if k.rsplit(".", 1)[1] not in ("py", "csv", "md", "png", "json")} - keys == set()

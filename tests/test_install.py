@@ -43,7 +43,8 @@ def test_pyproject_admits_the_tested_versions_of_requirements_txt():
   for extra in ("cuda12", "tpu"):
     (r,) = map(Requirement, extras[extra])
     assert r.name == "jax" and r.extras == {extra} and r.specifier == runtime["jax"].specifier
-  assert _pins(extras["test"]) == {name: tested[name] for name in ("pytest", "pytest-xdist")}
+  assert _pins(extras["test"]) == {name: tested[name] for name in ("pytest", "pytest-xdist", "ruff")}
+  assert list(_pins(extras["docs"])) == ["sphinx", "myst-parser"], "pinned: CI builds the docs with them"
   assert list(_pins(extras["profile"])) == ["tensorboard-plugin-profile"], "pinned, and only the profile plugin"
   assert project["requires-python"] == ">=3.11"
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from helpers import decode_split
-from mian_jax.data import amazon, custom, movielens
+from mian_jax.data import amazon, movielens
 from test_amazon import growing_samples, params as amazon_params, samples, write_bars
 from test_custom import HEADER, build as custom_build, write_csv
 from test_e2e import _run
@@ -69,6 +69,7 @@ def test_custom_data_holds_out_a_share_of_users_or_reads_valid_files(tmp_path):
   users = json.loads((d / "vocab" / "uid.json").read_text())
   held = {int(u[1:]) for u in {f"u{i}" for i in range(40)} - set(users)}  # not in the training vocabulary
   assert 3 <= len(held) <= 20 and len(valid["label"]) == 3 * len(held)  # every row of a held-out user
+  assert len(train["label"]) > 0 and (train["uid"] != 0).all()  # no held-out user's row trains
   assert set(valid["uid"].tolist()) == {0}  # its users are unseen in training: OOV id 0
   again = custom_build(folder, tmp_path / "cache2", holdout=True, holdout_fraction=0.25)[1]
   assert again["stats"]["rows"] == meta["stats"]["rows"]  # seeded: the same users every time

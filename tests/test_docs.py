@@ -1,0 +1,31 @@
+"""The documentation says what the code does: the configuration reference is the one the code generates,
+and every link of the README and the docs pages points at a file that exists."""
+
+import re
+from pathlib import Path
+
+from docs import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "reference").glob("*.md"))]
+
+
+def test_the_config_reference_is_the_generated_one():
+  page = ROOT / "docs" / "reference" / "config.md"
+  assert page.read_text() == generate.config_reference(), (
+      "docs/reference/config.md is stale: the docs build rewrites it (python -m sphinx -b html docs "
+      "docs/_build/html), or run: python -c 'from docs import generate; generate.write_config_reference("
+      "__import__(\"pathlib\").Path(\"docs/reference/config.md\"))'")
+
+
+def test_every_link_points_at_a_file_that_exists():
+  broken = []
+  for page in PAGES:
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+      if "://" not in target and not (page.parent / target).exists():
+        broken.append(f"{page.relative_to(ROOT)} -> {target}")
+  assert broken == []
+
+
+def test_the_readme_stays_a_first_page():
+  assert len((ROOT / "README.md").read_text().splitlines()) <= 250
