@@ -1,11 +1,17 @@
-"""Pages the docs build writes from the code: the configuration reference (every field, its default and
-its comment in mian_jax/config.py, as `--print-config` shows them)."""
+"""What the docs are generated from: the configuration reference (every field, its default and its comment in
+mian_jax/config.py, as `--print-config` shows them) and the results tables (each from its sweep's results.csv).
+
+    python -m docs.generate      # rewrites docs/reference/config.md and every marked table of docs/*.md
+"""
 
 from __future__ import annotations
 
+import csv
+import re
 from pathlib import Path
+from typing import Any
 
-from mian_jax import config_fields
+from mian_jax import config_fields, sweep
 from mian_jax.config import Config
 
 
@@ -30,3 +36,89 @@ def write_config_reference(path: Path) -> None:
   text = config_reference()
   if not path.exists() or path.read_text() != text:
     path.write_text(text)
+
+
+# ------------------------------------------------------------------ results tables
+# A results table in a page is written between two markers that name its source, a sweep's results.csv under
+# docs/results (its settings.csv beside it gives the intervals, where the sweep wrote one):
+#   <!-- table: results/yelp-converged/real_table.csv -->
+#   ...the table, as table_from() writes it...
+#   <!-- end table -->
+# `python -m docs.generate` rewrites every such table from its source; tests/test_docs.py fails on a table that
+# differs from what its source gives.
+DOCS = Path(__file__).resolve().parent
+MARKED = re.compile(r"(<!-- table: (?P<source>\S+) -->\n)(?P<table>.*?)(<!-- end table -->)", re.S)
+_NUMBERS = ("valid_auc", "auc", "gauc", "logloss", "samples_per_s", "best_epoch", "epoch")
+
+
+def _trials(path: Path) -> list[dict[str, Any]]:
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  for r in rows:
+    for k in _NUMBERS:
+      r[k] = float(r[k]) if r.get(k) not in (None, "") else None
+    for k in [k for k, v in r.items() if "." in k and v == ""]:
+      del r[k]  # an override another trial has
+  return rows
+
+
+def _intervals(path: Path) -> dict[str, str]:
+  """{setting: "+d [lo, hi]"} from the sweep's settings.csv, where it has them."""
+  if not path.exists():
+    return {}
+  with open(path, newline="") as f:
+    return {r["setting"]: f"{float(r['auc_minus_best']):+.4f} [{float(r['ci95_low']):+.4f}, "
+                          f"{float(r['ci95_high']):+.4f}]" for r in csv.DictReader(f) if r.get("auc_minus_best")}
+
+
+def _epochs(group: dict[str, Any]) -> str:
+  pairs = [f"{r['best_epoch']:g}/{r['epoch']:g}" for r in sorted(group["ok"], key=lambda r: int(r.get("train.seed") or 0))
+           if r.get("best_epoch") is not None and r.get("epoch") is not None]
+  if not pairs:
+    return "-"
+  return f"{pairs[0]} (all)" if len(set(pairs)) == 1 and len(pairs) > 1 else ", ".join(pairs)
+
+
+def table_from(source: Path) -> str:
+  """The table of one sweep: a row per setting (mean ± std over its seeds; the best of each column in bold),
+  with each setting's test AUC minus the best one's and its 95% interval when the sweep measured them."""
+  groups = sweep.groups_over_seeds(_trials(source))
+  scored = [g for g in groups if g["n"]]
+  cols = [("auc", max), ("gauc", max), ("logloss", min), ("valid_auc", max)]
+  best = {k: pick(g[k][0] for g in scored if g[k][0] is not None) for k, pick in cols if scored}
+  cell = lambda g, k: ("**" + sweep._cell(g[k]) + "**") if g[k][0] is not None and g[k][0] == best.get(k) else sweep._cell(g[k])
+  intervals = _intervals(source.with_name("settings.csv"))
+  epochs = any(r.get("best_epoch") is not None for g in groups for r in g["ok"])
+  head = ["setting", "n", "test AUC"] + (["AUC − best [95% CI]"] if intervals else []) + \
+         ["test gAUC", "test logloss", "validation AUC"] + (["best / stopped epoch"] if epochs else [])
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for g in groups:
+    label = g["label"].removeprefix("name=") if set(g["overrides"]) == {"model.name"} else g["label"]
+    row = [label, str(g["n"]), cell(g, "auc")]
+    if intervals:
+      row.append("best" if g["n"] and g["auc"][0] == best.get("auc") else intervals.get(g["label"], "-"))
+    row += [cell(g, "gauc"), cell(g, "logloss"), cell(g, "valid_auc")] + ([_epochs(g)] if epochs else [])
+    lines.append("| " + " | ".join(row) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def with_tables(text: str) -> str:
+  """The page with every marked table rewritten from its source."""
+  return MARKED.sub(lambda m: m.group(1) + table_from(DOCS / m.group("source")) + m.group(4), text)
+
+
+def pages() -> list[Path]:
+  return sorted(DOCS.glob("*.md"))
+
+
+def main() -> None:
+  write_config_reference(DOCS / "reference" / "config.md")
+  for page in pages():
+    text = page.read_text()
+    if with_tables(text) != text:
+      page.write_text(with_tables(text))
+      print(f"rewrote the tables of {page}")
+
+
+if __name__ == "__main__":
+  main()

@@ -29,3 +29,21 @@ def test_every_link_points_at_a_file_that_exists():
 
 def test_the_readme_stays_a_first_page():
   assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def test_every_results_table_is_the_one_its_source_gives():
+  marked = 0
+  for page in generate.pages():
+    text = page.read_text()
+    marked += len(generate.MARKED.findall(text))
+    assert generate.with_tables(text) == text, (
+        f"a table of {page.relative_to(ROOT)} differs from its results.csv: python -m docs.generate rewrites it")
+  assert marked >= 4
+
+
+def test_a_table_follows_its_source(tmp_path):
+  source = ROOT / "docs" / "results" / "ml100k-converged" / "real_table.csv"
+  page = f"x\n<!-- table: {source} -->\n| stale |\n<!-- end table -->\ny\n"
+  fresh = generate.with_tables(page)
+  assert "| stale |" not in fresh and "| dcn | 3 | 0.7330 ± 0.0032 |" in fresh and fresh.endswith("<!-- end table -->\ny\n")
+  assert generate.with_tables(fresh) == fresh
