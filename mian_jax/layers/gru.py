@@ -18,11 +18,9 @@ theirs, under `scan/cell/gates` and `scan/cell/candidate`):
   from x_t and h_{t-1} instead of storing them, and accumulates the parameters' gradients itself;
 - on CPU the rows are sorted by their last real step and run as groups of ROWS_PER_GROUP rows, each
   group's loops only as long as its longest history (they are independent: two cores run two at once).
-Measured on 2 CPU cores (B = 1024, T = 50, D = H = 36, AUGRU forward + backward, CPU time, one process):
-the scan of Flax cells 141 ms (lengths uniform in [25, 50]) and 138 ms (Yelp-like lengths, mean 10);
-this 80 ms and 50 ms. Tried and dropped: the input projections of all steps as one matmul before the loop
-and the weight gradients as one matmul after it (as cuDNN does): on this memory-bound CPU the [B, T, 3H]
-pre-activations cost more traffic than the small matmuls inside the loop (1.3x slower).
+Why: on 2 CPU cores (B = 1024, T = 50, D = H = 36, AUGRU forward + backward) this takes 80 ms (lengths
+uniform in [25, 50]) and 50 ms (Yelp-like lengths, mean 10), against 141 ms and 138 ms for a scan of
+Flax cells (measured with the code of commit 3eaadd6; `benchmarks/blocks.py` times these layers).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Kept: the latest `keep` checkpoints and the best by the selection metric (the va
 saved at an evaluation carry its metrics).
 
 A checkpoint that cannot be read (missing or truncated files) is moved aside by the trainer
-(`set_aside`) and the next older one is used (loop._restore_first_readable).
+(`set_aside`) and the next older one is used (run.restore_first_readable).
 
 Restoring places every array with the shardings of the current run, so a checkpoint written on N
 devices restores on M. Embedding tables padded for another `model` axis (rows rounded up to its size)

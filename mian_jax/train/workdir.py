@@ -115,13 +115,11 @@ def identity(config: Config, data_id: str, schema_fingerprint: str, scale: float
   the model's name and only the model.* fields that model reads (models.fields): a change of another
   model's field (e.g. model.cin_layers under MIAN) does not refuse a resume. "data" is the data set's
   content id (data/shards.content_id: its name and a digest of its blocks and statistics), not its cache
-  folder, whose name changes with the input files' mtimes: the same data converted again resumes.
-  Checkpoints of earlier versions hold the folder under "data set" instead, which is no longer compared.
-  For a generated data set "data.scale" (resolved) comes first, so that a refusal names the setting that
-  made the data differ (the CPU default moved from 1% to 3%: `data.scale: checkpoint 0.01, this run 0.03`);
-  checkpoints without it are not compared on it. "data rows" (`rows`) is a digest of the shard files' content
-  (data/shards.rows_digest), so a resume on other rows with the same statistics is refused; checkpoints and
-  data sets written without it are not compared on it."""
+  folder, whose name changes with the input files' mtimes: the same data converted again resumes. For a
+  generated data set "data.scale" (resolved) comes first, so that a refusal names the setting that made the
+  data differ (`data.scale: checkpoint 0.01, this run 0.03`). "data rows" (`rows`) is a digest of the shard
+  files' content (data/shards.rows_digest): a resume on other rows with the same statistics is refused. A
+  key that a saved identity lacks is not compared (`differences`)."""
   from mian_jax import models  # here: the registry imports flax, which the other guards do not need
 
   every = dataclasses.asdict(config.model)
