@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import flax.linen as nn
 import jax
@@ -470,58 +470,70 @@ def restore_first_readable(ckpt: Checkpoints, steps: list[int], target, identity
     return _restore_first_readable(ckpt, steps, target, identity, workdir, set_aside)
 
 
+@dataclasses.dataclass
+class _Attempt:
+  """One checkpoint step tried: restored (state, data position), removed meanwhile (by the run writing it),
+  or failed (why, in one line). A checkpoint of another run raises instead: no older step can be right."""
+  step: int
+  outcome: Literal["restored", "removed", "failed"]
+  why: str = ""
+  state: Any = None
+  data_state: dict[str, Any] | None = None
+
+
+def _other_run(workdir: Path, what: str) -> RunError:
+  return RunError(f"{workdir} holds checkpoints of another run ({what}); use another --workdir, or --fresh to move "
+                  f"them aside and start over")
+
+
+def _attempt(ckpt: Checkpoints, step: int, target, identity: dict[str, Any], workdir: Path) -> _Attempt:
+  gone = lambda: _Attempt(step, "removed")
+  try:
+    saved = ckpt.read_config(step).get("identity")
+  except Exception as e:  # a damaged checkpoint raises whatever the failing read raises
+    return gone() if not ckpt.exists(step) else _Attempt(step, "failed", _first_line(e))
+  diff = workdir_lib.differences(saved, identity) if saved else []
+  if diff:
+    raise _other_run(workdir, "; ".join(diff))
+  try:
+    state, data_state, _ = ckpt.restore(step, target)
+  except CheckpointMismatch as e:
+    raise _other_run(workdir, str(e)) from None
+  except Exception as e:
+    return gone() if not ckpt.exists(step) else _Attempt(step, "failed", _first_line(e))
+  problem = pipeline.position_problem(data_state) or ("" if _finite(state.params) else "it holds non-finite values")
+  return _Attempt(step, "failed", problem) if problem else _Attempt(step, "restored", "", state, data_state)
+
+
 def _restore_first_readable(ckpt, steps, target, identity, workdir, set_aside):
-  failed: list[tuple[int, str]] = []
+  failed: list[_Attempt] = []
   removed: list[int] = []
   lines: list[str] = []
+  moving = set_aside and jax.process_count() == 1
   for step in steps:
-    try:
-      saved = ckpt.read_config(step).get("identity")
-    except Exception as e:  # a damaged checkpoint raises whatever the failing read raises
-      if not ckpt.exists(step):
-        removed.append(step)
-        continue
-      failed.append((step, _first_line(e)))
+    attempt = _attempt(ckpt, step, target, identity, workdir)
+    if attempt.outcome == "removed":
+      removed.append(step)
+    elif attempt.outcome == "restored":
+      if failed:
+        lines.append(f"using checkpoint step {step} (" + "; ".join(
+            f"step {a.step} could not be read: {a.why}" for a in failed) + ")")
+      if step in ckpt.unverified:
+        lines.append(f"note: checkpoint step {step} was written without a manifest of checksums (by an earlier "
+                     f"version, or its run is writing it now), so its files could not be verified")
+      return attempt.state, attempt.data_state, step, lines
     else:
-      diff = workdir_lib.differences(saved, identity) if saved else []
-      if diff:
-        raise RunError(f"{workdir} holds checkpoints of another run ({'; '.join(diff)}); use another --workdir, "
-                       f"or --fresh to move them aside and start over")
-      try:
-        state, data_state, _ = ckpt.restore(step, target)
-      except CheckpointMismatch as e:
-        raise RunError(f"{workdir} holds checkpoints of another run ({e}); use another --workdir, or --fresh "
-                       f"to move them aside and start over") from None
-      except Exception as e:
-        if not ckpt.exists(step):  # removed while read, by the run that wrote it: not a damaged one
-          removed.append(step)
-          continue
-        failed.append((step, _first_line(e)))
-      else:
-        problem = pipeline.position_problem(data_state)
-        if problem:
-          failed.append((step, problem))
-        elif _finite(state.params):
-          if failed:
-            lines.append(f"using checkpoint step {step} ("
-                         + "; ".join(f"step {s} could not be read: {why}" for s, why in failed) + ")")
-          if step in ckpt.unverified:
-            lines.append(f"note: checkpoint step {step} was written without a manifest of checksums (by an earlier "
-                         f"version, or its run is writing it now), so its files could not be verified")
-          return state, data_state, step, lines
-        else:
-          failed.append((step, "it holds non-finite values"))
-    if set_aside and jax.process_count() == 1:
-      where = ckpt.set_aside(step, failed[-1][1])
-      lines.append(f"warning: checkpoint step {step} could not be read ({failed[-1][1]}); moved to {where}")
+      failed.append(attempt)
+      if moving:
+        where = ckpt.set_aside(step, attempt.why)
+        lines.append(f"warning: checkpoint step {step} could not be read ({attempt.why}); moved to {where}")
   if removed:
     raise _Removed(f"checkpoint steps {removed} in {workdir / 'checkpoints'} were removed while being read")
   for line in lines:
     progress.say(line)
-  moved = set_aside and jax.process_count() == 1
   raise RunError(f"no checkpoint in {workdir / 'checkpoints'} can be read ("
-                 + "; ".join(f"step {s}: {why}" for s, why in failed)
-                 + (f"); they were moved to {workdir / 'checkpoints.damaged'}: rerun to start over" if moved
+                 + "; ".join(f"step {a.step}: {a.why}" for a in failed)
+                 + (f"); they were moved to {workdir / 'checkpoints.damaged'}: rerun to start over" if moving
                     else "); --fresh moves them aside and starts over"))
 
 
