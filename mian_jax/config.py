@@ -349,10 +349,12 @@ def _bounds(key: str, value: Any, low: float, high: float, unit: str = "") -> st
 
 
 def _sizes(config: Config) -> str | None:
-  """The first size beyond its limit (MAX_* above), as a message naming the key and the limit."""
+  """The first size outside its range (at least 0 or 1; at most MAX_* above), as a message naming the key and
+  the range: the one place these bounds are checked (validate calls it)."""
   d, t, m = config.data, config.train, config.model
   for key, value, low, high, unit in (
       ("data.max_len", d.max_len, 1, MAX_LEN, " behaviours per sample"),
+      ("data.block_size", d.block_size, 1, 65536, " samples per record"),
       ("train.batch_size", t.batch_size, 1, MAX_BATCH, " samples"),
       ("train.eval_batch_size", t.eval_batch_size, 1, MAX_BATCH, " samples"),
       ("model.embed_dim", m.embed_dim, 1, MAX_EMBED_DIM, ""),
@@ -407,17 +409,10 @@ def validate(config: Config) -> None:
     if not math.isfinite(value):
       raise ConfigError(f"{key}={value} must be a finite number")
   checks = [
-      (d.max_len >= 1, "data.max_len must be >= 1"),
-      (1 <= d.block_size <= 65536, "data.block_size must be in 1..65536"),
-      (d.workers >= 0, "data.workers must be >= 0"),
-      (t.batch_size >= 1, "train.batch_size must be >= 1"),
-      (t.steps >= 0, "train.steps must be >= 0 (0 = run train.epochs epochs)"),
-      (t.epochs >= 1, "train.epochs must be >= 1"),
       (t.learning_rate > 0, "train.learning_rate must be > 0"),
       (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
       (t.log_every >= 1, "train.log_every must be >= 1"),
       (t.eval_every >= 0, "train.eval_every must be >= 0"),
-      (m.embed_dim >= 1, "model.embed_dim must be >= 1"),
       (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
       (0 <= t.seed < 2**31, "train.seed must be in 0..2^31-1"),
       (t.devices >= 0, "train.devices must be >= 0 (0 = every device)"),

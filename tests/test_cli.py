@@ -29,7 +29,7 @@ def test_help_lists_experiments_and_models():
     (["--experiment", "commercial", "--set", "train.batch_size=big"], "--set train.batch_size=big: expected int"),
     (["--experiment", "commercial", "--set", "model.ibim_encoder=lstm"], "must be one of pre_ln, post_ln, causal, gru, gru_pre_ln, none"),
     (["--experiment", "commercial", "--set", "train.steps"], "expected KEY=VALUE"),
-    (["--experiment", "commercial", "--set", "train.epochs=0"], "train.epochs must be >= 1"),
+    (["--experiment", "commercial", "--set", "train.epochs=0"], "train.epochs=0 is out of range: it must be in 1.."),
     (["--experiment", "commercial", "--sweep", "nope"], f"--sweep nope: unknown; valid: {', '.join(sweeps.names())}"),
 ])
 def test_user_mistakes_are_one_error_line(args, needle):
