@@ -140,7 +140,25 @@ def _disjoint(inputs: dict[str, list[str]], schema_path: Path) -> None:
 
 
 def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tuple[tabular.Spec, dict[str, list[str]]]:
-  """The schema file -> (Spec, {split: files}); DataError naming the file and key of any mistake."""
+  """The schema file -> (Spec, {split: files}); DataError naming the file and key of any mistake. The steps:
+  read the schema, find the files, tell their format, build the columns, check that the files hold them and
+  that the groups make a model's input."""
+  path, doc = _read_schema(schema_path)
+  inputs = _find_inputs(path, doc, Path(folder), p.holdout)
+  fmt, parquet_columns = _file_format(path, doc, inputs)
+  columns, user_key = _columns(path, doc, fmt)
+  _check_files_hold(path, columns, fmt, parquet_columns, inputs)
+  _check_groups(path, columns)
+  digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+  carve = p.holdout and "valid" not in inputs
+  spec = tabular.Spec(f"custom-{path.stem}-{digest}", tuple(columns), user_key, p.max_len, p.block_size, p.seed,
+                      p.max_bad_rows, fmt, holdout="users" if carve else "",
+                      holdout_fraction=p.holdout_fraction if carve else 0.0)
+  return spec, inputs
+
+
+def _read_schema(schema_path: str | Path) -> tuple[Path, dict[str, Any]]:
+  """(path, the parsed TOML) with its keys and their types checked."""
   path = Path(schema_path)
   if not str(schema_path):
     raise DataError("data.schema is not set; set it to a TOML schema file (see experiments/schemas/)")
@@ -158,14 +176,24 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
   for name, entry in (doc.get("columns") or {}).items():
     if isinstance(entry, dict):
       _check_types(path, entry, COLUMN_TYPES, f"columns.{name}.")
-  folder = Path(folder)
+  return path, doc
+
+
+def _find_inputs(path: Path, doc: dict[str, Any], folder: Path, holdout: bool) -> dict[str, list[str]]:
+  """{split: files} under `folder` as the schema names them; no file in two splits."""
   if not folder.is_dir():
     raise DataError(f"data.dir={folder} is not a folder; set data.dir to the folder holding your data files")
   inputs = {"train": _files(folder, doc.get("train"), path, "train"),
             "test": _files(folder, doc.get("test"), path, "test")}
-  if p.holdout and "valid" in doc:
+  if holdout and "valid" in doc:
     inputs["valid"] = _files(folder, doc.get("valid"), path, "valid")
   _disjoint(inputs, path)
+  return inputs
+
+
+def _file_format(path: Path, doc: dict[str, Any], inputs: dict[str, list[str]]
+                 ) -> tuple[delimited.TextFormat | None, dict[str, tuple[str, ...]]]:
+  """(the text format with the files' column names, None for Parquet; {Parquet file: its columns})."""
   fmt_name = doc.get("format") or Path(inputs["train"][0]).suffix.lstrip(".").lower()
   if fmt_name not in ("csv", "tsv", "txt", "parquet"):
     raise _fail(path, "format", f"{fmt_name!r} is not csv, tsv or parquet")
@@ -196,6 +224,11 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
         raise _fail(path, "names", "header = false needs names = [the columns in file order]")
       names = tuple(names)
     fmt = delimited.TextFormat(delimiter, tuple(names), header=bool(header), quoting=True)
+  return fmt, parquet_columns
+
+
+def _columns(path: Path, doc: dict[str, Any], fmt: delimited.TextFormat | None) -> tuple[list[tabular.Column], str]:
+  """(the label and every feature column as the schema declares them, the user key)."""
   label = doc.get("label")
   if not isinstance(label, str) or not label:
     raise _fail(path, "label", "name the 0/1 label column, e.g. label = \"clk\"")
@@ -239,6 +272,12 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
   elif not user_key:  # every row one user: gAUC equals AUC
     user_key = "user_id"
     columns.append(tabular.Column("", user_key, "user", "categorical", user_key))
+  return columns, user_key
+
+
+def _check_files_hold(path: Path, columns: list[tabular.Column], fmt: delimited.TextFormat | None,
+                      parquet_columns: dict[str, tuple[str, ...]], inputs: dict[str, list[str]]) -> None:
+  """Every column the schema uses is in the files, once."""
   used = list(dict.fromkeys(c.source for c in columns if c.source))
   if fmt is not None:
     for c in columns:
@@ -259,6 +298,10 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
     if twice:
       raise DataError(f"{f}: column {twice[0]!r} appears {twice[1]} times, and {path} uses it; rename the copies "
                       f"(e.g. pyarrow's Table.rename_columns) so that every column has its own name")
+
+
+def _check_groups(path: Path, columns: list[tabular.Column]) -> None:
+  """A behaviour sequence, a candidate item column, and a sequence sharing each item column's vocabulary."""
   features = [c for c in columns if c.kind != "label"]
   seqs = [c for c in features if c.kind == "sequence"]
   if not seqs:
@@ -269,12 +312,6 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
     if c.group == "item" and not any(s.vocab == c.vocab for s in seqs):
       raise _fail(path, f"columns.{c.source}.vocab", f"item column {c.source!r} has no behaviour sequence with "
                   f"vocab {c.vocab!r}; give one the same vocab, or make the column a context field")
-  digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
-  carve = p.holdout and "valid" not in inputs
-  spec = tabular.Spec(f"custom-{path.stem}-{digest}", tuple(columns), user_key, p.max_len, p.block_size, p.seed,
-                      p.max_bad_rows, fmt, holdout="users" if carve else "",
-                      holdout_fraction=p.holdout_fraction if carve else 0.0)
-  return spec, inputs
 
 
 def build(folder: str, schema: str, p: tabular.Options, cache_root: str):
