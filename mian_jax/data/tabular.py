@@ -218,9 +218,6 @@ def validate(chunk: delimited.Chunk, spec: Spec, bad: delimited.BadRows) -> deli
     value = label[int(i)].as_py()
     bad.add(chunk.path, int(chunk.lines[i]), f"{spec.label.source}={value!r} is not a 0/1 label", unit)
   keep &= ok
-  groups: dict[tuple[str, bool], list[Column]] = {}
-  for c in spec.features("sequence"):
-    groups.setdefault((c.separator, c.newest_first), []).append(c)
   seqs = spec.features("sequence")
   for c in seqs:
     lists = _tokens(_column(chunk, c.source), c.separator)
