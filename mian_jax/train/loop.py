@@ -9,6 +9,7 @@ Ctrl-C stops at once with EXIT_KILLED (the last complete checkpoint stays valid)
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -76,6 +77,7 @@ class _Trainer:
     self.pending: list[dict[str, jax.Array]] = []  # step metrics not fetched yet
     self.rates: list[float] = []
     self.skipped: list[int] = []
+    self.saved_to: tuple[tuple[int, int] | None, int] | None = None  # (checkpoints/'s id, its latest step)
 
   # ---------------------------------------------------------------- the loop
   def train(self) -> dict[str, Any]:
@@ -92,6 +94,8 @@ class _Trainer:
     workdir.mkdir(parents=True, exist_ok=True)
     self.ckpt = run.checkpoints(workdir)
     self.state, data_state, self.start, self.resumed = self._start()
+    # (checkpoints/ as it is, its latest step): a folder moved away later is told apart from a new one
+    self.saved_to = (self._folder_id(), self.start) if self.resumed else None
     if self.lead:  # checked the workdir's checkpoints first: a refused resume leaves a finished run as it was
       files.write_text(workdir / "config.json", config.to_json())
     # result.json is never deleted: a finished run's stays until this run finishes and replaces it.
@@ -208,21 +212,44 @@ class _Trainer:
     self.start_lines = (*lines, f"resumed from step {start} ({self.workdir / 'checkpoints'})")
     return state, data_state, start, True
 
+  def _folder_id(self) -> tuple[int, int] | None:
+    try:
+      st = os.stat(self.workdir / "checkpoints")
+    except FileNotFoundError:
+      return None
+    return st.st_dev, st.st_ino
+
+  def _moved_away(self) -> CheckpointNotWritten | None:
+    """The error for a checkpoints/ folder moved or deleted during the run (it is no longer the folder the
+    run's checkpoints went to), else None. Checked before and after every save: Orbax would otherwise start a
+    new folder and the run go on without the one it had."""
+    if self.saved_to is None or self._folder_id() == self.saved_to[0]:
+      return None
+    folder = self.workdir / "checkpoints"
+    return CheckpointNotWritten(
+        f"could not write checkpoint step {self.step}: {folder} was moved or deleted while the run was writing it "
+        f"(it held the checkpoints up to step {self.saved_to[1]}); put it back and rerun to resume from them, or "
+        f"rerun to start over (the log is kept)")
+
   def _save(self, metrics: dict[str, float] | None = None) -> None:
+    moved = self._moved_away()
+    if moved:
+      raise moved
     try:
       self.ckpt.save(self.step, self.state, self.data_it.get_state(),
                      {**self.config.to_dict(), "identity": self.run.identity()}, metrics)
     except CheckpointWriteError as e:  # a full disk, a lost mount, permissions: the complete checkpoints stay
-      latest, folder = self.ckpt.latest_step(), self.workdir / "checkpoints"
-      if latest is not None and not (folder / str(latest)).is_dir():  # checkpoints/ moved away during the run
-        raise CheckpointNotWritten(
-            f"could not write checkpoint step {self.step}: {folder} was moved or deleted while the run was writing "
-            f"it (it held the checkpoints up to step {latest}); put it back and rerun to resume from them, or rerun "
-            f"to start over (the log is kept)") from None
+      moved = self._moved_away()
+      if moved:
+        raise moved from None
       raise CheckpointNotWritten(
           f"could not write checkpoint step {self.step} in {self.workdir / 'checkpoints'} ({_os_reason(e.cause)}); "
           f"free space or fix the directory, then rerun: {self._kept()} and training resumes from it (the "
           f"half-written one is removed)") from None
+    moved = self._moved_away()  # moved while this one was written: it went to a new folder
+    if moved:
+      raise moved
+    self.saved_to = (self._folder_id(), self.step)
 
   def _kept(self) -> str:
     step = self.ckpt.latest_step()
