@@ -355,5 +355,5 @@ returns the markdown."""
   _write_csv(root / "settings.csv", [_setting_row(g, diffs.get(g["label"])) for g in groups])
   text = results_markdown(rows, diffs=diffs)
   files.write_text(root / "results.md", text)
-  plots.sweep_auc(groups_over_seeds(rows), root / "results.png", title=root.name)
+  plots.sweep_auc(groups, root / "results.png", title=root.name)
   return text
