@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 # The phases' models when summary.json cannot say (the accelerator run's defaults).
-DEFAULT_MODELS = {"step": ["mian", "din", "dien", "deepfm"], "step_bf16": ["mian", "dien"],
-                  "pipeline": ["mian", "din", "deepfm"]}
+DEFAULT_MODELS = {
+  "step": ["mian", "din", "dien", "deepfm"],
+  "step_bf16": ["mian", "dien"],
+  "pipeline": ["mian", "din", "deepfm"],
+}
 SAMPLED = ("step", "step_bf16", "pipeline", "end_to_end")
 
 
@@ -111,13 +114,20 @@ def build(out: Path) -> list[tuple[str, str, str]]:
 
   devices = read_json(out / "devices.json")
   if isinstance(devices, dict):
-    rows.append(("devices", "backend, device", f"{devices.get('backend')}, {devices.get('count')} x "
-                 f"{devices.get('kind')} (JAX {devices.get('jax')})"))
+    rows.append(
+      (
+        "devices",
+        "backend, device",
+        f"{devices.get('backend')}, {devices.get('count')} x {devices.get('kind')} (JAX {devices.get('jax')})",
+      )
+    )
   else:
     rows.append(("devices", "backend, device", phases.missing("devices")))
 
-  for phase, file, label in (("step", "step_throughput_float32.json", "float32"),
-                             ("step_bf16", "step_throughput_bfloat16.json", "bfloat16")):
+  for phase, file, label in (
+    ("step", "step_throughput_float32.json", "float32"),
+    ("step_bf16", "step_throughput_bfloat16.json", "bfloat16"),
+  ):
     doc = read_json(out / phase / file)
     by_model = {r.get("model"): r for r in rows_of(doc)}
     batch = f", batch {doc['batch']}" if isinstance(doc, dict) and "batch" in doc else ""
@@ -127,27 +137,39 @@ def build(out: Path) -> list[tuple[str, str, str]]:
       rows.append((phase, f"{m} step alone, {label}{batch}", value or phases.missing(phase)))
 
   pipe = rows_of(read_json(out / "pipeline" / "pipeline.json"))
-  train = sorted((r for r in pipe if r.get("kind") == "train_input" and number(r.get("threads")) is not None),
-                 key=lambda r: r["threads"])
+  train = sorted(
+    (r for r in pipe if r.get("kind") == "train_input" and number(r.get("threads")) is not None),
+    key=lambda r: r["threads"],
+  )
   if train:
     one, most = train[0], train[-1]
-    rows.append(("pipeline", f"train input alone, {threads(one['threads'])}",
-                 fmt_rate(one.get("samples_per_s")) or "n/a"))
+    rows.append(
+      ("pipeline", f"train input alone, {threads(one['threads'])}", fmt_rate(one.get("samples_per_s")) or "n/a")
+    )
     if most is not one:
       ratio = most.get("vs_one")
       if number(ratio) is None and number(most.get("samples_per_s")) and number(one.get("samples_per_s")):
         ratio = most["samples_per_s"] / one["samples_per_s"]
-      rows.append(("pipeline", f"train input alone, {threads(most['threads'])}",
-                   fmt_rate(most.get("samples_per_s")) or "n/a"))
-      rows.append(("pipeline", f"train input scaling, {most['threads']} vs {threads(one['threads'])}",
-                    fmt_ratio(ratio) or "n/a"))
+      rows.append(
+        ("pipeline", f"train input alone, {threads(most['threads'])}", fmt_rate(most.get("samples_per_s")) or "n/a")
+      )
+      rows.append(
+        ("pipeline", f"train input scaling, {most['threads']} vs {threads(one['threads'])}", fmt_ratio(ratio) or "n/a")
+      )
   else:
     rows.append(("pipeline", "train input alone", phases.missing("pipeline")))
-  evals = sorted((r for r in pipe if r.get("kind") == "eval_input" and number(r.get("threads")) is not None),
-                 key=lambda r: r["threads"])
+  evals = sorted(
+    (r for r in pipe if r.get("kind") == "eval_input" and number(r.get("threads")) is not None),
+    key=lambda r: r["threads"],
+  )
   if evals:
-    rows.append(("pipeline", f"eval input alone, {threads(evals[-1]['threads'])}",
-                 fmt_rate(evals[-1].get("rows_per_s"), "rows/s") or "n/a"))
+    rows.append(
+      (
+        "pipeline",
+        f"eval input alone, {threads(evals[-1]['threads'])}",
+        fmt_rate(evals[-1].get("rows_per_s"), "rows/s") or "n/a",
+      )
+    )
   else:
     rows.append(("pipeline", "eval input alone", phases.missing("pipeline")))
   step_rates = {r.get("model"): r.get("samples_per_s") for r in pipe if r.get("kind") == "step"}
@@ -167,15 +189,17 @@ def build(out: Path) -> list[tuple[str, str, str]]:
         vs = r["samples_per_s"] / step_rates[m]
       if number(vs) is not None:
         value += f" ({fmt_ratio(vs)} of the step alone)"
-      how = ", ".join(x for x in (r.get("placement"), f"{r['steps_per_call']} per call" if r.get("steps_per_call")
-                                  else None) if x)
+      how = ", ".join(
+        x for x in (r.get("placement"), f"{r['steps_per_call']} per call" if r.get("steps_per_call") else None) if x
+      )
       rows.append(("pipeline", f"{m} input + step" + (f" ({how})" if how else ""), value))
 
   for r in pipe:
     if r.get("kind") == "evaluation" and fmt_rate(r.get("rows_per_s"), "rows/s"):
       where = f" ({r['placement']})" if r.get("placement") else ""
-      rows.append(("pipeline", f"{r.get('model')} evaluation, input + eval step{where}",
-                   fmt_rate(r["rows_per_s"], "rows/s")))
+      rows.append(
+        ("pipeline", f"{r.get('model')} evaluation, input + eval step{where}", fmt_rate(r["rows_per_s"], "rows/s"))
+      )
     if r.get("kind") == "load" and number(r.get("seconds")) is not None:
       rows.append(("pipeline", r.get("what", "load"), f"{r['seconds']:.2f} s"))
 
@@ -197,8 +221,10 @@ def build(out: Path) -> list[tuple[str, str, str]]:
       value = "n/a"
     else:
       util = [u for u, _ in samples]
-      value = (f"{statistics.median(util):.0f}% / {max(util):.0f}% "
-               f"(max memory {max(m for _, m in samples):,.0f} MiB, {len(samples)} samples)")
+      value = (
+        f"{statistics.median(util):.0f}% / {max(util):.0f}% "
+        f"(max memory {max(m for _, m in samples):,.0f} MiB, {len(samples)} samples)"
+      )
     rows.append((phase, "GPU utilisation, median / max", value))
   return rows
 

@@ -46,9 +46,15 @@ def inputs(b: int, t: int, e: int, seed: int = 0) -> dict[str, jax.Array]:
   lens = rng.integers(t // 2, t + 1, b)
   mask = np.arange(t)[None, :] < lens[:, None]
   f = lambda *s: jnp.asarray(rng.normal(size=s).astype(np.float32))
-  return {"mask": jnp.asarray(mask), "x": f(b, t, e) * mask[..., None], "q": f(b, e), "att": jnp.asarray(
-      rng.uniform(size=(b, t)).astype(np.float32) * mask), "v": f(b, t, 2 * e) * mask[..., None],
-      "fields": f(b, 8, e + e // 2), "tower": f(b, 400)}
+  return {
+    "mask": jnp.asarray(mask),
+    "x": f(b, t, e) * mask[..., None],
+    "q": f(b, e),
+    "att": jnp.asarray(rng.uniform(size=(b, t)).astype(np.float32) * mask),
+    "v": f(b, t, 2 * e) * mask[..., None],
+    "fields": f(b, 8, e + e // 2),
+    "tower": f(b, 400),
+  }
 
 
 def modules(b: int, t: int, e: int) -> dict[str, tuple[str, Callable]]:
@@ -57,16 +63,21 @@ def modules(b: int, t: int, e: int) -> dict[str, tuple[str, Callable]]:
   d = inputs(b, t, e)
   mask = d["mask"]
   specs = {
-      "encoder": (f"[{b},{t},{e}] 1 block, 2 heads", Encoder(1, 2, 2, True), ("x",), (mask,), False),
-      "din_attention": (f"[{b},{t},{e}] MLP 80-40", TargetAttention((80, 40)), ("q", "x"), (mask,), False),
-      "dien_attention": (f"[{b},{t},{e}] MLP 80-40, softmax", TargetAttention((80, 40), True, True),
-                         ("q", "x"), (mask,), False),
-      "gru": (f"[{b},{t},{e}] H={e}", MaskedRNN(e), ("x",), (mask,), False),
-      "augru": (f"[{b},{t},{e}] H={e}", MaskedRNN(e, attentional=True), ("x",), (mask, d["att"]), False),
-      "additive_pool": (f"[{b},{t},{2 * e}]", AdditivePool(), ("v",), (mask,), False),
-      "fieldwise_pool": (f"[{b},8,{e + e // 2}]", FieldwiseAdditivePool(), ("fields",), (), False),
-      "dice_mlp": (f"[{b},400] 200-80", DiceMLP((200, 80)), ("tower",), (), True),
-      "relu_mlp": (f"[{b},400] 200-80", MLP((200, 80)), ("tower",), (), True),
+    "encoder": (f"[{b},{t},{e}] 1 block, 2 heads", Encoder(1, 2, 2, True), ("x",), (mask,), False),
+    "din_attention": (f"[{b},{t},{e}] MLP 80-40", TargetAttention((80, 40)), ("q", "x"), (mask,), False),
+    "dien_attention": (
+      f"[{b},{t},{e}] MLP 80-40, softmax",
+      TargetAttention((80, 40), True, True),
+      ("q", "x"),
+      (mask,),
+      False,
+    ),
+    "gru": (f"[{b},{t},{e}] H={e}", MaskedRNN(e), ("x",), (mask,), False),
+    "augru": (f"[{b},{t},{e}] H={e}", MaskedRNN(e, attentional=True), ("x",), (mask, d["att"]), False),
+    "additive_pool": (f"[{b},{t},{2 * e}]", AdditivePool(), ("v",), (mask,), False),
+    "fieldwise_pool": (f"[{b},8,{e + e // 2}]", FieldwiseAdditivePool(), ("fields",), (), False),
+    "dice_mlp": (f"[{b},400] 200-80", DiceMLP((200, 80)), ("tower",), (), True),
+    "relu_mlp": (f"[{b},400] 200-80", MLP((200, 80)), ("tower",), (), True),
   }
   out = {}
   for name, (shape, module, float_names, rest, train) in specs.items():
@@ -98,8 +109,9 @@ class TorchWorker:
   """benchmarks/blocks_torch.py in a process of its own (under `python`), asked for timings line by line."""
 
   def __init__(self, python: str, b: int, t: int, e: int):
-    self.proc = subprocess.Popen([python, str(HERE / "blocks_torch.py")], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True)
+    self.proc = subprocess.Popen(
+      [python, str(HERE / "blocks_torch.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     self.ask(f"shape {b} {t} {e}")
 
   def ask(self, line: str) -> dict:
@@ -123,8 +135,13 @@ def main(argv=None):
   p.add_argument("--rounds", type=int, default=5, help="rounds over every module (interleaving JAX and torch)")
   p.add_argument("--repeats", type=int, default=3, help="timed calls per module and round")
   p.add_argument("--modules", default="", help="comma-separated subset (default: all)")
-  p.add_argument("--torch", nargs="?", const=sys.executable, metavar="PYTHON",
-                 help="also time PyTorch's encoder layer and GRU under this interpreter (default: this one)")
+  p.add_argument(
+    "--torch",
+    nargs="?",
+    const=sys.executable,
+    metavar="PYTHON",
+    help="also time PyTorch's encoder layer and GRU under this interpreter (default: this one)",
+  )
   args = p.parse_args(argv)
   b, t, e = args.batch, args.history, args.width
   todo = modules(b, t, e)
@@ -157,10 +174,14 @@ def main(argv=None):
     if tw:
       row.update(torch_ms=ms(tw), torch_cpu_ms=ms(tc), jax_vs_torch=ms(tw) / ms(jw))
     rows.append(row)
-  columns = ["module", "shape", "jax_ms", "jax_cpu_ms"] + (
-      ["torch_ms", "torch_cpu_ms", "jax_vs_torch"] if worker else []) + ["compile_s"]
-  report("blocks", rows, columns, {"batch": b, "history": t, "width": e, "rounds": args.rounds,
-                                   "repeats": args.repeats})
+  columns = (
+    ["module", "shape", "jax_ms", "jax_cpu_ms"]
+    + (["torch_ms", "torch_cpu_ms", "jax_vs_torch"] if worker else [])
+    + ["compile_s"]
+  )
+  report(
+    "blocks", rows, columns, {"batch": b, "history": t, "width": e, "rounds": args.rounds, "repeats": args.repeats}
+  )
 
 
 if __name__ == "__main__":

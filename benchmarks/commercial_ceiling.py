@@ -24,17 +24,27 @@ from mian_jax.data import commercial
 def ceilings(scale: float, seed: int, samples: int) -> list[tuple[str, float]]:
   """(what the truth keeps, its AUC) on `samples` test-day samples of the world at (scale, seed)."""
   d = DataConfig()  # the generator's defaults: 30 days, the last 3 the test split, 50 behaviours
-  p = commercial.Params(scale=scale, seed=seed, max_len=d.max_len, days=d.days, test_days=d.test_days,
-                        block_size=d.block_size, shard_samples=d.shard_samples, valid_days=1)
+  p = commercial.Params(
+    scale=scale,
+    seed=seed,
+    max_len=d.max_len,
+    days=d.days,
+    test_days=d.test_days,
+    block_size=d.block_size,
+    shard_samples=d.shard_samples,
+    valid_days=1,
+  )
   world = commercial.World(p)
   cols = world.sample(np.random.default_rng(12345), samples, p.days - p.test_days, p.days, p.max_len)
   label, logit = cols["label"], cols["_logit"]
-  rows = [("the truth (Bayes AUC)", logit),
-          ("without the per-user propensity (no field reveals it)", logit - world.user_bias[cols["user_id"] - 1]),
-          ("without the item bias", logit - world.item_bias[cols["item_id"] - 1]),
-          ("without candidate x behaviours", cols["_no_beh"]),
-          ("without candidate x user profile", cols["_no_user"]),
-          ("without candidate x context", cols["_no_ctx"])]
+  rows = [
+    ("the truth (Bayes AUC)", logit),
+    ("without the per-user propensity (no field reveals it)", logit - world.user_bias[cols["user_id"] - 1]),
+    ("without the item bias", logit - world.item_bias[cols["item_id"] - 1]),
+    ("without candidate x behaviours", cols["_no_beh"]),
+    ("without candidate x user profile", cols["_no_user"]),
+    ("without candidate x context", cols["_no_ctx"]),
+  ]
   return [(name, metrics.auc(label, score)) for name, score in rows]
 
 

@@ -32,8 +32,10 @@ def truth(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(labels [N], true logit [N], its parts [N, 4] in PARTS' order) of the test split, in record order."""
   files = sorted(folder.glob("truth-*.npz"))
   if not files:
-    raise SystemExit(f"error: {folder}: no truth-*.npz (not a generated commercial data folder); "
-                     "give the data_cache/commercial-<id> folder a run trained on")
+    raise SystemExit(
+      f"error: {folder}: no truth-*.npz (not a generated commercial data folder); "
+      "give the data_cache/commercial-<id> folder a run trained on"
+    )
   t = [np.load(f) for f in files]
   cat = lambda k: np.concatenate([x[k] for x in t]).astype(np.float64)
   logit = cat("_logit")
@@ -46,8 +48,10 @@ def read_logits(path: Path, n: int) -> np.ndarray:
   with open(path, newline="") as f:
     rows = list(csv.DictReader(f))
   if len(rows) != n or (rows and not {"row", "probability"} <= set(rows[0])):
-    raise SystemExit(f"error: {path}: {len(rows)} rows with columns {list(rows[0]) if rows else []}, expected {n} "
-                     "rows of row,user,probability (--predict on the same data folder)")
+    raise SystemExit(
+      f"error: {path}: {len(rows)} rows with columns {list(rows[0]) if rows else []}, expected {n} "
+      "rows of row,user,probability (--predict on the same data folder)"
+    )
   try:
     p = np.clip(np.array([float(r["probability"]) for r in rows]), 1e-6, 1 - 1e-6)
     order = np.array([int(r["row"]) for r in rows])
@@ -66,19 +70,25 @@ def fit(logit: np.ndarray, parts: np.ndarray) -> tuple[np.ndarray, float, np.nda
 
 def table(folder: Path, scores: list[Path]) -> list[str]:
   label, logit, parts = truth(folder)
-  lines = [f"{folder.name}: {len(label):,} test samples, Bayes AUC {metrics.auc(label, logit):.4f}",
-           "| scores | AUC | " + " | ".join(f"coef. {p}" for p in PARTS) + " | R^2 | residual std |",
-           "|---" * (4 + len(PARTS)) + "|"]
+  lines = [
+    f"{folder.name}: {len(label):,} test samples, Bayes AUC {metrics.auc(label, logit):.4f}",
+    "| scores | AUC | " + " | ".join(f"coef. {p}" for p in PARTS) + " | R^2 | residual std |",
+    "|---" * (4 + len(PARTS)) + "|",
+  ]
   logits, residuals = [], []
   for path in scores:
     m = read_logits(path, len(label))
     coef, r2, residual = fit(m, parts)
     logits.append(m)
     residuals.append(residual)
-    lines.append(f"| {path.name} | {metrics.auc(label, m):.4f} | " + " | ".join(f"{c:.3f}" for c in coef)
-                 + f" | {r2:.3f} | {residual.std():.3f} |")
-  lines.append(f"| the truth | {metrics.auc(label, logit):.4f} | " + " | ".join("1.000" for _ in PARTS)
-               + " | 1.000 | 0.000 |")
+    lines.append(
+      f"| {path.name} | {metrics.auc(label, m):.4f} | "
+      + " | ".join(f"{c:.3f}" for c in coef)
+      + f" | {r2:.3f} | {residual.std():.3f} |"
+    )
+  lines.append(
+    f"| the truth | {metrics.auc(label, logit):.4f} | " + " | ".join("1.000" for _ in PARTS) + " | 1.000 | 0.000 |"
+  )
   if len(scores) > 1:
     lines.append("")
     for (i, a), (j, b) in itertools.combinations(enumerate(scores), 2):

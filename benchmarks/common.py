@@ -48,8 +48,11 @@ def history_lengths(rng: np.random.Generator, rows: int, max_len: int, lengths: 
 def batch(s: FeatureSchema, rows: int, seed: int = 0, lengths: str = "uniform") -> dict[str, np.ndarray]:
   """Random ids within every vocabulary; history lengths as `history_lengths` draws them."""
   rng = np.random.default_rng(seed)
-  out = {"label": rng.integers(0, 2, rows).astype(np.float32), "weight": np.ones(rows, np.float32),
-         "hist_len": history_lengths(rng, rows, s.max_len, lengths)}
+  out = {
+    "label": rng.integers(0, 2, rows).astype(np.float32),
+    "weight": np.ones(rows, np.float32),
+    "hist_len": history_lengths(rng, rows, s.max_len, lengths),
+  }
   for f in s.features:
     if f.kind == "numeric":
       out[f.name] = rng.normal(size=rows).astype(np.float32)
@@ -60,19 +63,27 @@ def batch(s: FeatureSchema, rows: int, seed: int = 0, lengths: str = "uniform") 
   return out
 
 
-def train_step(model_name: str, s: FeatureSchema, embedding_optimizer: str = "adam", embed_dim: int = 18,
-               compute_dtype: str = "float32", devices=None):
+def train_step(
+  model_name: str,
+  s: FeatureSchema,
+  embedding_optimizer: str = "adam",
+  embed_dim: int = 18,
+  compute_dtype: str = "float32",
+  devices=None,
+):
   """(jitted step, state, mesh) for one model, built by the trainer's own Run (without data)."""
   mesh = partition.make_mesh(devices or jax.devices()[:1])
-  config = Config(model=ModelConfig(name=model_name, embed_dim=embed_dim),
-                  train=TrainConfig(embedding_optimizer=embedding_optimizer, learning_rate=1e-3,
-                                    compute_dtype=compute_dtype))
+  config = Config(
+    model=ModelConfig(name=model_name, embed_dim=embed_dim),
+    train=TrainConfig(embedding_optimizer=embedding_optimizer, learning_rate=1e-3, compute_dtype=compute_dtype),
+  )
   run = Run.assemble(config, s, mesh, total_steps=1000)
   return run.train_step, run.init_state(seed=0), mesh
 
 
-def time_step(step: Callable, state: Any, batches: list, repeats: int = 20, warmup: int = 3
-              ) -> tuple[dict[str, float], Any]:
+def time_step(
+  step: Callable, state: Any, batches: list, repeats: int = 20, warmup: int = 3
+) -> tuple[dict[str, float], Any]:
   """(compile time and the median / min seconds per step over `repeats` timed steps, the last state:
   the step donates its input state)."""
   t0 = time.perf_counter()
@@ -109,13 +120,19 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 10, dtype=jnp.float32) -> f
     t = time.perf_counter()
     jax.block_until_ready(f(a, a))
     times.append(time.perf_counter() - t)
-  return 2 * n ** 3 / statistics.median(times)
+  return 2 * n**3 / statistics.median(times)
 
 
 def machine() -> dict[str, Any]:
   d = jax.devices()[0]
-  return {"backend": jax.default_backend(), "device": d.device_kind, "devices": jax.device_count(),
-          "cpus": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__}
+  return {
+    "backend": jax.default_backend(),
+    "device": d.device_kind,
+    "devices": jax.device_count(),
+    "cpus": os.cpu_count(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+  }
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -123,6 +140,7 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     if isinstance(v, float):
       return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
     return str(v)
+
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
   return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Benchmark 5: exact AUC and gAUC (mian_jax.metrics) over 10M predictions from 500k users.
 
-    python -m benchmarks.eval_auc [--n 10000000]
+python -m benchmarks.eval_auc [--n 10000000]
 """
 
 import argparse
@@ -21,8 +21,11 @@ def main(argv=None):
   labels = (rng.random(args.n) < 0.1).astype(np.float32)
   probs = np.clip(0.1 + 0.1 * labels + 0.1 * rng.normal(size=args.n), 0, 1).astype(np.float32)
   rows = []
-  for name, fn in (("auc", lambda: metrics.auc(labels, probs)), ("gauc", lambda: metrics.gauc(labels, probs, users)),
-                   ("evaluate (auc + gauc + logloss)", lambda: metrics.evaluate(labels, probs, users))):
+  for name, fn in (
+    ("auc", lambda: metrics.auc(labels, probs)),
+    ("gauc", lambda: metrics.gauc(labels, probs, users)),
+    ("evaluate (auc + gauc + logloss)", lambda: metrics.evaluate(labels, probs, users)),
+  ):
     times = []
     for _ in range(3):
       t = time.perf_counter()

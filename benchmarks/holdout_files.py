@@ -25,8 +25,10 @@ import pyarrow.csv as pacsv
 
 
 def yelp(src: Path, out: Path) -> None:
-  table = pacsv.read_csv(src / "train.csv", convert_options=pacsv.ConvertOptions(
-      column_types={"item_history": pa.string(), "cate_history": pa.string()}))
+  table = pacsv.read_csv(
+    src / "train.csv",
+    convert_options=pacsv.ConvertOptions(column_types={"item_history": pa.string(), "cate_history": pa.string()}),
+  )
   users = table.column("user_id").to_numpy()
   last = np.zeros(len(users), bool)
   _, first_from_end = np.unique(users[::-1], return_index=True)

@@ -41,9 +41,16 @@ def one(scale: float, root: str) -> dict:
   columns = held.nbytes()
   held.columns = {}
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-  return {"what": f"scale {scale}: {held.rows:,} training rows", "scale": scale, "rows": held.rows,
-          "columns_mib": columns / 2**20, "seconds": seconds, "peak_above_mib": peak / 2**20,
-          "peak_vs_columns": peak / columns, "backend": jax.default_backend()}
+  return {
+    "what": f"scale {scale}: {held.rows:,} training rows",
+    "scale": scale,
+    "rows": held.rows,
+    "columns_mib": columns / 2**20,
+    "seconds": seconds,
+    "peak_above_mib": peak / 2**20,
+    "peak_vs_columns": peak / columns,
+    "backend": jax.default_backend(),
+  }
 
 
 def main(argv=None):
@@ -57,8 +64,12 @@ def main(argv=None):
     return
   rows = []
   for scale in (float(s) for s in args.scales.split(",")):
-    done = subprocess.run([sys.executable, "-m", "benchmarks.load_memory", "--one", str(scale)], capture_output=True,
-                          text=True, env={**os.environ, "MIAN_JAX_BENCH_DATA": root})
+    done = subprocess.run(
+      [sys.executable, "-m", "benchmarks.load_memory", "--one", str(scale)],
+      capture_output=True,
+      text=True,
+      env={**os.environ, "MIAN_JAX_BENCH_DATA": root},
+    )
     if done.returncode:
       raise SystemExit(f"error: scale {scale}: {done.stderr.strip().splitlines()[-1:]}")
     rows.append(json.loads(done.stdout.strip().splitlines()[-1]))

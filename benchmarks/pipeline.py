@@ -52,8 +52,9 @@ def _median_rate(measure, repeats: int) -> float:
 
 
 def train_input_rate(src, rows: int, threads: int, batches: int) -> float:
-  it = pipeline.train_iterator(src, batch_per_process=rows, seed=0, max_len=src.schema.max_len, threads=threads,
-                               prefetch=max(4, threads))
+  it = pipeline.train_iterator(
+    src, batch_per_process=rows, seed=0, max_len=src.schema.max_len, threads=threads, prefetch=max(4, threads)
+  )
   for _ in range(max(3, threads)):  # start-up: the threads' first batches
     next(it)
   t = time.perf_counter()
@@ -71,9 +72,11 @@ def eval_input_rate(src, rows: int, threads: int) -> float:
 
 def assemble(model: str, src, compute_dtype: str, placement: str = "host", batch: int = 8192) -> Run:
   """The trainer's Run for `model` on `src`, one device, with the placement given (not chosen by size)."""
-  config = Config(model=ModelConfig(name=model),
-                  train=TrainConfig(learning_rate=1e-3, compute_dtype=compute_dtype, batch_size=batch),
-                  data=DataConfig(source="commercial", max_len=src.schema.max_len, placement=placement))
+  config = Config(
+    model=ModelConfig(name=model),
+    train=TrainConfig(learning_rate=1e-3, compute_dtype=compute_dtype, batch_size=batch),
+    data=DataConfig(source="commercial", max_len=src.schema.max_len, placement=placement),
+  )
   mesh = partition.make_mesh(jax.devices()[:1])
   run = Run.assemble(config, src.schema, mesh, total_steps=100_000)
   return dataclasses.replace(run, src=src, placement=placement)
@@ -97,8 +100,9 @@ def trained_rate(run: Run, batch: int, steps: int, per_call: int) -> tuple[float
   return rate, state
 
 
-def model_rows(model: str, src, batch: int, steps: int, eval_batch: int, compute_dtype: str,
-               per_call: list[int]) -> list[dict]:
+def model_rows(
+  model: str, src, batch: int, steps: int, eval_batch: int, compute_dtype: str, per_call: list[int]
+) -> list[dict]:
   run = assemble(model, src, compute_dtype, batch=batch)
   place = lambda b: partition.to_global(b, run.mesh)
   it = pipeline.train_iterator(src, batch_per_process=batch, seed=0, max_len=src.schema.max_len, place=place)
@@ -112,39 +116,84 @@ def model_rows(model: str, src, batch: int, steps: int, eval_batch: int, compute
     if placement == "device":
       t = time.perf_counter()
       held, _ = placed.resident("train")
-      rows.append({"what": f"load the train split onto the device ({held.rows:,} rows)", "kind": "load",
-                   "seconds": time.perf_counter() - t})
+      rows.append(
+        {
+          "what": f"load the train split onto the device ({held.rows:,} rows)",
+          "kind": "load",
+          "seconds": time.perf_counter() - t,
+        }
+      )
     for k in per_call:
       rate, state = trained_rate(placed, batch, steps, k)
-      rows.append({"what": f"{model} input + step, {placement}, {k} per call", "kind": "end_to_end", "model": model,
-                   "placement": placement, "steps_per_call": k, "samples_per_s": rate, "vs_step": rate / step_rate})
+      rows.append(
+        {
+          "what": f"{model} input + step, {placement}, {k} per call",
+          "kind": "end_to_end",
+          "model": model,
+          "placement": placement,
+          "steps_per_call": k,
+          "samples_per_s": rate,
+          "vs_step": rate / step_rate,
+        }
+      )
     placed.config.train.eval_batch_size = eval_batch
     placed.evaluate(state.params, "test")  # compiled (and, on the device, loaded) before the timed pass
     t = time.perf_counter()
     placed.evaluate(state.params, "test")
-    rows.append({"what": f"{model} evaluation, {placement} (input + eval step + metrics)", "kind": "evaluation",
-                 "model": model, "placement": placement, "rows_per_s": src.rows("test") / (time.perf_counter() - t)})
+    rows.append(
+      {
+        "what": f"{model} evaluation, {placement} (input + eval step + metrics)",
+        "kind": "evaluation",
+        "model": model,
+        "placement": placement,
+        "rows_per_s": src.rows("test") / (time.perf_counter() - t),
+      }
+    )
   return rows
 
 
-def cli_rows(models: list[str], batch: int, steps: int, scale: float, root: str, step_rates: dict[str, float]
-             ) -> list[dict]:
+def cli_rows(
+  models: list[str], batch: int, steps: int, scale: float, root: str, step_rates: dict[str, float]
+) -> list[dict]:
   """`launch.py --experiment commercial --model M` with the defaults at `batch` for `steps` steps: its
   result.json's samples/s (training steps only), against the step alone measured in this run."""
   rows = []
   for model in models:
     with tempfile.TemporaryDirectory(prefix="mian_jax_cli_") as workdir:
-      cmd = [sys.executable, str(ROOT / "launch.py"), "--experiment", "commercial", "--model", model, "--workdir",
-             workdir, "--set", f"data.dir={root}", "--set", f"data.scale={scale}", "--set",
-             f"train.batch_size={batch}", "--set", f"train.steps={steps}", "--set", f"train.eval_every={steps}"]
+      cmd = [
+        sys.executable,
+        str(ROOT / "launch.py"),
+        "--experiment",
+        "commercial",
+        "--model",
+        model,
+        "--workdir",
+        workdir,
+        "--set",
+        f"data.dir={root}",
+        "--set",
+        f"data.scale={scale}",
+        "--set",
+        f"train.batch_size={batch}",
+        "--set",
+        f"train.steps={steps}",
+        "--set",
+        f"train.eval_every={steps}",
+      ]
       done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
       if done.returncode:
         raise SystemExit(f"error: {' '.join(cmd)} failed: {done.stderr.strip().splitlines()[-1:]}")
       rate = json.loads((Path(workdir) / "result.json").read_text())["samples_per_s"]
       placement = next((line for line in done.stdout.splitlines() if line.startswith("data.placement")), "host")
-    rows.append({"what": f"launch.py --experiment commercial --model {model} ({placement.split(' (')[0]})",
-                 "kind": "cli", "model": model, "samples_per_s": rate,
-                 "vs_step": rate / step_rates[model] if model in step_rates else None})
+    rows.append(
+      {
+        "what": f"launch.py --experiment commercial --model {model} ({placement.split(' (')[0]})",
+        "kind": "cli",
+        "model": model,
+        "samples_per_s": rate,
+        "vs_step": rate / step_rates[model] if model in step_rates else None,
+      }
+    )
   return rows
 
 
@@ -160,13 +209,17 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--dtype", default="float32")
   p.add_argument("--per-call", default="1,4,16", help="comma-separated train.steps_per_call values to time")
-  p.add_argument("--cli", default="", help="comma-separated models also run through launch.py (their step alone "
-                                           "is measured too)")
+  p.add_argument(
+    "--cli", default="", help="comma-separated models also run through launch.py (their step alone is measured too)"
+  )
   p.add_argument("--cli-steps", type=int, default=60)
   args = p.parse_args(argv)
   cores = os.cpu_count() or 1
-  threads = [int(t) for t in args.threads.split(",")] if args.threads else \
-      sorted({1 << i for i in range(cores.bit_length()) if 1 << i <= cores} | {cores})
+  threads = (
+    [int(t) for t in args.threads.split(",")]
+    if args.threads
+    else sorted({1 << i for i in range(cores.bit_length()) if 1 << i <= cores} | {cores})
+  )
   root = os.environ.get("MIAN_JAX_BENCH_DATA") or tempfile.mkdtemp(prefix="mian_jax_bench_")
   src = data.open_source(DataConfig(source="commercial", dir=root, scale=args.scale))
   rows = []
@@ -188,9 +241,19 @@ def main(argv=None):
     rows += model_rows(model, src, args.batch, args.steps, args.eval_batch, args.dtype, per_call)
   steps_alone = {r["model"]: r["samples_per_s"] for r in rows if r["kind"] == "step"}
   rows += cli_rows(cli, args.batch, args.cli_steps, args.scale, root, steps_alone)
-  report("pipeline", rows, ["what", "samples_per_s", "rows_per_s", "seconds", "vs_one", "target_vs_one", "vs_step"],
-         {"batch": args.batch, "scale": args.scale, "eval_batch": args.eval_batch, "cores": cores,
-          "split_rows": {"train": src.rows("train"), "test": src.rows("test")}, "dtype": args.dtype})
+  report(
+    "pipeline",
+    rows,
+    ["what", "samples_per_s", "rows_per_s", "seconds", "vs_one", "target_vs_one", "vs_step"],
+    {
+      "batch": args.batch,
+      "scale": args.scale,
+      "eval_batch": args.eval_batch,
+      "cores": cores,
+      "split_rows": {"train": src.rows("train"), "test": src.rows("test")},
+      "dtype": args.dtype,
+    },
+  )
 
 
 if __name__ == "__main__":

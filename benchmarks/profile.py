@@ -55,8 +55,11 @@ def readable(op_name: str) -> str:
 
 def module_of(op_name: str, depth: int = 2) -> str:
   """The model module an op belongs to (its path without the primitive), at most `depth` levels."""
-  parts = [p for p in readable(op_name).removeprefix("bwd ").split("/")
-           if p not in NOT_MODULES and not p.startswith(("branch_", "vmap("))]
+  parts = [
+    p
+    for p in readable(op_name).removeprefix("bwd ").split("/")
+    if p not in NOT_MODULES and not p.startswith(("branch_", "vmap("))
+  ]
   return "/".join(parts[:-1][:depth]) or "(step: embedding, loss, optimizer)"
 
 
@@ -112,17 +115,29 @@ def main(argv=None):
   total_ms = sum(per_op.values()) / 1e6 / args.steps
   if not total_ms:
     path = next(trace_dir.rglob("*.xplane.pb"), None)
-    for plane in (jax.profiler.ProfileData.from_file(str(path)).planes if path else []):
+    for plane in jax.profiler.ProfileData.from_file(str(path)).planes if path else []:
       print(f"plane {plane.name}: " + ", ".join(f"{l.name} ({sum(1 for _ in l.events)})" for l in plane.lines))
     raise SystemExit("error: the trace holds no XLA op events (is the profiler supported on this backend?)")
-  rows = [{"op": op, "ms": ns / 1e6 / args.steps, "share": ns / 1e6 / args.steps / total_ms,
-           "from": readable(names.get(op, "?"))} for op, ns in per_op.most_common(args.top)]
+  rows = [
+    {
+      "op": op,
+      "ms": ns / 1e6 / args.steps,
+      "share": ns / 1e6 / args.steps / total_ms,
+      "from": readable(names.get(op, "?")),
+    }
+    for op, ns in per_op.most_common(args.top)
+  ]
   modules: dict[str, float] = collections.Counter()
   for op, ns in per_op.items():
     modules[module_of(names.get(op, ""))] += ns / 1e6 / args.steps
   by_module = [{"module": m, "ms": ms, "share": ms / total_ms} for m, ms in modules.most_common(args.top)]
-  extra = {"model": args.model, "batch": args.batch, "wall_ms_per_step": wall_ms, "op_ms_per_step": total_ms,
-           "by_module": by_module}
+  extra = {
+    "model": args.model,
+    "batch": args.batch,
+    "wall_ms_per_step": wall_ms,
+    "op_ms_per_step": total_ms,
+    "by_module": by_module,
+  }
   report(f"profile_{args.model}", rows, ["op", "ms", "share", "from"], extra)
   print(f"{args.model}: {wall_ms:.1f} ms per traced step (wall), {total_ms:.1f} ms of XLA op time per step\n")
   print(table(by_module, ["module", "ms", "share"]))

@@ -13,12 +13,14 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--quick", action="store_true", help="fewer models, points and repeats (a smoke run)")
   args = p.parse_args()
-  runs = [["step_throughput"] + (["--models", "mian,din,deepfm", "--repeats", "5"] if args.quick else []),
-          ["step_throughput", "--models", "mian", "--dtype", "bfloat16"] + (["--repeats", "5"] if args.quick else []),
-          ["pipeline", "--batch", "1024", "--steps", "30"] + (["--scale", "0.002", "--batches", "30", "--threads", "1"]
-                                                               if args.quick else []),
-          ["scaling"] + (["--quick"] if args.quick else []),
-          ["eval_auc"] + (["--n", "1000000"] if args.quick else [])]
+  runs = [
+    ["step_throughput"] + (["--models", "mian,din,deepfm", "--repeats", "5"] if args.quick else []),
+    ["step_throughput", "--models", "mian", "--dtype", "bfloat16"] + (["--repeats", "5"] if args.quick else []),
+    ["pipeline", "--batch", "1024", "--steps", "30"]
+    + (["--scale", "0.002", "--batches", "30", "--threads", "1"] if args.quick else []),
+    ["scaling"] + (["--quick"] if args.quick else []),
+    ["eval_auc"] + (["--n", "1000000"] if args.quick else []),
+  ]
   failed = []
   for cmd in runs:
     if subprocess.run([sys.executable, "-m", f"benchmarks.{cmd[0]}", *cmd[1:]], cwd=ROOT).returncode:

@@ -14,8 +14,14 @@ def measure(model: str, users: int, history: int, rows: int, opt: str, repeats: 
   step, state, mesh = train_step(model, s, embedding_optimizer=opt)
   batches = [partition.to_global(batch(s, rows, seed=i), mesh) for i in range(3)]
   t, _ = time_step(step, state, batches, repeats=repeats)
-  return {"users": users, "history": history, "batch": rows, "embedding_optimizer": opt,
-          "step_ms": 1e3 * t["median_s"], "samples_per_s": rows / t["median_s"]}
+  return {
+    "users": users,
+    "history": history,
+    "batch": rows,
+    "embedding_optimizer": opt,
+    "step_ms": 1e3 * t["median_s"],
+    "samples_per_s": rows / t["median_s"],
+  }
 
 
 def main(argv=None):
@@ -30,7 +36,10 @@ def main(argv=None):
   for r in rows:
     r["vs_20k"] = r["step_ms"] / base[r["embedding_optimizer"]]
   report("scaling_vocabulary", rows, ["embedding_optimizer", "users", "step_ms", "samples_per_s", "vs_20k"])
-  hist = [measure(args.model, 20_000, t, 1024, "lazy_adam", reps) for t in ((25, 50, 100) if args.quick else (25, 50, 100, 200))]
+  hist = [
+    measure(args.model, 20_000, t, 1024, "lazy_adam", reps)
+    for t in ((25, 50, 100) if args.quick else (25, 50, 100, 200))
+  ]
   report("scaling_history", hist, ["history", "step_ms", "samples_per_s"])
   sizes = (256, 1024, 4096) if args.quick else (256, 1024, 4096, 8192)
   bs = [measure(args.model, 20_000, 50, b, "lazy_adam", reps) for b in sizes]

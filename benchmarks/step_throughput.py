@@ -10,7 +10,19 @@ data set does (mean 22 of 50): the sequence layers skip padding on CPU, so their
 
 import argparse
 
-from benchmarks.common import LENGTHS, batch, jax, matmul_flops_per_s, models, partition, report, schema, step_flops, time_step, train_step
+from benchmarks.common import (
+  LENGTHS,
+  batch,
+  jax,
+  matmul_flops_per_s,
+  models,
+  partition,
+  report,
+  schema,
+  step_flops,
+  time_step,
+  train_step,
+)
 
 
 def main(argv=None):
@@ -32,15 +44,31 @@ def main(argv=None):
     t, state = time_step(step, state, batches, repeats=args.repeats)  # first: its first call measures compilation
     flops = step_flops(step, shapes, batches[0])
     achieved = flops / t["median_s"]
-    rows.append({"model": name, "samples_per_s": args.batch / t["median_s"], "step_ms": 1e3 * t["median_s"],
-                 "compile_s": t["compile_s"], "mflop_per_sample": flops / args.batch / 1e6,
-                 "gflop_per_s": achieved / 1e9, "roofline_share": achieved / peak})
+    rows.append(
+      {
+        "model": name,
+        "samples_per_s": args.batch / t["median_s"],
+        "step_ms": 1e3 * t["median_s"],
+        "compile_s": t["compile_s"],
+        "mflop_per_sample": flops / args.batch / 1e6,
+        "gflop_per_s": achieved / 1e9,
+        "roofline_share": achieved / peak,
+      }
+    )
     del state
   name = f"step_throughput_{args.dtype}" + ("" if args.lengths == "uniform" else f"_{args.lengths}")
-  report(name, rows,
-         ["model", "samples_per_s", "step_ms", "compile_s", "mflop_per_sample", "gflop_per_s", "roofline_share"],
-         {"matmul_gflop_per_s": peak / 1e9, "batch": args.batch, "history": args.history, "lengths": args.lengths,
-          "device": jax.devices()[0].device_kind})
+  report(
+    name,
+    rows,
+    ["model", "samples_per_s", "step_ms", "compile_s", "mflop_per_sample", "gflop_per_s", "roofline_share"],
+    {
+      "matmul_gflop_per_s": peak / 1e9,
+      "batch": args.batch,
+      "history": args.history,
+      "lengths": args.lengths,
+      "device": jax.devices()[0].device_kind,
+    },
+  )
   print(f"matmul roofline: {peak / 1e9:,.1f} GFLOP/s")
 
 

@@ -16,10 +16,14 @@ from mian_jax.config import Config
 
 
 def config_reference() -> str:
-  lines = ["# Configuration reference", "",
-           "Every field `--set KEY=VALUE` takes, its package default and what it means (its comment in "
-           "`mian_jax/config.py`; `python launch.py --experiment NAME --print-config` prints the same for an "
-           "experiment, with that experiment's values). Generated from the code when the docs are built.", ""]
+  lines = [
+    "# Configuration reference",
+    "",
+    "Every field `--set KEY=VALUE` takes, its package default and what it means (its comment in "
+    "`mian_jax/config.py`; `python launch.py --experiment NAME --print-config` prints the same for an "
+    "experiment, with that experiment's values). Generated from the code when the docs are built.",
+    "",
+  ]
   section = None
   for key, value, doc in config_fields.fields(Config()):
     head = key.split(".")[0]
@@ -27,8 +31,11 @@ def config_reference() -> str:
       section = head
       lines += ["", f"## `{head}`", "", "| key | default | description |", "|---|---|---|"]
     shown = config_fields.as_text(value)
-    lines.append(f"| `{key}` | `{shown}` | {doc.replace('|', '&#124;')} |" if shown else
-                 f"| `{key}` | (empty) | {doc.replace('|', '&#124;')} |")
+    lines.append(
+      f"| `{key}` | `{shown}` | {doc.replace('|', '&#124;')} |"
+      if shown
+      else f"| `{key}` | (empty) | {doc.replace('|', '&#124;')} |"
+    )
   return "\n".join(lines) + "\n"
 
 
@@ -67,13 +74,19 @@ def _intervals(path: Path) -> dict[str, str]:
   if not path.exists():
     return {}
   with open(path, newline="") as f:
-    return {r["setting"]: f"{float(r['auc_minus_best']):+.4f} [{float(r['ci95_low']):+.4f}, "
-                          f"{float(r['ci95_high']):+.4f}]" for r in csv.DictReader(f) if r.get("auc_minus_best")}
+    return {
+      r["setting"]: f"{float(r['auc_minus_best']):+.4f} [{float(r['ci95_low']):+.4f}, {float(r['ci95_high']):+.4f}]"
+      for r in csv.DictReader(f)
+      if r.get("auc_minus_best")
+    }
 
 
 def _epochs(group: dict[str, Any]) -> str:
-  pairs = [f"{r['best_epoch']:g}/{r['epoch']:g}" for r in sorted(group["ok"], key=lambda r: int(r.get("train.seed") or 0))
-           if r.get("best_epoch") is not None and r.get("epoch") is not None]
+  pairs = [
+    f"{r['best_epoch']:g}/{r['epoch']:g}"
+    for r in sorted(group["ok"], key=lambda r: int(r.get("train.seed") or 0))
+    if r.get("best_epoch") is not None and r.get("epoch") is not None
+  ]
   if not pairs:
     return "-"
   return f"{pairs[0]} (all)" if len(set(pairs)) == 1 and len(pairs) > 1 else ", ".join(pairs)
@@ -86,11 +99,17 @@ def table_from(source: Path) -> str:
   scored = [g for g in groups if g["n"]]
   cols = [("auc", max), ("gauc", max), ("logloss", min), ("valid_auc", max)]
   best = {k: pick(g[k][0] for g in scored if g[k][0] is not None) for k, pick in cols if scored}
-  cell = lambda g, k: ("**" + sweep._cell(g[k]) + "**") if g[k][0] is not None and g[k][0] == best.get(k) else sweep._cell(g[k])
+  cell = lambda g, k: (
+    ("**" + sweep._cell(g[k]) + "**") if g[k][0] is not None and g[k][0] == best.get(k) else sweep._cell(g[k])
+  )
   intervals = _intervals(source.with_name("settings.csv"))
   epochs = any(r.get("best_epoch") is not None for g in groups for r in g["ok"])
-  head = ["setting", "n", "test AUC"] + (["AUC − best [95% CI]"] if intervals else []) + \
-         ["test gAUC", "test logloss", "validation AUC"] + (["best / stopped epoch"] if epochs else [])
+  head = (
+    ["setting", "n", "test AUC"]
+    + (["AUC − best [95% CI]"] if intervals else [])
+    + ["test gAUC", "test logloss", "validation AUC"]
+    + (["best / stopped epoch"] if epochs else [])
+  )
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for g in groups:
     label = g["label"].removeprefix("name=") if set(g["overrides"]) == {"model.name"} else g["label"]

@@ -11,8 +11,11 @@ from pathlib import Path
 
 
 def names() -> list[str]:
-  return sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
-                if not m.name.startswith("_") and m.name != "sweeps")
+  return sorted(
+    m.name
+    for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+    if not m.name.startswith("_") and m.name != "sweeps"
+  )
 
 
 def get_config(spec: str):
@@ -30,5 +33,7 @@ def note(spec: str) -> str | None:
   """The first line of every command on a tiny variant: its numbers are not results."""
   if spec.partition(":")[2] != "tiny":
     return None
-  return (f"note: {spec} is a seconds-long smoke run of a shrunk model on little data; its metrics (AUC below 0.5 "
-          f"included) only show that the machinery works and say nothing about the model")
+  return (
+    f"note: {spec} is a seconds-long smoke run of a shrunk model on little data; its metrics (AUC below 0.5 "
+    f"included) only show that the machinery works and say nothing about the model"
+  )

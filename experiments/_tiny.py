@@ -11,8 +11,9 @@ def shrink_models(config: Config) -> Config:
   return config
 
 
-def variant(config: Config, experiment: str, name: str, max_len: int, block_size: int, batch_size: int,
-            eval_batch_size: int) -> Config:
+def variant(
+  config: Config, experiment: str, name: str, max_len: int, block_size: int, batch_size: int, eval_batch_size: int
+) -> Config:
   """Applies variant `name` ("" = none, "tiny" = the shrunk models on short histories and small batches)."""
   if name == "tiny":
     config.data.max_len, config.data.block_size = max_len, block_size

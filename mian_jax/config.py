@@ -41,7 +41,9 @@ class DataConfig:
   # the commercial generator writes its data set into (cached there by its parameters). Converted data
   # sets are cached under $MIAN_JAX_CACHE (default data_cache/).
   dir: str = "data_cache"
-  scale: float = -1.0  # commercial (generated) data only: 1.0 = 36M samples / 2.16M users; -1 = 1.0 with an accelerator, 0.03 on CPU
+  scale: float = (
+    -1.0
+  )  # commercial (generated) data only: 1.0 = 36M samples / 2.16M users; -1 = 1.0 with an accelerator, 0.03 on CPU
   # Behaviours kept per sample (the most recent ones): 1..MAX_LEN (100,000), and train.batch_size x max_len
   # and train.eval_batch_size x max_len at most MAX_BATCH_ENTRIES (2^28) history entries per batch.
   max_len: int = 50
@@ -62,7 +64,9 @@ class DataConfig:
   embed_user_id: bool = False  # feed the user id to the model (it is always stored, for gAUC)
   seed: int = 0  # generator seed (the data set, not the training order)
   days: int = 30  # commercial data: days covered; the last `test_days` are the test split
-  test_days: int = 3  # commercial data: the last days, the test split (data.validation=holdout: the day before them validates)
+  test_days: int = (
+    3  # commercial data: the last days, the test split (data.validation=holdout: the day before them validates)
+  )
   min_positive_rating: int = 4  # movielens: a rating >= this is a positive (label 1)
   test_per_user: int = 1  # movielens: each user's last ratings held out as the test split
   # Model selection (best checkpoint, --eval / --predict / --export, sweep tables, early stopping) on:
@@ -179,7 +183,9 @@ class TrainConfig:
   # DeepFM 113k / 171k / 218k; MIAN at batch 1024 through launch.py 8.7k at 1, 9.1k at 16.
   steps_per_call: int = 16
   checkpoint_every: int = 200  # steps between checkpoints (also at every eval and at the end)
-  log_every: int = 50  # steps between training-metric fetches (metrics.jsonl, TensorBoard; a progress line in a log file)
+  log_every: int = (
+    50  # steps between training-metric fetches (metrics.jsonl, TensorBoard; a progress line in a log file)
+  )
   keep_checkpoints: int = 3  # latest checkpoints kept (the best by validation AUC is kept as well)
   # Rows per evaluation / prediction batch (global; scores do not depend on it): 1..MAX_BATCH (2^24), and
   # eval_batch_size x data.max_len <= 2^28.
@@ -278,8 +284,9 @@ def _unknown_key(config: Config, key: str) -> ConfigError:
   for pool, cutoff in (([k for k in keys if k.rpartition(".")[0] == section], 0.6), (keys, 0.8)):
     close = difflib.get_close_matches(name.lower(), sorted({k.rpartition(".")[2] for k in pool}), n=1, cutoff=cutoff)
     if close:
-      return ConfigError(f"--set {key}: unknown key (did you mean "
-                         f"{' or '.join(k for k in pool if k.rpartition('.')[2] == close[0])}?)")
+      return ConfigError(
+        f"--set {key}: unknown key (did you mean {' or '.join(k for k in pool if k.rpartition('.')[2] == close[0])}?)"
+      )
   where = "; --print-config lists every key with its description"
   mine = [k.split(".", 1)[1] for k in keys if k.startswith(section + ".")]
   if mine:
@@ -304,7 +311,9 @@ def apply_override(config: Config, assignment: str) -> None:
       raise _unknown_key(config, key)
     if i == len(parts) - 1:
       if dataclasses.is_dataclass(getattr(node, part)):
-        raise ConfigError(f"--set {key}: is a section; set one of its fields, e.g. {key}.{_keys(getattr(node, part))[0]}")
+        raise ConfigError(
+          f"--set {key}: is a section; set one of its fields, e.g. {key}.{_keys(getattr(node, part))[0]}"
+        )
       hints = typing.get_type_hints(type(node))
       setattr(node, part, _parse(key, raw.strip(), hints[part]))
     else:
@@ -337,8 +346,10 @@ def check_batch(batch_size: int, block_size: int, devices: int = 1, processes: i
     examples = f"{unit}, {2 * unit}, {4 * unit}"
   else:  # the multiples either side of it
     examples = f"{batch_size // unit * unit} or {(batch_size // unit + 1) * unit}"
-  raise ConfigError(f"train.batch_size={batch_size} must be a multiple of {unit}: {' and '.join(why)}; use "
-                    f"{examples}, or change data.block_size (the data is then converted again)")
+  raise ConfigError(
+    f"train.batch_size={batch_size} must be a multiple of {unit}: {' and '.join(why)}; use "
+    f"{examples}, or change data.block_size (the data is then converted again)"
+  )
 
 
 def _bounds(key: str, value: Any, low: float, high: float, unit: str = "") -> str | None:
@@ -353,41 +364,49 @@ def _sizes(config: Config) -> str | None:
   the range: the one place these bounds are checked (validate calls it)."""
   d, t, m = config.data, config.train, config.model
   for key, value, low, high, unit in (
-      ("data.max_len", d.max_len, 1, MAX_LEN, " behaviours per sample"),
-      ("data.block_size", d.block_size, 1, 65536, " samples per record"),
-      ("train.batch_size", t.batch_size, 1, MAX_BATCH, " samples"),
-      ("train.eval_batch_size", t.eval_batch_size, 1, MAX_BATCH, " samples"),
-      ("model.embed_dim", m.embed_dim, 1, MAX_EMBED_DIM, ""),
-      ("model.gim_dim", m.gim_dim, 1, MAX_WIDTH, ""),
-      ("model.gru_dim", m.gru_dim, 0, MAX_WIDTH, " (0 = the behaviour width)"),
-      ("model.ibim_layers", m.ibim_layers, 0, MAX_LAYERS, ""),
-      ("model.ibim_heads", m.ibim_heads, 1, MAX_WIDTH, ""),
-      ("model.ibim_ffn_mult", m.ibim_ffn_mult, 1, MAX_LAYERS, ""),
-      ("model.cross_layers", m.cross_layers, 0, MAX_LAYERS, ""),
-      ("data.shard_samples", d.shard_samples, 1, 1 << 31, ""),
-      ("train.steps", t.steps, 0, MAX_STEPS, " (0 = run train.epochs epochs)"),
-      ("train.epochs", t.epochs, 1, MAX_EPOCHS, ""),
-      ("data.workers", d.workers, 0, 1024, ""),
-      ("data.prefetch", d.prefetch, 0, 1024, ""),
-      ("data.threads", d.threads, 0, 1024, " (0 = one per host core, at most 4)"),
-      ("data.device_prefetch", d.device_prefetch, 0, 64, ""),
-      ("train.keep_checkpoints", t.keep_checkpoints, 1, 1 << 20, ""),
-      ("train.steps_per_call", t.steps_per_call, 1, 1024, ""),
+    ("data.max_len", d.max_len, 1, MAX_LEN, " behaviours per sample"),
+    ("data.block_size", d.block_size, 1, 65536, " samples per record"),
+    ("train.batch_size", t.batch_size, 1, MAX_BATCH, " samples"),
+    ("train.eval_batch_size", t.eval_batch_size, 1, MAX_BATCH, " samples"),
+    ("model.embed_dim", m.embed_dim, 1, MAX_EMBED_DIM, ""),
+    ("model.gim_dim", m.gim_dim, 1, MAX_WIDTH, ""),
+    ("model.gru_dim", m.gru_dim, 0, MAX_WIDTH, " (0 = the behaviour width)"),
+    ("model.ibim_layers", m.ibim_layers, 0, MAX_LAYERS, ""),
+    ("model.ibim_heads", m.ibim_heads, 1, MAX_WIDTH, ""),
+    ("model.ibim_ffn_mult", m.ibim_ffn_mult, 1, MAX_LAYERS, ""),
+    ("model.cross_layers", m.cross_layers, 0, MAX_LAYERS, ""),
+    ("data.shard_samples", d.shard_samples, 1, 1 << 31, ""),
+    ("train.steps", t.steps, 0, MAX_STEPS, " (0 = run train.epochs epochs)"),
+    ("train.epochs", t.epochs, 1, MAX_EPOCHS, ""),
+    ("data.workers", d.workers, 0, 1024, ""),
+    ("data.prefetch", d.prefetch, 0, 1024, ""),
+    ("data.threads", d.threads, 0, 1024, " (0 = one per host core, at most 4)"),
+    ("data.device_prefetch", d.device_prefetch, 0, 64, ""),
+    ("train.keep_checkpoints", t.keep_checkpoints, 1, 1 << 20, ""),
+    ("train.steps_per_call", t.steps_per_call, 1, 1024, ""),
   ):
     message = _bounds(key, value, low, high, unit)
     if message:
       return message
-  for key, widths in (("model.mlp", m.mlp), ("model.cin_layers", m.cin_layers), ("model.attention_mlp", m.attention_mlp)):
+  for key, widths in (
+    ("model.mlp", m.mlp),
+    ("model.cin_layers", m.cin_layers),
+    ("model.attention_mlp", m.attention_mlp),
+  ):
     if len(widths) > MAX_LAYERS:
       return f"{key} has {len(widths)} layers; at most {MAX_LAYERS}"
     for width in widths:
       if not 1 <= width <= MAX_WIDTH:
-        return f"{key}={'-'.join(map(str, widths))}: width {width} is out of range; every width must be in 1..{MAX_WIDTH:,}"
+        return (
+          f"{key}={'-'.join(map(str, widths))}: width {width} is out of range; every width must be in 1..{MAX_WIDTH:,}"
+        )
   for key, batch in (("train.batch_size", t.batch_size), ("train.eval_batch_size", t.eval_batch_size)):
     if batch * d.max_len > MAX_BATCH_ENTRIES:
-      return (f"{key} x data.max_len = {batch:,} x {d.max_len:,} = {batch * d.max_len:,} history entries per batch, "
-              f"over the limit 2^28 = {MAX_BATCH_ENTRIES:,} (1 GiB of ids per sequence feature); lower {key} or "
-              f"data.max_len")
+      return (
+        f"{key} x data.max_len = {batch:,} x {d.max_len:,} = {batch * d.max_len:,} history entries per batch, "
+        f"over the limit 2^28 = {MAX_BATCH_ENTRIES:,} (1 GiB of ids per sequence feature); lower {key} or "
+        f"data.max_len"
+      )
   return None
 
 
@@ -402,41 +421,53 @@ def profile_range(spec: str) -> tuple[int, int] | None:
 
 def validate(config: Config) -> None:
   d, t, m = config.data, config.train, config.model
-  floats = [("data.part_mb", d.part_mb), ("data.validation_fraction", d.validation_fraction),
-            ("data.scale", d.scale), ("train.learning_rate", t.learning_rate), ("train.weight_decay", t.weight_decay),
-            ("model.dropout", m.dropout), ("model.aux_loss_weight", m.aux_loss_weight)]
+  floats = [
+    ("data.part_mb", d.part_mb),
+    ("data.validation_fraction", d.validation_fraction),
+    ("data.scale", d.scale),
+    ("train.learning_rate", t.learning_rate),
+    ("train.weight_decay", t.weight_decay),
+    ("model.dropout", m.dropout),
+    ("model.aux_loss_weight", m.aux_loss_weight),
+  ]
   for key, value in floats:
     if not math.isfinite(value):
       raise ConfigError(f"{key}={value} must be a finite number")
   checks = [
-      (t.learning_rate > 0, "train.learning_rate must be > 0"),
-      (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
-      (t.log_every >= 1, "train.log_every must be >= 1"),
-      (t.eval_every >= 0, "train.eval_every must be >= 0"),
-      (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
-      (0 <= t.seed < 2**31, "train.seed must be in 0..2^31-1"),
-      (t.devices >= 0, "train.devices must be >= 0 (0 = every device)"),
-      (config.sweep.devices_per_trial >= 0, "sweep.devices_per_trial must be >= 0 (0 = automatic)"),
-      (config.sweep.seeds >= 0, "sweep.seeds must be >= 0"),
-      (0.0 < d.validation_fraction < 1.0, "data.validation_fraction must be in (0, 1)"),
-      (t.early_stop_patience >= 0, "train.early_stop_patience must be >= 0 (0 = off)"),
-      (t.early_stop_patience == 0 or d.validation != "none",
-       "train.early_stop_patience needs a validation split; set data.validation=holdout or test"),
-      (d.max_bad_rows >= 0, "data.max_bad_rows must be >= 0"),
-      (d.part_mb > 0, "data.part_mb must be > 0"),
-      (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
-      (m.aux_loss_weight >= 0, "model.aux_loss_weight must be >= 0"),
-      (not m.ibim_aux_loss or m.ibim_encoder in AUX_ENCODERS,
-       f"model.ibim_aux_loss=true needs model.ibim_encoder in {', '.join(AUX_ENCODERS)} (with "
-       f"{m.ibim_encoder} a behaviour's state has read the next behaviour it would score); set one of them, "
-       f"or model.ibim_aux_loss=false"),
+    (t.learning_rate > 0, "train.learning_rate must be > 0"),
+    (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+    (t.log_every >= 1, "train.log_every must be >= 1"),
+    (t.eval_every >= 0, "train.eval_every must be >= 0"),
+    (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
+    (0 <= t.seed < 2**31, "train.seed must be in 0..2^31-1"),
+    (t.devices >= 0, "train.devices must be >= 0 (0 = every device)"),
+    (config.sweep.devices_per_trial >= 0, "sweep.devices_per_trial must be >= 0 (0 = automatic)"),
+    (config.sweep.seeds >= 0, "sweep.seeds must be >= 0"),
+    (0.0 < d.validation_fraction < 1.0, "data.validation_fraction must be in (0, 1)"),
+    (t.early_stop_patience >= 0, "train.early_stop_patience must be >= 0 (0 = off)"),
+    (
+      t.early_stop_patience == 0 or d.validation != "none",
+      "train.early_stop_patience needs a validation split; set data.validation=holdout or test",
+    ),
+    (d.max_bad_rows >= 0, "data.max_bad_rows must be >= 0"),
+    (d.part_mb > 0, "data.part_mb must be > 0"),
+    (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+    (m.aux_loss_weight >= 0, "model.aux_loss_weight must be >= 0"),
+    (
+      not m.ibim_aux_loss or m.ibim_encoder in AUX_ENCODERS,
+      f"model.ibim_aux_loss=true needs model.ibim_encoder in {', '.join(AUX_ENCODERS)} (with "
+      f"{m.ibim_encoder} a behaviour's state has read the next behaviour it would score); set one of them, "
+      f"or model.ibim_aux_loss=false",
+    ),
   ]
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
   if t.profile_steps and profile_range(t.profile_steps) is None:
-    raise ConfigError(f"train.profile_steps={t.profile_steps}: expected FIRST:LAST steps, 1 <= FIRST <= LAST (e.g. "
-                      f"10:15), or empty for none")
+    raise ConfigError(
+      f"train.profile_steps={t.profile_steps}: expected FIRST:LAST steps, 1 <= FIRST <= LAST (e.g. "
+      f"10:15), or empty for none"
+    )
   too_big = _sizes(config)
   if too_big:
     raise ConfigError(too_big)

@@ -23,9 +23,11 @@ def _comments() -> dict[str, dict[str, str]]:
   """{dataclass name: {field: description}} read from config.py's source."""
   source = inspect.getsource(config_lib)
   lines = source.splitlines()
-  trailing = {tok.start[0]: tok.string.lstrip("#").strip()
-              for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT
-              and lines[tok.start[0] - 1].strip() != tok.string.strip()}
+  trailing = {
+    tok.start[0]: tok.string.lstrip("#").strip()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+    if tok.type == tokenize.COMMENT and lines[tok.start[0] - 1].strip() != tok.string.strip()
+  }
   out: dict[str, dict[str, str]] = {}
   for cls in ast.parse(source).body:
     if not isinstance(cls, ast.ClassDef):
@@ -75,6 +77,8 @@ def render(config: config_lib.Config) -> str:
   """`--print-config`: one line per field, `key=value  # description` (grep-friendly), under a header."""
   rows = [(f"{key}={as_text(value)}", doc) for key, value, doc in fields(config)]
   width = min(48, max(len(kv) for kv, _ in rows))
-  head = (f"# {config.experiment or 'config'}: every field as --set KEY=VALUE takes it, with what it means "
-          f"(experiment is chosen with --experiment, not --set)")
+  head = (
+    f"# {config.experiment or 'config'}: every field as --set KEY=VALUE takes it, with what it means "
+    f"(experiment is chosen with --experiment, not --set)"
+  )
   return "\n".join([head] + [f"{kv:<{width}}  # {doc}" for kv, doc in rows])

@@ -96,5 +96,5 @@ def process_zero_first(what: str, fn: Callable[[], T], poll_s: float = 60.0) -> 
       if "DEADLINE_EXCEEDED" not in str(e) and "timed out" not in str(e).lower():
         raise ProcessZeroFailed(f"process 0 stopped while {what} ({str(e).splitlines()[0]})") from None
   if outcome.startswith("error:"):
-    raise ProcessZeroFailed(f"process 0 failed while {what}: {outcome[len('error:'):]}")
+    raise ProcessZeroFailed(f"process 0 failed while {what}: {outcome[len('error:') :]}")
   return fn()

@@ -76,8 +76,12 @@ def is_export(folder: Path) -> bool:
 
 def claim(out_dir: str | Path) -> Path:
   """out_dir, when an export may be written there (new, empty or a previous export); else files.NotOurs."""
-  return files.claim(Path(out_dir).absolute(), "an export", is_export,
-                     "choose a new or empty folder for --export (or an earlier export, which is replaced)")
+  return files.claim(
+    Path(out_dir).absolute(),
+    "an export",
+    is_export,
+    "choose a new or empty folder for --export (or an earlier export, which is replaced)",
+  )
 
 
 def export(config: Config, workdir: str | Path, out_dir: str | Path) -> Path:
@@ -87,8 +91,14 @@ def export(config: Config, workdir: str | Path, out_dir: str | Path) -> Path:
   return write(run.model, run.src, jax.device_get(params), out_dir, config.model.name)
 
 
-def write(model: nn.Module, src: pipeline.Source, params: dict[str, Any], out_dir: str | Path,
-          model_name: str, platforms: Sequence[str] | None = None) -> Path:
+def write(
+  model: nn.Module,
+  src: pipeline.Source,
+  params: dict[str, Any],
+  out_dir: str | Path,
+  model_name: str,
+  platforms: Sequence[str] | None = None,
+) -> Path:
   """Serializes `model` with `params` (host arrays) for `src`'s schema into `out_dir`; returns out_dir."""
   out_dir = claim(out_dir)
   schema = src.schema
@@ -97,16 +107,16 @@ def write(model: nn.Module, src: pipeline.Source, params: dict[str, Any], out_di
   vocab_dir = src.directory / "vocab"
   vocabs = sorted(p.name for p in vocab_dir.glob("*.json")) if vocab_dir.is_dir() else []
   manifest = {
-      "format": FORMAT,
-      "model": model_name,
-      "function": FUNCTION_FILE,
-      "params": PARAMS_FILE,
-      "platforms": list(used),
-      "batch_dim": BATCH_DIM,
-      "inputs": _inputs(schema, src.meta, [Path(v).stem for v in vocabs]),
-      "output": {"name": "probs", "dtype": "float32", "shape": []},
-      "schema": schema.to_dict(),
-      "jax_version": jax.__version__,
+    "format": FORMAT,
+    "model": model_name,
+    "function": FUNCTION_FILE,
+    "params": PARAMS_FILE,
+    "platforms": list(used),
+    "batch_dim": BATCH_DIM,
+    "inputs": _inputs(schema, src.meta, [Path(v).stem for v in vocabs]),
+    "output": {"name": "probs", "dtype": "float32", "shape": []},
+    "schema": schema.to_dict(),
+    "jax_version": jax.__version__,
   }
   out_dir.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -132,8 +142,9 @@ def input_names(schema: FeatureSchema) -> list[str]:
   return [f.name for f in schema.features if f.embed] + ["hist_len"]
 
 
-def _export(model: nn.Module, schema: FeatureSchema, params: dict[str, Any], platforms: Sequence[str] | None
-            ) -> tuple[jax.export.Exported, tuple[str, ...]]:
+def _export(
+  model: nn.Module, schema: FeatureSchema, params: dict[str, Any], platforms: Sequence[str] | None
+) -> tuple[jax.export.Exported, tuple[str, ...]]:
   """(the serialized-to-be function, the platforms it was lowered for)."""
   eval_step = step_lib.make_eval_step(model, schema, "float32")
   (b,) = jax.export.symbolic_shape(BATCH_DIM)
@@ -188,8 +199,13 @@ def _inputs(schema: FeatureSchema, meta: dict[str, Any], vocabs: Sequence[str]) 
         entry.update(mean=float(standard[name]["mean"]), std=float(standard[name]["std"]))
     else:
       vocab = vocab_of(schema, name, vocabs)
-      entry = {"kind": f.kind, "dtype": "int32", "shape": [schema.max_len] if f.kind == "sequence" else [],
-               "vocab_size": f.vocab_size, "vocab": f"vocab/{vocab}.json" if vocab else None}
+      entry = {
+        "kind": f.kind,
+        "dtype": "int32",
+        "shape": [schema.max_len] if f.kind == "sequence" else [],
+        "vocab_size": f.vocab_size,
+        "vocab": f"vocab/{vocab}.json" if vocab else None,
+      }
       if f.kind == "sequence":
         entry["newest_first"] = bool(column.get("newest_first", False))
     out[name] = {"group": f.group, **entry}

@@ -68,9 +68,13 @@ def write_text(path: str | Path, text: str) -> None:
   write_with(path, lambda f: f.write(text))
 
 
-def write_with(path: str | Path, write: Callable[[IO[Any]], Any],
-               put_in_place: Callable[[Callable[[], None]], Any] = lambda rename: rename(), newline: str | None = None,
-               binary: bool = False) -> None:
+def write_with(
+  path: str | Path,
+  write: Callable[[IO[Any]], Any],
+  put_in_place: Callable[[Callable[[], None]], Any] = lambda rename: rename(),
+  newline: str | None = None,
+  binary: bool = False,
+) -> None:
   """`write(f)` into a new temporary file beside `path` (never a file of someone else's), fsynced, then
   renamed over `path` by `put_in_place(rename)` (e.g. `interrupts.commit`); the temporary file is removed
   when anything fails or is interrupted, and a failed write is an OSError naming `path`. `binary`: f takes
@@ -80,7 +84,7 @@ def write_with(path: str | Path, write: Callable[[IO[Any]], Any],
   try:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, file_mode())
-    with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline=newline)) as f:
+    with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline=newline) as f:
       fd = -1
       write(f)
       f.flush()

@@ -50,8 +50,12 @@ class Interrupted(BaseException):
 
 def _killed() -> None:
   sys.stdout.flush()
-  print("error: stopped at once by a second Ctrl-C; the last complete checkpoint and finished data shards are "
-        "kept, rerun to resume", file=sys.__stderr__, flush=True)
+  print(
+    "error: stopped at once by a second Ctrl-C; the last complete checkpoint and finished data shards are "
+    "kept, rerun to resume",
+    file=sys.__stderr__,
+    flush=True,
+  )
   os._exit(EXIT_KILLED)
 
 

@@ -58,7 +58,7 @@ def _sortable_bits(s: np.ndarray) -> np.ndarray:
 
 def _sorted_by_group_and_score(y: np.ndarray, s: np.ndarray, g: np.ndarray):
   """(labels, score keys, groups) sorted by (group, score): equal score keys <=> tied scores."""
-  if s.dtype == np.float32 and np.issubdtype(g.dtype, np.integer) and g.min() >= 0 and g.max() < 2 ** 31:
+  if s.dtype == np.float32 and np.issubdtype(g.dtype, np.integer) and g.min() >= 0 and g.max() < 2**31:
     # One 64-bit key per row: group | score bits | label. np.sort of it beats any argsort + gathers.
     key = (g.astype(np.uint64) << np.uint64(33)) | (_sortable_bits(s).astype(np.uint64) << np.uint64(1))
     key = np.sort(key | (y > 0).astype(np.uint64))

@@ -51,7 +51,9 @@ def evaluate_best(config: Config, workdir: str | Path) -> tuple[int, dict[str, A
   return step, run.evaluate(params)
 
 
-def gim_weights(config: Config, workdir: str | Path, cases: int = 14, seed: int = 0) -> tuple[np.ndarray, tuple[str, ...]]:
+def gim_weights(
+  config: Config, workdir: str | Path, cases: int = 14, seed: int = 0
+) -> tuple[np.ndarray, tuple[str, ...]]:
   """(GIM attention [cases, L] of `cases` random test samples, the L column names: FIGURE6_ORDER's, then the
   options' inputs, OPTION_INPUTS' order) from the best checkpoint; L = the GIM inputs the model has (data
   without user or context fields has fewer), so each row sums to 1.
@@ -62,8 +64,9 @@ def gim_weights(config: Config, workdir: str | Path, cases: int = 14, seed: int 
   schema = run.schema
   names = gim_inputs(run.model, len(schema.group("user")), len(schema.group("context")))
   rows = partition.per_process_batch(max(cases, run.config.train.eval_batch_size), run.mesh, "train.eval_batch_size")
-  _, batches = pipeline.eval_batches(run.src, "test", rows_per_process=rows, max_len=run.config.data.max_len,
-                                     process_index=0, process_count=1)
+  _, batches = pipeline.eval_batches(
+    run.src, "test", rows_per_process=rows, max_len=run.config.data.max_len, process_index=0, process_count=1
+  )
   local = next(iter(batches))
   forward = jax.jit(lambda p, b: step_lib.forward(run.model, schema, p, b, False)[1]["gim"])
   weights = np.asarray(forward(params, partition.to_global(local, run.mesh)))
@@ -78,8 +81,10 @@ def open_records(path: str | Path, schema: FeatureSchema) -> pipeline.Source:
   path = Path(path)
   meta_file = path / "meta.json"
   if not meta_file.exists():
-    raise DataError(f"{path}: no meta.json; --predict reads a data set folder as the converters write it "
-                    f"(meta.json and *.array_record shards)")
+    raise DataError(
+      f"{path}: no meta.json; --predict reads a data set folder as the converters write it "
+      f"(meta.json and *.array_record shards)"
+    )
   meta = json.loads(meta_file.read_text())
   theirs = FeatureSchema.from_dict(meta["schema"])
   mine = {f.name: f for f in schema.features if f.embed}
@@ -88,9 +93,11 @@ def open_records(path: str | Path, schema: FeatureSchema) -> pipeline.Source:
     if name not in other:
       raise DataError(f"{meta_file}: has no feature {name!r}, which the model reads")
     if (other[name].kind, other[name].vocab_size) != (f.kind, f.vocab_size):
-      raise DataError(f"{meta_file}: feature {name!r} is {other[name].kind} with vocabulary {other[name].vocab_size}, "
-                      f"the model's is {f.kind} with vocabulary {f.vocab_size}; encode the records with the "
-                      f"training data's vocabularies")
+      raise DataError(
+        f"{meta_file}: feature {name!r} is {other[name].kind} with vocabulary {other[name].vocab_size}, "
+        f"the model's is {f.kind} with vocabulary {f.vocab_size}; encode the records with the "
+        f"training data's vocabularies"
+      )
   if not meta["files"].get("test"):
     raise DataError(f"{meta_file}: no test split to score")
   return pipeline.Source(path, theirs, meta)  # decoded as written (its non-model fields may differ)
@@ -119,9 +126,11 @@ def _check_out(out: Path) -> None:
     except OSError as e:
       raise DataError(f"--out {out} cannot be read ({e.strerror}); give another path") from None
     if not _is_output(head):
-      raise DataError(f"--out {out} exists and is not a --predict output (its first lines are not the "
-                      f"`row,user,probability` header and row 0), so it is not overwritten; give another path or move "
-                      f"that file")
+      raise DataError(
+        f"--out {out} exists and is not a --predict output (its first lines are not the "
+        f"`row,user,probability` header and row 0), so it is not overwritten; give another path or move "
+        f"that file"
+      )
 
 
 def _is_output(head: list[bytes]) -> bool:
@@ -161,8 +170,9 @@ def predict(config: Config, workdir: str | Path, path: str | Path, out: str | Pa
   src, mesh = run.src, run.mesh
   records = open_records(_as_data_set(config, src, Path(path)), src.schema)
   rows = partition.per_process_batch(config.train.eval_batch_size, mesh, "train.eval_batch_size")
-  count, batches = pipeline.eval_batches(records, "test", rows_per_process=rows, max_len=config.data.max_len,
-                                         oov=config.data.oov)
+  count, batches = pipeline.eval_batches(
+    records, "test", rows_per_process=rows, max_len=config.data.max_len, oov=config.data.oov
+  )
   probs, groups = [], []
   for local in progress.counted(batches, "batch", "predict", total=count, every=max(1, count // 10)):
     p = np.asarray(jax.device_get(run.eval_step(params, partition.to_global(local, mesh))))

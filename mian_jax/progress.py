@@ -59,8 +59,15 @@ def duration(seconds: float) -> str:
   return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def line(desc: str, unit: str, n: int, total: int | None, fields: tuple[str, ...] = (),
-         elapsed: float | None = None, done: int | None = None) -> str:
+def line(
+  desc: str,
+  unit: str,
+  n: int,
+  total: int | None,
+  fields: tuple[str, ...] = (),
+  elapsed: float | None = None,
+  done: int | None = None,
+) -> str:
   """One plain progress line: `[desc: ]unit n/total (p%) [fields] eta T`, or `... in T` when n reaches
   total; without a total `[desc: ]n units [fields]`. The eta assumes the pace of the `done` units counted
   in `elapsed` seconds (this process's, not a resumed run's earlier ones)."""
@@ -82,8 +89,17 @@ class Progress:
   units; `fields` (e.g. "loss=0.4123") are shown beside the count until replaced. A context manager;
   `close()` prints the last line if the latest count has not been printed."""
 
-  def __init__(self, total: int | None, unit: str, desc: str = "", *, initial: int = 0, every: int = 1,
-               fields: tuple[str, ...] = (), leave: bool = True):
+  def __init__(
+    self,
+    total: int | None,
+    unit: str,
+    desc: str = "",
+    *,
+    initial: int = 0,
+    every: int = 1,
+    fields: tuple[str, ...] = (),
+    leave: bool = True,
+  ):
     self.total, self.unit, self.desc, self.every = total, unit, desc, max(1, every)
     self.n = self.shown = self.initial = initial
     self.fields = fields
@@ -92,8 +108,9 @@ class Progress:
     self.plain = is_lead and not terminal()
     self.bar = None
     if is_lead and not self.plain:
-      self.bar = tqdm(total=total, initial=initial, desc=desc or None, unit=f" {unit}", disable=None,
-                      dynamic_ncols=True, leave=leave)
+      self.bar = tqdm(
+        total=total, initial=initial, desc=desc or None, unit=f" {unit}", disable=None, dynamic_ncols=True, leave=leave
+      )
       if fields:
         self.bar.set_postfix_str(", ".join(fields), refresh=False)
 
@@ -116,8 +133,10 @@ class Progress:
 
   def _print(self) -> None:
     self.shown = self.n
-    print(line(self.desc, self.unit, self.n, self.total, self.fields, time.perf_counter() - self.t0,
-               self.n - self.initial), flush=True)
+    print(
+      line(self.desc, self.unit, self.n, self.total, self.fields, time.perf_counter() - self.t0, self.n - self.initial),
+      flush=True,
+    )
 
   def close(self) -> None:
     if self.bar is not None:

@@ -116,8 +116,11 @@ class FeatureSchema:
     return tuple(f for f in self.group("behaviour") if f.name not in aligned)
 
   def to_dict(self) -> dict:
-    return {"features": [dataclasses.asdict(f) for f in self.features],
-            "user_key": self.user_key, "max_len": self.max_len}
+    return {
+      "features": [dataclasses.asdict(f) for f in self.features],
+      "user_key": self.user_key,
+      "max_len": self.max_len,
+    }
 
   @classmethod
   def from_dict(cls, d: dict) -> "FeatureSchema":

@@ -30,8 +30,10 @@ import numpy as np
 from mian_jax import files
 
 OPTIONS = ("ibim_encoder", "ibim_aux_loss", "candidate_product")  # what the candidates differ in
-BASES = {"previous": {"ibim_encoder": "pre_ln", "ibim_aux_loss": "false", "candidate_product": "none"},
-         "current": {"ibim_encoder": "gru", "ibim_aux_loss": "true", "candidate_product": "history"}}
+BASES = {
+  "previous": {"ibim_encoder": "pre_ln", "ibim_aux_loss": "false", "candidate_product": "none"},
+  "current": {"ibim_encoder": "gru", "ibim_aux_loss": "true", "candidate_product": "history"},
+}
 REFERENCE = "previous default"
 SEEDS = 3
 
@@ -53,8 +55,17 @@ def trials(data_set: str, path: Path, base: str) -> list[dict[str, Any]]:
       continue
     options = dict(BASES[base])
     options.update({k.split(".", 1)[1]: v for k, v in r.items() if k.startswith("model.") and k != "model.name" and v})
-    out.append({"data_set": data_set, "configuration": label(options), "seed": int(r.get("train.seed") or 0),
-                "valid_auc": float(r["valid_auc"]), "auc": float(r["auc"]), "source": str(path), "trial": r["trial"]})
+    out.append(
+      {
+        "data_set": data_set,
+        "configuration": label(options),
+        "seed": int(r.get("train.seed") or 0),
+        "valid_auc": float(r["valid_auc"]),
+        "auc": float(r["auc"]),
+        "source": str(path),
+        "trial": r["trial"],
+      }
+    )
   return out
 
 
@@ -84,31 +95,43 @@ def choose(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]
 
 
 def markdown(table: list[dict[str, Any]], data_sets: list[str]) -> str:
-  cell = lambda m: "-" if m[0] is None else f"{m[0]:.4f}" + (f" ± {m[1]:.4f}" if m[1] is not None else "") + (
-      f" (n={m[2]})" if m[2] != SEEDS else "")
-  lines = ["| configuration | " + " | ".join(f"{d} valid AUC" for d in data_sets) + " | score | mean rank | |",
-           "|---|" + "---|" * len(data_sets) + "---|---|---|"]
+  cell = lambda m: (
+    "-"
+    if m[0] is None
+    else f"{m[0]:.4f}" + (f" ± {m[1]:.4f}" if m[1] is not None else "") + (f" (n={m[2]})" if m[2] != SEEDS else "")
+  )
+  lines = [
+    "| configuration | " + " | ".join(f"{d} valid AUC" for d in data_sets) + " | score | mean rank | |",
+    "|---|" + "---|" * len(data_sets) + "---|---|---|",
+  ]
   for r in table:
     if any(r[d][0] is None for d in data_sets):  # measured on some data sets only (results.csv has them)
       continue
     score = f"{r['score']:+.4f}" if "score" in r else "-"
     rank = f"{r['rank']:.2f}" if "rank" in r else "-"
-    lines.append(f"| {r['configuration']} | " + " | ".join(cell(r[d]) for d in data_sets)
-                 + f" | {score} | {rank} | {'**chosen**' if r.get('chosen') else ''} |")
+    lines.append(
+      f"| {r['configuration']} | "
+      + " | ".join(cell(r[d]) for d in data_sets)
+      + f" | {score} | {rank} | {'**chosen**' if r.get('chosen') else ''} |"
+    )
   return "\n".join(lines) + "\n"
 
 
 def _page(table: list[dict[str, Any]], data_sets: list[str], sources: list[str]) -> str:
-  bases = "; ".join(f"{name} default = " + ", ".join(f"{k}={v}" for k, v in base.items()) for name, base in BASES.items())
-  return ("# MIAN's default, chosen on validation\n\n"
-          "Written by `python -m mian_jax.selection` (its docstring has the rule): a configuration's score is the mean "
-          "over the data sets of its validation AUC minus the previous default's; the highest score among the "
-          f"configurations measured with {SEEDS} seeds on every data set is chosen. Validation AUC: mean ± std over "
-          "seeds 0, 1, 2; mean rank: its rank among these rows, averaged over the data sets.\n\n"
-          f"{bases} (other MIAN options at the package defaults: target pooling, summed e_b, Dice MLP).\n\n"
-          + markdown(table, data_sets)
-          + "\nSources (DATA_SET=results.csv:the defaults it ran under), every trial in results.csv:\n\n"
-          + "".join(f"- `{s}`\n" for s in sources))
+  bases = "; ".join(
+    f"{name} default = " + ", ".join(f"{k}={v}" for k, v in base.items()) for name, base in BASES.items()
+  )
+  return (
+    "# MIAN's default, chosen on validation\n\n"
+    "Written by `python -m mian_jax.selection` (its docstring has the rule): a configuration's score is the mean "
+    "over the data sets of its validation AUC minus the previous default's; the highest score among the "
+    f"configurations measured with {SEEDS} seeds on every data set is chosen. Validation AUC: mean ± std over "
+    "seeds 0, 1, 2; mean rank: its rank among these rows, averaged over the data sets.\n\n"
+    f"{bases} (other MIAN options at the package defaults: target pooling, summed e_b, Dice MLP).\n\n"
+    + markdown(table, data_sets)
+    + "\nSources (DATA_SET=results.csv:the defaults it ran under), every trial in results.csv:\n\n"
+    + "".join(f"- `{s}`\n" for s in sources)
+  )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     data_set, _, rest = source.partition("=")
     path, _, base = rest.rpartition(":")
     if not data_set or not path or base not in BASES:
-      print(f"error: {source!r}: expected DATA_SET=results.csv:BASE with BASE one of {', '.join(BASES)}", file=sys.stderr)
+      print(
+        f"error: {source!r}: expected DATA_SET=results.csv:BASE with BASE one of {', '.join(BASES)}", file=sys.stderr
+      )
       return 2
     if not Path(path).is_file():
       print(f"error: {path}: no such results.csv", file=sys.stderr)

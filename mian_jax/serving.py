@@ -122,8 +122,9 @@ def _manifest_digest(manifest: dict[str, Any]) -> str:
 def sealed(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
   """`manifest` with the SHA-256 of every file under `directory` (but the manifest) and of itself."""
   manifest = json.loads(json.dumps(manifest))
-  names = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()
-                 and p.name != "manifest.json")
+  names = sorted(
+    str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != "manifest.json"
+  )
   manifest["sha256"] = {name: _sha256(directory / name) for name in names}
   manifest["manifest_sha256"] = _manifest_digest(manifest)
   return manifest
@@ -145,8 +146,10 @@ def _checked(directory: Path, manifest: dict[str, Any], names: list[str]) -> Non
   if sums is None and "manifest_sha256" not in manifest:
     return  # written before the checksums
   if manifest.get("manifest_sha256") != _manifest_digest(manifest) or not isinstance(sums, dict):
-    raise ValueError(f"{directory}/manifest.json was changed after the export was written (its digest does not "
-                     f"match); re-export the model")
+    raise ValueError(
+      f"{directory}/manifest.json was changed after the export was written (its digest does not "
+      f"match); re-export the model"
+    )
   for name in names:
     path = _inside(directory, name)
     if name not in sums:
@@ -154,15 +157,22 @@ def _checked(directory: Path, manifest: dict[str, Any], names: list[str]) -> Non
     if not path.is_file():
       raise ValueError(f"{directory}/{name} is missing; re-export the model")
     if _sha256(path) != sums[name]:
-      raise ValueError(f"{directory}/{name} does not match its checksum (the file was changed or damaged); "
-                       f"re-export the model")
+      raise ValueError(
+        f"{directory}/{name} does not match its checksum (the file was changed or damaged); re-export the model"
+      )
 
 
 class Scorer:
   """An exported model, ready to score: `Scorer.load(directory)`."""
 
-  def __init__(self, directory: Path, manifest: dict[str, Any], exported: jax.export.Exported,
-               params: Any, vocabs: dict[str, dict[str, int]]):
+  def __init__(
+    self,
+    directory: Path,
+    manifest: dict[str, Any],
+    exported: jax.export.Exported,
+    params: Any,
+    vocabs: dict[str, dict[str, int]],
+  ):
     self.directory = directory
     self.manifest = manifest
     self.inputs: dict[str, dict[str, Any]] = manifest["inputs"]
@@ -193,8 +203,10 @@ class Scorer:
       raise ValueError(f"{directory}: {len(leaves)} parameter arrays, the function takes {params_def.num_leaves}")
     for leaf, aval in zip(leaves, exported.in_avals):
       if leaf.shape != aval.shape or leaf.dtype != aval.dtype:
-        raise ValueError(f"{directory}: a parameter of {leaf.dtype}{list(leaf.shape)} where the function takes "
-                         f"{aval.dtype}{list(aval.shape)}")
+        raise ValueError(
+          f"{directory}: a parameter of {leaf.dtype}{list(leaf.shape)} where the function takes "
+          f"{aval.dtype}{list(aval.shape)}"
+        )
     params = jax.device_put(jax.tree.unflatten(params_def, leaves))
     vocabs = {e["vocab"]: _load_vocab(directory / e["vocab"]) for e in manifest["inputs"].values() if e.get("vocab")}
     return cls(directory, manifest, exported, params, vocabs)
@@ -291,8 +303,8 @@ class Scorer:
             lengths.add(len(values))
             if entry.get("newest_first"):
               values = values[::-1]
-            kept = values[max(0, len(values) - t):]  # the most recent t, oldest first
-            batch[name][i, :len(kept)] = [self._id(entry, v) for v in kept]
+            kept = values[max(0, len(values) - t) :]  # the most recent t, oldest first
+            batch[name][i, : len(kept)] = [self._id(entry, v) for v in kept]
         except (TypeError, ValueError) as e:
           raise type(e)(f"record {i}: feature {name!r}: {e}") from None
       if len(lengths) > 1:
@@ -313,7 +325,7 @@ class Scorer:
     out = np.empty(n, np.float32)
     for lo in range(0, n, batch_size):
       try:
-        out[lo:lo + batch_size] = self.score_ids(self.encode(records[lo:lo + batch_size]))
+        out[lo : lo + batch_size] = self.score_ids(self.encode(records[lo : lo + batch_size]))
       except (KeyError, TypeError, ValueError) as e:  # the record number in the whole list, not in the chunk
         raise type(e)(_renumbered(str(e.args[0]) if e.args else str(e), lo)) from None
     return out

@@ -35,6 +35,7 @@ Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 @dataclasses.dataclass(frozen=True)
 class Difference:
   """estimate +- its interval: a contrast of AUCs on the same rows."""
+
   estimate: float
   se: float
   z: float = Z95
@@ -99,8 +100,10 @@ def auc_covariance(labels_n: np.ndarray, scores_kn: np.ndarray) -> tuple[np.ndar
   v10_km = np.stack([p[0] for p in parts])
   v01_kn = np.stack([p[1] for p in parts])
   m, n = v10_km.shape[1], v01_kn.shape[1]
-  cov = (np.cov(v10_km, ddof=1).reshape(len(parts), len(parts)) / m
-         + np.cov(v01_kn, ddof=1).reshape(len(parts), len(parts)) / n)
+  cov = (
+    np.cov(v10_km, ddof=1).reshape(len(parts), len(parts)) / m
+    + np.cov(v01_kn, ddof=1).reshape(len(parts), len(parts)) / n
+  )
   return v10_km.mean(axis=1), cov
 
 

@@ -24,8 +24,13 @@ class Scalars:
     self._writer = EventFileWriter(str(logdir))
 
   def write(self, step: int, values: Mapping[str, float | None]) -> None:
-    summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()
-                             if isinstance(v, (int, float)) and math.isfinite(v)])
+    summary = Summary(
+      value=[
+        Summary.Value(tag=tag, simple_value=float(v))
+        for tag, v in values.items()
+        if isinstance(v, (int, float)) and math.isfinite(v)
+      ]
+    )
     if summary.value:
       self._writer.add_event(Event(wall_time=time.time(), step=int(step), summary=summary))
 

@@ -30,8 +30,18 @@ from mian_jax import errors, files, plots, significance
 from mian_jax.train import predictions, workdir as workdir_lib
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULT_KEYS = ("best_step", "step", "best_epoch", "epoch", "valid_auc", "auc", "gauc", "logloss", "samples_per_s",
-               "wall_s")
+RESULT_KEYS = (
+  "best_step",
+  "step",
+  "best_epoch",
+  "epoch",
+  "valid_auc",
+  "auc",
+  "gauc",
+  "logloss",
+  "samples_per_s",
+  "wall_s",
+)
 EXIT_PREEMPTED = errors.EXIT_PREEMPTED
 _TPU_BOUNDS = {1: "1,1,1", 2: "1,2,1", 4: "2,2,1"}
 
@@ -43,8 +53,10 @@ def trial_ids(trials: list[dict[str, str]]) -> list[str]:
   short = {k: k.rsplit(".", 1)[-1] for k in keys}
   clash = {s for s in short.values() if len({k for k in keys if short[k] == s}) > 1}
   clean = lambda v: re.sub(r"[^A-Za-z0-9.+\-]", "_", v)
-  ids = [",".join(f"{short[k] if short[k] not in clash else k}={clean(v)}" for k, v in t.items()) or "default"
-         for t in trials]
+  ids = [
+    ",".join(f"{short[k] if short[k] not in clash else k}={clean(v)}" for k, v in t.items()) or "default"
+    for t in trials
+  ]
   repeated = sorted({i for i in ids if ids.count(i) > 1})
   if repeated:
     raise ValueError(f"the sweep lists trial {repeated[0]} more than once")
@@ -62,8 +74,9 @@ def probe_devices(env: dict[str, str]) -> tuple[str, int, str]:
   return platform, int(count), version
 
 
-def device_groups(platform: str, count: int, per_trial: int, env: dict[str, str],
-                  version: str = "") -> list[tuple[str, dict[str, str]]]:
+def device_groups(
+  platform: str, count: int, per_trial: int, env: dict[str, str], version: str = ""
+) -> list[tuple[str, dict[str, str]]]:
   """Disjoint device groups as (label, environment of a trial process on that group).
 
   per_trial 0 = one device per trial on accelerators, every device (one trial at a time) on CPU."""
@@ -84,10 +97,18 @@ def device_groups(platform: str, count: int, per_trial: int, env: dict[str, str]
     elif platform == "tpu":
       if per_trial not in _TPU_BOUNDS and per_trial != count:
         raise ValueError(f"sweep.devices_per_trial={per_trial} on TPU: use 1, 2, 4 or all {count} chips")
-      extra = {} if per_trial == count else {
-          "TPU_VISIBLE_CHIPS": ",".join(map(str, ids)), "TPU_CHIPS_PER_PROCESS_BOUNDS": _TPU_BOUNDS[per_trial],
-          "TPU_PROCESS_BOUNDS": "1,1,1", "TPU_PROCESS_PORT": str(8476 + g),
-          "TPU_PROCESS_ADDRESSES": f"localhost:{8476 + g}", "CLOUD_TPU_TASK_ID": "0"}
+      extra = (
+        {}
+        if per_trial == count
+        else {
+          "TPU_VISIBLE_CHIPS": ",".join(map(str, ids)),
+          "TPU_CHIPS_PER_PROCESS_BOUNDS": _TPU_BOUNDS[per_trial],
+          "TPU_PROCESS_BOUNDS": "1,1,1",
+          "TPU_PROCESS_PORT": str(8476 + g),
+          "TPU_PROCESS_ADDRESSES": f"localhost:{8476 + g}",
+          "CLOUD_TPU_TASK_ID": "0",
+        }
+      )
     else:
       raise ValueError(f"sweep.devices_per_trial on {platform}: only cpu, gpu and tpu devices can be split")
     groups.append((label, {**env, **extra}))
@@ -103,8 +124,11 @@ def _command(experiment: str, workdir: Path, sets: list[str], fresh: bool) -> li
 
 def is_sweep(folder: Path) -> bool:
   """A sweep's root: it holds results.csv, its lock file or a trial workdir (a folder with trial.json)."""
-  return ((folder / "results.csv").exists() or (folder / ".sweep.lock").exists()
-          or any((c / "trial.json").exists() for c in folder.iterdir() if c.is_dir()))
+  return (
+    (folder / "results.csv").exists()
+    or (folder / ".sweep.lock").exists()
+    or any((c / "trial.json").exists() for c in folder.iterdir() if c.is_dir())
+  )
 
 
 def _result(workdir: Path) -> dict[str, Any] | None:
@@ -141,15 +165,24 @@ def _row(tid: str, overrides: dict[str, str], workdir: Path, code: int | None, d
   return {**row, "status": f"failed: {errors[-1]}"}
 
 
-def run(experiment: str, trials: list[dict[str, str]], root: Path, base_sets: list[str], devices_per_trial: int = 0,
-        fresh: bool = False, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def run(
+  experiment: str,
+  trials: list[dict[str, str]],
+  root: Path,
+  base_sets: list[str],
+  devices_per_trial: int = 0,
+  fresh: bool = False,
+  env: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
   """Runs every unfinished trial (each `base_sets` + its overrides) and returns one row per trial, in
   the sweep's order; writes results.csv / results.md / results.png in `root`."""
   env = dict(os.environ if env is None else env)
   root = files.claim(root, "a sweep", is_sweep, "choose a new or empty --workdir for the sweep (or an earlier sweep's)")
   root.mkdir(parents=True, exist_ok=True)
-  with files.Exclusive(root / ".sweep.lock", f"{root} is in use by another sweep ({{owner}}); wait for it to finish, "
-                                             f"stop it, or use another --workdir"):
+  with files.Exclusive(
+    root / ".sweep.lock",
+    f"{root} is in use by another sweep ({{owner}}); wait for it to finish, stop it, or use another --workdir",
+  ):
     return _run_locked(experiment, trials, root, base_sets, devices_per_trial, fresh, env)
 
 
@@ -167,8 +200,10 @@ def _run_locked(experiment, trials, root, base_sets, devices_per_trial, fresh, e
   if todo:
     platform, count, version = probe_devices(env)
     groups = device_groups(platform, count, devices_per_trial, env, version)
-    print(f"{len(todo)} trial(s) to run, {len(groups)} at a time on {platform} "
-          f"({', '.join(label for label, _ in groups)})", flush=True)
+    print(
+      f"{len(todo)} trial(s) to run, {len(groups)} at a time on {platform} ({', '.join(label for label, _ in groups)})",
+      flush=True,
+    )
     rows.update(_run_parallel(experiment, todo, ids, trials, sets, root, groups, fresh))
   ordered = [rows[i] for i in range(len(trials))]
   summarize(root, ordered)
@@ -194,8 +229,14 @@ def _run_parallel(experiment, todo, ids, trials, sets, root, groups, fresh) -> d
         log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} on {groups[g][0]}\n")
         log.flush()
         print(f"[{i + 1}/{len(trials)}] {ids[i]}: training on {groups[g][0]} in {workdir}", flush=True)
-        proc = subprocess.Popen(_command(experiment, workdir, sets[i], fresh), cwd=ROOT, env=groups[g][1],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+          _command(experiment, workdir, sets[i], fresh),
+          cwd=ROOT,
+          env=groups[g][1],
+          stdout=log,
+          stderr=subprocess.STDOUT,
+          start_new_session=True,
+        )
         running[i] = (proc, g, log, time.time())
       if stop and not stopping:
         stopping = True
@@ -212,8 +253,11 @@ def _run_parallel(experiment, todo, ids, trials, sets, root, groups, fresh) -> d
         free.append(g)
         rows[i] = _row(ids[i], trials[i], root / ids[i], code, groups[g][0])
         last = (root / ids[i] / "log.txt").read_text().strip().splitlines()
-        print(f"[{i + 1}/{len(trials)}] {ids[i]}: {rows[i]['status']} after {time.time() - start:.0f} s"
-              f"{' - ' + last[-1] if last and rows[i]['status'] == 'ok' else ''}", flush=True)
+        print(
+          f"[{i + 1}/{len(trials)}] {ids[i]}: {rows[i]['status']} after {time.time() - start:.0f} s"
+          f"{' - ' + last[-1] if last and rows[i]['status'] == 'ok' else ''}",
+          flush=True,
+        )
       time.sleep(0.2)
   finally:
     for s, handler in old.items():
@@ -298,41 +342,60 @@ def differences(root: Path, groups: list[dict[str, Any]]) -> dict[str, significa
       loaded[g["label"]] = probs if probs else None
   if not loaded.get(top["label"]):
     return {}
-  return {label: significance.mean_difference(labels, np.stack(probs), np.stack(loaded[top["label"]]))
-          for label, probs in loaded.items() if probs}
+  return {
+    label: significance.mean_difference(labels, np.stack(probs), np.stack(loaded[top["label"]]))
+    for label, probs in loaded.items()
+    if probs
+  }
 
 
-def results_markdown(rows: list[dict[str, Any]], reference: str = "mian",
-                     diffs: dict[str, significance.Difference] | None = None) -> str:
+def results_markdown(
+  rows: list[dict[str, Any]], reference: str = "mian", diffs: dict[str, significance.Difference] | None = None
+) -> str:
   """Settings (mean ± std over seeds; best AUC, gAUC and logloss in bold; with `diffs`, each setting's AUC
   difference to the best one and its 95% interval), the reference model's gain over the best other model
   when the settings differ by model only, then every trial's status."""
   groups = groups_over_seeds(rows)
   scored = [g for g in groups if g["n"]]
-  best = {k: (max if k != "logloss" else min)(g[k][0] for g in scored) for k in ("auc", "gauc", "logloss")} if scored else {}
+  best = (
+    {k: (max if k != "logloss" else min)(g[k][0] for g in scored) for k in ("auc", "gauc", "logloss")} if scored else {}
+  )
   bold = lambda g, k: f"**{_cell(g[k])}**" if g["n"] and g[k][0] == best[k] else _cell(g[k])
   diffs = diffs or {}
   top = best_group(groups)
   diff_cell = lambda g: ("best" if g is top else diffs[g["label"]].cell()) if g["label"] in diffs else "-"
-  lines = ["| setting | n | valid AUC | AUC | AUC − best [95% CI] | gAUC | logloss | samples/s | failed |",
-           "|---|---|---|---|---|---|---|---|---|"]
-  lines += [f"| {g['label']} | {g['n']} | {_cell(g['valid_auc'])} | {bold(g, 'auc')} | {diff_cell(g)} | "
-            f"{bold(g, 'gauc')} | {bold(g, 'logloss')} | {_cell(g['samples_per_s'], 0)} | {g['failed']} |"
-            for g in groups]
+  lines = [
+    "| setting | n | valid AUC | AUC | AUC − best [95% CI] | gAUC | logloss | samples/s | failed |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  lines += [
+    f"| {g['label']} | {g['n']} | {_cell(g['valid_auc'])} | {bold(g, 'auc')} | {diff_cell(g)} | "
+    f"{bold(g, 'gauc')} | {bold(g, 'logloss')} | {_cell(g['samples_per_s'], 0)} | {g['failed']} |"
+    for g in groups
+  ]
   by_model = [g for g in scored if set(g["overrides"]) == {"model.name"}]
   ref = [g for g in by_model if g["overrides"]["model.name"] == reference]
   others = [g for g in by_model if g["overrides"]["model.name"] != reference]
   if ref and others:
     top = max(others, key=lambda g: g["auc"][0])
-    lines += ["", f"{reference} vs the best other model ({top['label']}): AUC {ref[0]['auc'][0] - top['auc'][0]:+.4f} "
-                  f"(RelaImpr {rela_impr(ref[0]['auc'][0], top['auc'][0]):+.2f}%), logloss "
-                  f"{ref[0]['logloss'][0] - top['logloss'][0]:+.4f}"]
-  lines += ["", "| trial | status | valid AUC | AUC | best step | best epoch | stopped at epoch | wall s |",
-            "|---|---|---|---|---|---|---|---|"]
+    lines += [
+      "",
+      f"{reference} vs the best other model ({top['label']}): AUC {ref[0]['auc'][0] - top['auc'][0]:+.4f} "
+      f"(RelaImpr {rela_impr(ref[0]['auc'][0], top['auc'][0]):+.2f}%), logloss "
+      f"{ref[0]['logloss'][0] - top['logloss'][0]:+.4f}",
+    ]
+  lines += [
+    "",
+    "| trial | status | valid AUC | AUC | best step | best epoch | stopped at epoch | wall s |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"
-  lines += [f"| {r['trial']} | {r['status']} | {fmt(r.get('valid_auc'), '.4f')} | {fmt(r.get('auc'), '.4f')} | "
-            f"{fmt(r.get('best_step'), 'd')} | {fmt(r.get('best_epoch'), 'g')} | {fmt(r.get('epoch'), 'g')} | "
-            f"{fmt(r.get('wall_s'), '.0f')} |" for r in rows]
+  lines += [
+    f"| {r['trial']} | {r['status']} | {fmt(r.get('valid_auc'), '.4f')} | {fmt(r.get('auc'), '.4f')} | "
+    f"{fmt(r.get('best_step'), 'd')} | {fmt(r.get('best_epoch'), 'g')} | {fmt(r.get('epoch'), 'g')} | "
+    f"{fmt(r.get('wall_s'), '.0f')} |"
+    for r in rows
+  ]
   return "\n".join(lines) + "\n"
 
 
@@ -347,8 +410,8 @@ def _setting_row(g: dict[str, Any], diff: significance.Difference | None) -> dic
 
 def summarize(root: Path, rows: list[dict[str, Any]]) -> str:
   """Writes results.csv (a row per trial), settings.csv (a row per setting: mean and std over seeds, the AUC
-difference to the best setting with its 95% interval and p-value), results.md and results.png in `root`;
-returns the markdown."""
+  difference to the best setting with its 95% interval and p-value), results.md and results.png in `root`;
+  returns the markdown."""
   _write_csv(root / "results.csv", rows)
   groups = groups_over_seeds(rows)
   diffs = differences(root, groups)

@@ -91,8 +91,9 @@ def launch(tmp_path: Path, experiment: str, *sets: str, extra: tuple[str, ...] =
   if not real:
     return launch_here(args, cache=tmp_path / "cache")
   env = {**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu", "MIAN_JAX_CACHE": str(tmp_path / "cache")}
-  return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+  )
 
 
 def plant(src: Path, target: Path, split: str, record: int, edit) -> Path:

@@ -15,8 +15,9 @@ PHASES = ["devices", "step", "step_bf16", "pipeline", "end_to_end"]
 
 
 def dry_run(out: Path, *flags: str) -> dict[str, dict]:
-  done = subprocess.run([str(SCRIPT), "--dry-run", "--out", str(out), *flags], capture_output=True, text=True,
-                        cwd=ROOT, timeout=60)
+  done = subprocess.run(
+    [str(SCRIPT), "--dry-run", "--out", str(out), *flags], capture_output=True, text=True, cwd=ROOT, timeout=60
+  )
   assert done.returncode == 0, done.stderr
   assert not (out / "devices.json").exists() and not (out / "table.md").exists()  # nothing ran
   return {p["phase"]: p for p in json.loads((out / "summary.json").read_text())["phases"]}
@@ -33,8 +34,9 @@ def test_the_script_parses_and_a_dry_run_lists_the_phases_in_order_without_insta
   bf16 = commands["step_bf16"]
   assert "benchmarks.step_throughput --models mian,dien" in bf16 and "--dtype bfloat16" in bf16
   assert "--batch 8192" in bf16
-  assert ("benchmarks.pipeline --scale 0.1 --batch 8192 --threads 1,2,4,8,16 --models mian,din,deepfm"
-          in commands["pipeline"])
+  assert (
+    "benchmarks.pipeline --scale 0.1 --batch 8192 --threads 1,2,4,8,16 --models mian,din,deepfm" in commands["pipeline"]
+  )
   run = commands["end_to_end"]
   assert "launch.py --experiment commercial --set data.scale=1.0 --set train.steps=1500" in run
   assert f"--workdir {tmp_path}/commercial_run --fresh" in run and "batch_size" not in run
@@ -56,8 +58,9 @@ def test_the_limits_fit_in_eight_minutes(tmp_path):
 def test_install_only_when_asked(tmp_path):
   phases = dry_run(tmp_path, "--install")
   assert list(phases) == ["install"] + PHASES
-  version = next(line.split("==")[1] for line in (ROOT / "requirements.txt").read_text().splitlines()
-                 if line.startswith("jax=="))
+  version = next(
+    line.split("==")[1] for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("jax==")
+  )
   assert "==" + version in phases["install"]["command"] and "-r requirements.txt" in phases["install"]["command"]
   assert list(dry_run(tmp_path / "b", "--no-install")) == PHASES  # the old flag: accepted, the default
 
@@ -75,32 +78,67 @@ def write(path: Path, doc) -> None:
 
 def test_the_table_holds_the_numbers_and_names_what_is_missing(tmp_path, capsys):
   out = tmp_path
-  write(out / "summary.json", {"phases": [
-      {"phase": "devices", "exit": 0, "seconds": 3, "command": "python3 -c ..."},
-      {"phase": "step", "exit": 0, "seconds": 50,
-       "command": "env MIAN_JAX_BENCH_RESULTS=x python3 -m benchmarks.step_throughput --models mian,din --batch 8192"},
-      {"phase": "step_bf16", "exit": 124, "seconds": 60,
-       "command": "env MIAN_JAX_BENCH_RESULTS=x python3 -m benchmarks.step_throughput --models mian,dien"},
-      {"phase": "pipeline", "exit": 0, "seconds": 90,
-       "command": "env X=y python3 -m benchmarks.pipeline --threads 1,4 --models mian,din"},
-      {"phase": "end_to_end", "exit": 0, "seconds": 120, "command": "python3 launch.py"}]})
+  write(
+    out / "summary.json",
+    {
+      "phases": [
+        {"phase": "devices", "exit": 0, "seconds": 3, "command": "python3 -c ..."},
+        {
+          "phase": "step",
+          "exit": 0,
+          "seconds": 50,
+          "command": "env MIAN_JAX_BENCH_RESULTS=x python3 -m benchmarks.step_throughput --models mian,din --batch 8192",
+        },
+        {
+          "phase": "step_bf16",
+          "exit": 124,
+          "seconds": 60,
+          "command": "env MIAN_JAX_BENCH_RESULTS=x python3 -m benchmarks.step_throughput --models mian,dien",
+        },
+        {
+          "phase": "pipeline",
+          "exit": 0,
+          "seconds": 90,
+          "command": "env X=y python3 -m benchmarks.pipeline --threads 1,4 --models mian,din",
+        },
+        {"phase": "end_to_end", "exit": 0, "seconds": 120, "command": "python3 launch.py"},
+      ]
+    },
+  )
   write(out / "devices.json", {"backend": "gpu", "jax": "0.11.2", "kind": "NVIDIA H200", "count": 1})
-  write(out / "step" / "step_throughput_float32.json",
-        {"batch": 8192, "rows": [{"model": "mian", "samples_per_s": 1234567.0},
-                                 {"model": "din", "samples_per_s": 2345678.0}]})
+  write(
+    out / "step" / "step_throughput_float32.json",
+    {
+      "batch": 8192,
+      "rows": [{"model": "mian", "samples_per_s": 1234567.0}, {"model": "din", "samples_per_s": 2345678.0}],
+    },
+  )
   # step_bf16 wrote nothing (timed out)
-  write(out / "pipeline" / "pipeline.json", {"rows": [
-      {"what": "train input, 1 threads", "kind": "train_input", "threads": 1, "samples_per_s": 111111.0},
-      {"what": "train input, 4 threads", "kind": "train_input", "threads": 4, "samples_per_s": 388888.0,
-       "vs_one": 3.5},
-      {"what": "eval input, 4 threads", "kind": "eval_input", "threads": 4, "rows_per_s": 777777.0},
-      {"what": "mian step alone", "kind": "step", "model": "mian", "samples_per_s": 900000.0},
-      {"what": "mian input + step", "kind": "end_to_end", "model": "mian", "samples_per_s": 300000.0},
-      {"what": "no kind field at all", "samples_per_s": 5.0}]})
+  write(
+    out / "pipeline" / "pipeline.json",
+    {
+      "rows": [
+        {"what": "train input, 1 threads", "kind": "train_input", "threads": 1, "samples_per_s": 111111.0},
+        {
+          "what": "train input, 4 threads",
+          "kind": "train_input",
+          "threads": 4,
+          "samples_per_s": 388888.0,
+          "vs_one": 3.5,
+        },
+        {"what": "eval input, 4 threads", "kind": "eval_input", "threads": 4, "rows_per_s": 777777.0},
+        {"what": "mian step alone", "kind": "step", "model": "mian", "samples_per_s": 900000.0},
+        {"what": "mian input + step", "kind": "end_to_end", "model": "mian", "samples_per_s": 300000.0},
+        {"what": "no kind field at all", "samples_per_s": 5.0},
+      ]
+    },
+  )
   write(out / "end_to_end.json", {"samples_per_s": 222222.0, "wall_s": 98.76, "auc": 0.76543})
-  write(out / "commercial_run" / "metrics.jsonl",
-        '{"step": 100, "split": "train"}\n{"step": 500, "split": "valid"}\n{"step": 500, "split": "test"}\n'
-        '{"step": 900, "split": "train"}\n{"step": 900, "split": "valid"}\n{"step": 950, "split": "test"}\n{"step"')
+  write(
+    out / "commercial_run" / "metrics.jsonl",
+    '{"step": 100, "split": "train"}\n{"step": 500, "split": "valid"}\n{"step": 500, "split": "test"}\n'
+    '{"step": 900, "split": "train"}\n{"step": 900, "split": "valid"}\n{"step": 950, "split": "test"}\n{"step"',
+  )
   write(out / "step.gpu.csv", "0, 80, 1000\n0, 90, 2000\n0, 100, 3000\n0, [N/A], 3000\n")
   write(out / "pipeline.gpu.csv", "40, 500\n60, 700\n")
 
@@ -108,10 +146,21 @@ def test_the_table_holds_the_numbers_and_names_what_is_missing(tmp_path, capsys)
   text = (out / "table.md").read_text()
   assert capsys.readouterr().out == text
   assert text.count("\n|---|") == 1  # one table
-  for expected in ("NVIDIA H200", "1,234,567 samples/s", "2,345,678 samples/s", "111,111 samples/s",
-                   "388,888 samples/s", "3.50x", "777,777 rows/s", "300,000 samples/s (0.33x of the step alone)",
-                   "222,222 samples/s", "98.8 s", "0.7654", "90% / 100% (max memory 3,000 MiB, 3 samples)",
-                   "50% / 60%"):
+  for expected in (
+    "NVIDIA H200",
+    "1,234,567 samples/s",
+    "2,345,678 samples/s",
+    "111,111 samples/s",
+    "388,888 samples/s",
+    "3.50x",
+    "777,777 rows/s",
+    "300,000 samples/s (0.33x of the step alone)",
+    "222,222 samples/s",
+    "98.8 s",
+    "0.7654",
+    "90% / 100% (max memory 3,000 MiB, 3 samples)",
+    "50% / 60%",
+  ):
     assert expected in text, expected
   line = lambda what: next(row for row in text.splitlines() if what in row)  # noqa: E731
   assert "missing (phase failed: timed out after 60 s)" in line("mian step alone, bfloat16")

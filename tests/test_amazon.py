@@ -47,7 +47,9 @@ def growing_samples(users: int = 30) -> list[tuple]:
 
 def dien_line(label, user, item, hist, cate=None) -> str:
   cats = [CATE.get(x, "catX") for x in hist]
-  return f"{label}\t{user}\t{item}\t{cate or CATE.get(item, 'catX')}\t" + "\x02".join(hist) + "\t" + "\x02".join(cats) + "\n"
+  return (
+    f"{label}\t{user}\t{item}\t{cate or CATE.get(item, 'catX')}\t" + "\x02".join(hist) + "\t" + "\x02".join(cats) + "\n"
+  )
 
 
 def write_dien(folder: Path, rows: list[tuple], test_rows: list[tuple]) -> Path:
@@ -67,8 +69,9 @@ def write_bars(folder: Path, rows: list[tuple], test_rows: list[tuple]) -> Path:
 
 
 def params(**kw) -> amazon.Params:
-  return amazon.Params(**{**dict(max_len=5, block_size=4, seed=0, max_bad_rows=0, part_bytes=1 << 20,
-                                 embed_user_id=True), **kw})
+  return amazon.Params(
+    **{**dict(max_len=5, block_size=4, seed=0, max_bad_rows=0, part_bytes=1 << 20, embed_user_id=True), **kw}
+  )
 
 
 def test_dien_layout_vocabulary_oov_truncation_and_cache(tmp_path):
@@ -85,12 +88,23 @@ def test_dien_layout_vocabulary_oov_truncation_and_cache(tmp_path):
       counts[x] = counts.get(x, 0) + 1
   assert vocab["item"] == sorted(counts, key=lambda x: (-counts[x], x))
   assert st["vocabularies"] == {"item": len(counts), "cate": 5, "user": 60}
-  assert st["rows"] == {"train": len(rows) // 4 * 4, "valid": 0, "test": 2} and st["dropped_train_rows"] == len(rows) % 4
+  assert (
+    st["rows"] == {"train": len(rows) // 4 * 4, "valid": 0, "test": 2} and st["dropped_train_rows"] == len(rows) % 4
+  )
   test = decode_split(d, meta, "test")  # test rows keep file order
   ids = {x: vocab["item"].index(x) + 1 for x in vocab["item"]}
-  assert test["item_id"].tolist() == [ids[ITEMS[3]], 0] and test["user_id"].tolist() == [1 + vocab["user"].index("U0"), 0]
+  assert test["item_id"].tolist() == [ids[ITEMS[3]], 0] and test["user_id"].tolist() == [
+    1 + vocab["user"].index("U0"),
+    0,
+  ]
   assert test["hist_item_id"][0, :3].tolist() == [ids["B001"], 0, ids["B002"]] and test["hist_len"].tolist() == [3, 0]
-  assert st["oov"]["test"] == {"item_id": 1, "item_cate": 1, "hist_item_id": 1, "hist_item_cate": 1, "user_id": 1}  # catX unseen
+  assert st["oov"]["test"] == {
+    "item_id": 1,
+    "item_cate": 1,
+    "hist_item_id": 1,
+    "hist_item_cate": 1,
+    "user_id": 1,
+  }  # catX unseen
   assert json.loads((d / "stats.json").read_text()) == st
   # Training rows: every row once (shuffled), histories cut to the most recent max_len.
   train = decode_split(d, meta, "train")
@@ -133,30 +147,36 @@ def test_dien_vocabulary_pickles_and_a_pickle_that_would_run_code(tmp_path):
     amazon.build(str(folder), params(), str(tmp_path / "cache"))
 
 
-@pytest.mark.parametrize("bad_line, reason", [
+@pytest.mark.parametrize(
+  "bad_line, reason",
+  [
     ("1\tU1\tB001\tcat1\tB002\n", r"expected 6 tab-separated fields, got 5"),
     ("yes\tU1\tB001\tcat1\tB002\tcat2\n", r"label='yes' is not a 0/1 label"),
     ("2\tU1\tB001\tcat1\tB002\tcat2\n", r"label='2' is not a 0/1 label"),
     ("1\tU1\tB001\tcat1\tB002\x02B003\tcat2\n", r"cat_hist has 1 entries but mid_hist has 2"),
     (b"1\tU1\tB\xff01\tcat1\tB002\tcat2\n", r"byte 7 is not valid UTF-8"),
-])
+  ],
+)
 def test_malformed_lines_name_file_and_line_or_are_skipped(tmp_path, bad_line, reason):
   rows = samples(10)
   good = "".join(dien_line(*r) for r in rows).encode()
   bad = bad_line if isinstance(bad_line, bytes) else bad_line.encode()
   folder = tmp_path / "dien"
   folder.mkdir()
-  (folder / "local_train_splitByUser").write_bytes(good[:good.index(b"\n", 200) + 1] + bad + b"\n" +
-                                                   good[good.index(b"\n", 200) + 1:])
-  line = good[:good.index(b"\n", 200) + 1].count(b"\n") + 1
-  (folder / "local_test_splitByUser").write_bytes(good[:good.index(b"\n", 1000) + 1])
+  (folder / "local_train_splitByUser").write_bytes(
+    good[: good.index(b"\n", 200) + 1] + bad + b"\n" + good[good.index(b"\n", 200) + 1 :]
+  )
+  line = good[: good.index(b"\n", 200) + 1].count(b"\n") + 1
+  (folder / "local_test_splitByUser").write_bytes(good[: good.index(b"\n", 1000) + 1])
   cache = tmp_path / "cache"
   with pytest.raises(pipeline.DataError, match=rf"^local_train_splitByUser line {line}: {reason}.*max_bad_rows"):
     amazon.build(str(folder), params(), str(cache))
   assert not list(cache.rglob("meta.json"))  # nothing looks finished
   d, meta = amazon.build(str(folder), params(max_bad_rows=1), str(cache))
   st = meta["stats"]
-  assert st["bad_rows"]["count"] == 1 and st["bad_rows"]["examples"][0].startswith(f"local_train_splitByUser line {line}")
+  assert st["bad_rows"]["count"] == 1 and st["bad_rows"]["examples"][0].startswith(
+    f"local_train_splitByUser line {line}"
+  )
   assert st["rows"]["train"] + st["dropped_train_rows"] == len(rows)
 
 
@@ -239,8 +259,9 @@ def test_converted_data_trains(tmp_path):
   config.train.learning_rate = 1e-2
   config.data.validation = "test"  # the data set below is converted without a holdout
   folder = write_bars(tmp_path / "bars", samples(60), samples(20, seed=1))
-  d, meta = amazon.build(str(folder), params(max_len=config.data.max_len, block_size=config.data.block_size),
-                         str(tmp_path / "cache"))
+  d, meta = amazon.build(
+    str(folder), params(max_len=config.data.max_len, block_size=config.data.block_size), str(tmp_path / "cache")
+  )
   source = pipeline.Source(d, FeatureSchema.from_dict(meta["schema"]), meta)
   losses, result = train_briefly("din", config, source, 150)  # (launch.py trains MIAN on the raw dumps below)
   assert np.mean(losses[-30:]) < np.mean(losses[:30]), losses

@@ -38,13 +38,17 @@ def _params(name, config, schema):
   model = models.get(name, config.model)
   tx = optim.make_optimizer(config.train, 10)
   state = jax.jit(state_lib.make_init(model, schema, config.model.embed_dim, tx))(
-      jax.random.key_data(jax.random.key(0)))
+    jax.random.key_data(jax.random.key(0))
+  )
   params = jax.device_get(state.params)
   rng = np.random.default_rng(1)
   if "batch_stats" in params:  # running moments unlike any batch's
     params["batch_stats"] = jax.tree_util.tree_map_with_path(
-        lambda path, x: (rng.uniform(0.5, 3.0, x.shape) if "var" in jax.tree_util.keystr(path)
-                         else rng.normal(size=x.shape)).astype(np.float32), params["batch_stats"])
+      lambda path, x: (
+        rng.uniform(0.5, 3.0, x.shape) if "var" in jax.tree_util.keystr(path) else rng.normal(size=x.shape)
+      ).astype(np.float32),
+      params["batch_stats"],
+    )
   return model, params
 
 

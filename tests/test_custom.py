@@ -51,10 +51,10 @@ log1p = true
 
 HEADER = "clk,uid,ad,clicks,gender,title,price,unused"
 TRAIN = [
-    '1,u1,a1,a2|a3,F,"red, large",10,x',
-    '0,u1,a2,a1|a2|a3|a4,F,plain,,x',
-    '1,u2,a1,,M,plain,1000,x',
-    '0,u2,a3,a1,M,"red, large",nan,x',
+  '1,u1,a1,a2|a3,F,"red, large",10,x',
+  '0,u1,a2,a1|a2|a3|a4,F,plain,,x',
+  '1,u2,a1,,M,plain,1000,x',
+  '0,u2,a3,a1,M,"red, large",nan,x',
 ]
 TEST = ['1,u1,a9,a9|a1,F,new title,5,x', '0,u3,a2,a3,X,plain,inf,x']
 
@@ -75,12 +75,17 @@ def write_parquet(folder: Path) -> Path:
 
   def table(lines):
     rows = list(csv.reader(lines))
-    return pa.table({
+    return pa.table(
+      {
         "clk": pa.array([int(r[0]) for r in rows], pa.int64()),
-        "uid": [r[1] for r in rows], "ad": [r[2] for r in rows],
+        "uid": [r[1] for r in rows],
+        "ad": [r[2] for r in rows],
         "clicks": pa.array([r[3].split("|") if r[3] else [] for r in rows], pa.list_(pa.string())),
-        "gender": [r[4] for r in rows], "title": [r[5] for r in rows],
-        "price": pa.array([float(r[6]) if r[6] else None for r in rows], pa.float64())})
+        "gender": [r[4] for r in rows],
+        "title": [r[5] for r in rows],
+        "price": pa.array([float(r[6]) if r[6] else None for r in rows], pa.float64()),
+      }
+    )
 
   pq.write_table(table(TRAIN[:2]), folder / "train-0.parquet")
   pq.write_table(table(TRAIN[2:]), folder / "train-1.parquet")
@@ -90,8 +95,9 @@ def write_parquet(folder: Path) -> Path:
 
 
 def params(**kw) -> tabular.Options:
-  return tabular.Options(**{**dict(max_len=3, block_size=1, seed=0, max_bad_rows=0, part_bytes=1 << 20,
-                                   embed_user_id=False), **kw})
+  return tabular.Options(
+    **{**dict(max_len=3, block_size=1, seed=0, max_bad_rows=0, part_bytes=1 << 20, embed_user_id=False), **kw}
+  )
 
 
 def build(folder: Path, cache: Path, **kw):
@@ -138,19 +144,26 @@ def test_parquet_gives_the_same_data_as_csv(tmp_path):
       np.testing.assert_allclose(x[k][order_x], y[k][order_y], err_msg=k)
 
 
-@pytest.mark.parametrize("edit, message", [
+@pytest.mark.parametrize(
+  "edit, message",
+  [
     (lambda s: "shuffle = true\n" + s, r"schema.toml key shuffle: unknown key"),
     (lambda s: s.replace('group = "user"', 'group = "profile"'), r"key columns.gender.group: 'profile' is not one of"),
-    (lambda s: s.replace('vocab = "ad"\nseparator', 'vocab = "clicked"\nseparator'),
-     r"key columns.ad.vocab: item column 'ad' has no behaviour sequence with vocab 'ad'"),
+    (
+      lambda s: s.replace('vocab = "ad"\nseparator', 'vocab = "clicked"\nseparator'),
+      r"key columns.ad.vocab: item column 'ad' has no behaviour sequence with vocab 'ad'",
+    ),
     (lambda s: s.replace("[columns.title]", "[columns.headline]"), r"key columns.headline: the files have no column"),
     (lambda s: s.replace('test = "test.csv"', 'test = "nope-*.csv"'), r"key test: no file matches .*nope-\*.csv"),
     (lambda s: s.replace('label = "clk"', ""), r"key label: name the 0/1 label column"),
     (lambda s: s.replace('separator = "|"', 'separator = ","'), r"columns.clicks.separator: ',' is also the field"),
     (lambda s: s.replace("[columns.gender]", "[columns.gender"), r"schema.toml: not valid TOML"),
-    (lambda s: s.replace('train = ["train-*.csv"]', 'train = ["*.csv"]'),
-     r"schema.toml keys train and test: both match .*test.csv; a file may not be in training and test data"),
-])
+    (
+      lambda s: s.replace('train = ["train-*.csv"]', 'train = ["*.csv"]'),
+      r"schema.toml keys train and test: both match .*test.csv; a file may not be in training and test data",
+    ),
+  ],
+)
 def test_schema_mistakes_name_the_file_and_key(tmp_path, edit, message):
   folder = write_csv(tmp_path / "csv")
   (folder / "schema.toml").write_text(edit((folder / "schema.toml").read_text()))
@@ -192,7 +205,8 @@ def test_real_din_layout_sample_through_a_schema(tmp_path):
   for name in ("train.txt", "test.txt"):
     shutil.copyfile(shared / "sample_data.txt", folder / name)
   schema = tmp_path / "din.toml"
-  schema.write_text("""
+  schema.write_text(
+    """
 train = "train.txt"
 test = "test.txt"
 format = "csv"
@@ -204,7 +218,8 @@ label = "label"
 [columns.item]
 group = "item"
 [columns.item.vocab]
-""".replace("[columns.item.vocab]\n", 'kind = "categorical"\nvocab = "item"\n') + """
+""".replace("[columns.item.vocab]\n", 'kind = "categorical"\nvocab = "item"\n')
+    + """
 [columns.cate]
 group = "item"
 kind = "categorical"
@@ -219,7 +234,8 @@ separator = " "
 group = "behaviour"
 vocab = "cate"
 separator = " "
-""")
+"""
+  )
   d, meta = custom.build(str(folder), str(schema), params(max_len=20, block_size=10), str(tmp_path / "cache"))
   st = meta["stats"]
   assert st["rows"] == {"train": 100, "valid": 0, "test": 100} and st["bad_rows"]["count"] == 0
@@ -257,7 +273,9 @@ def test_carriage_returns_in_a_header_are_one_error_line(tmp_path, how):
   if how == "cr_only":
     (folder / "train-0.csv").write_bytes(("\r".join(lines) + "\r").encode())
   else:
-    (folder / "train-0.csv").write_bytes((lines[0].replace(",", "\r,", 1) + "\n" + "\n".join(lines[1:]) + "\n").encode())
+    (folder / "train-0.csv").write_bytes(
+      (lines[0].replace(",", "\r,", 1) + "\n" + "\n".join(lines[1:]) + "\n").encode()
+    )
   with pytest.raises(pipeline.DataError, match=r"train-0.csv line 1: the header holds a carriage return .* LF or CRLF"):
     build(folder, tmp_path / "cache")
 
@@ -267,14 +285,32 @@ def _replace_column(path: Path, name: str, array: pa.Array) -> None:
   pq.write_table(table.set_column(table.column_names.index(name), name, array), path)
 
 
-@pytest.mark.parametrize("column, array, message", [
-    ("clk", pa.array([[1], [0]], pa.list_(pa.int64())), r"column 'clk': type list<\w+: int64> cannot be read as a label"),
-    ("clicks", pa.array([[["a2"]], [["a1"]]], pa.list_(pa.list_(pa.string()))),
-     r"column 'clicks': values of type list<\w+: string> cannot be read as a sequence"),
+@pytest.mark.parametrize(
+  "column, array, message",
+  [
+    (
+      "clk",
+      pa.array([[1], [0]], pa.list_(pa.int64())),
+      r"column 'clk': type list<\w+: int64> cannot be read as a label",
+    ),
+    (
+      "clicks",
+      pa.array([[["a2"]], [["a1"]]], pa.list_(pa.list_(pa.string()))),
+      r"column 'clicks': values of type list<\w+: string> cannot be read as a sequence",
+    ),
     ("price", pa.array([[1.0], [2.0]], pa.list_(pa.float64())), r"column 'price': type list<\w+: double> cannot"),
-    ("gender", pa.array([b"\xff\xfe", b"M"], pa.binary()), r"column 'gender': type binary cannot be read as a categorical"),
-    ("gender", pa.array([{"x": 1}, {"x": 2}], pa.struct([("x", pa.int64())])), r"column 'gender': type struct<x: int64>"),
-])
+    (
+      "gender",
+      pa.array([b"\xff\xfe", b"M"], pa.binary()),
+      r"column 'gender': type binary cannot be read as a categorical",
+    ),
+    (
+      "gender",
+      pa.array([{"x": 1}, {"x": 2}], pa.struct([("x", pa.int64())])),
+      r"column 'gender': type struct<x: int64>",
+    ),
+  ],
+)
 def test_parquet_columns_of_a_type_their_kind_cannot_read_are_one_error(tmp_path, column, array, message):
   folder = write_parquet(tmp_path / "pq")
   _replace_column(folder / "train-0.parquet", column, array)
@@ -287,8 +323,11 @@ def test_a_missing_behaviour_is_a_bad_row_naming_its_line(tmp_path):
   against data.max_bad_rows, never read as padding that counts in the history's length."""
   folder = write_parquet(tmp_path / "pq")
   _replace_column(folder / "train-1.parquet", "clicks", pa.array([[], ["a1", None, "a2"]], pa.list_(pa.string())))
-  with pytest.raises(pipeline.DataError, match=r"train-1.parquet row 2: clicks holds a missing behaviour \(entry 1 is "
-                                               r"empty\); leave missing behaviours out of the history"):
+  with pytest.raises(
+    pipeline.DataError,
+    match=r"train-1.parquet row 2: clicks holds a missing behaviour \(entry 1 is "
+    r"empty\); leave missing behaviours out of the history",
+  ):
     build(folder, tmp_path / "cache")
   _, meta = build(folder, tmp_path / "cache", max_bad_rows=1)
   assert meta["stats"]["bad_rows"]["count"] == 1 and meta["stats"]["rows"]["train"] == 3

@@ -18,11 +18,14 @@ def test_every_data_field_is_read_by_some_data_set():
     assert not set(source.fields) & set(data.COMMON_FIELDS), name
 
 
-@pytest.mark.parametrize("experiment, key, who", [
+@pytest.mark.parametrize(
+  "experiment, key, who",
+  [
     ("movielens:tiny", "data.scale=0.5", "only commercial does"),
     ("commercial:tiny", "data.schema=x.toml", "only custom does"),
     ("yelp:tiny", "data.test_per_user=2", "only movielens does"),
-])
+  ],
+)
 def test_a_field_the_data_set_does_not_read_is_refused(experiment, key, who, tmp_path, capfd):
   code = launch.main(["--experiment", experiment, "--workdir", str(tmp_path / "w"), "--set", key])
   lines = capfd.readouterr().err.strip().splitlines()

@@ -13,9 +13,10 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROO
 def test_the_config_reference_is_the_generated_one():
   page = ROOT / "docs" / "reference" / "config.md"
   assert page.read_text() == generate.config_reference(), (
-      "docs/reference/config.md is stale: the docs build rewrites it (python -m sphinx -b html docs "
-      "docs/_build/html), or run: python -c 'from docs import generate; generate.write_config_reference("
-      "__import__(\"pathlib\").Path(\"docs/reference/config.md\"))'")
+    "docs/reference/config.md is stale: the docs build rewrites it (python -m sphinx -b html docs "
+    "docs/_build/html), or run: python -c 'from docs import generate; generate.write_config_reference("
+    "__import__(\"pathlib\").Path(\"docs/reference/config.md\"))'"
+  )
 
 
 def test_every_link_points_at_a_file_that_exists():
@@ -37,7 +38,8 @@ def test_every_results_table_is_the_one_its_source_gives():
     text = page.read_text()
     marked += len(generate.MARKED.findall(text))
     assert generate.with_tables(text) == text, (
-        f"a table of {page.relative_to(ROOT)} differs from its results.csv: python -m docs.generate rewrites it")
+      f"a table of {page.relative_to(ROOT)} differs from its results.csv: python -m docs.generate rewrites it"
+    )
   assert marked >= 4
 
 
@@ -45,5 +47,7 @@ def test_a_table_follows_its_source(tmp_path):
   source = ROOT / "docs" / "results" / "ml100k-converged" / "real_table.csv"
   page = f"x\n<!-- table: {source} -->\n| stale |\n<!-- end table -->\ny\n"
   fresh = generate.with_tables(page)
-  assert "| stale |" not in fresh and "| dcn | 3 | 0.7330 ± 0.0032 |" in fresh and fresh.endswith("<!-- end table -->\ny\n")
+  assert (
+    "| stale |" not in fresh and "| dcn | 3 | 0.7330 ± 0.0032 |" in fresh and fresh.endswith("<!-- end table -->\ny\n")
+  )
   assert generate.with_tables(fresh) == fresh

@@ -14,8 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _launch(workdir, data_root, *args, wait=True):
-  cmd = [sys.executable, str(ROOT / "launch.py"), "--experiment", "commercial:tiny", "--workdir", str(workdir),
-         "--set", f"data.dir={data_root}", *args]
+  cmd = [
+    sys.executable,
+    str(ROOT / "launch.py"),
+    "--experiment",
+    "commercial:tiny",
+    "--workdir",
+    str(workdir),
+    "--set",
+    f"data.dir={data_root}",
+    *args,
+  ]
   env = {**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"}
   if not wait:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -24,8 +33,9 @@ def _launch(workdir, data_root, *args, wait=True):
 
 def _run(workdir, data_root, *args):
   """_launch in this process (helpers.launch_here): for tests that need a run's results, not its process."""
-  return launch_here(["--experiment", "commercial:tiny", "--workdir", str(workdir), "--set", f"data.dir={data_root}",
-                      *args])
+  return launch_here(
+    ["--experiment", "commercial:tiny", "--workdir", str(workdir), "--set", f"data.dir={data_root}", *args]
+  )
 
 
 def _final_params(workdir):
@@ -74,8 +84,16 @@ def test_test_predictions_come_from_the_reported_checkpoint(tmp_path, data_root)
   from mian_jax import metrics
   from mian_jax.train import predictions
 
-  args = ["--model", "din", "--set", "train.steps=40", "--set", "train.eval_every=10", "--set",
-          "train.learning_rate=0.05"]
+  args = [
+    "--model",
+    "din",
+    "--set",
+    "train.steps=40",
+    "--set",
+    "train.eval_every=10",
+    "--set",
+    "train.learning_rate=0.05",
+  ]
   run = _launch(tmp_path / "w", data_root, *args)
   assert run.returncode == 0, run.stderr
   path = tmp_path / "w" / predictions.FILE

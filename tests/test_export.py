@@ -58,8 +58,12 @@ def _raw_ids(batch, src):
   records = []
   for i in range(len(batch["label"])):
     n = int(batch["hist_len"][i])
-    records.append({f.name: batch[f.name][i, :n].tolist() if f.kind == "sequence" else batch[f.name][i].item()
-                    for f in src.schema.features})
+    records.append(
+      {
+        f.name: batch[f.name][i, :n].tolist() if f.kind == "sequence" else batch[f.name][i].item()
+        for f in src.schema.features
+      }
+    )
   return records
 
 
@@ -74,8 +78,15 @@ def test_exported_model_scores_as_the_model_for_two_batch_sizes(run, reference):
   inputs = manifest["inputs"]
   assert list(inputs) == export.input_names(src.schema) and "user_id" not in inputs and "label" not in inputs
   assert inputs["hist_len"]["dtype"] == "int32" and inputs["hist_len"]["shape"] == []
-  assert inputs["hist_item_id"] == {"group": "behaviour", "kind": "sequence", "dtype": "int32", "shape": [10],
-                                    "vocab_size": 42, "vocab": None, "newest_first": False}
+  assert inputs["hist_item_id"] == {
+    "group": "behaviour",
+    "kind": "sequence",
+    "dtype": "int32",
+    "shape": [10],
+    "vocab_size": 42,
+    "vocab": None,
+    "newest_first": False,
+  }
   assert inputs["activity"]["dtype"] == "float32" and "mean" not in inputs["activity"]
   scorer = serving.Scorer.load(out)
   # The in-process probabilities of all 20 rows in one compile: MIAN scores every row on its own.
@@ -106,8 +117,11 @@ def test_raw_values_are_mapped_through_the_vocabularies(run, reference, tmp_path
   (data / "vocab" / "item.json").write_text(json.dumps([f"item-{i}" for i in range(1, 42)]))  # id i
   (data / "vocab" / "cate.json").write_text(json.dumps([f"c{i}" for i in range(1, 42)]))
   spec = [{"feature": f.name, "newest_first": True} for f in src.schema.group("behaviour")]
-  meta = {**src.meta, "params": {"spec": {"columns": spec}},
-          "stats": {**src.meta["stats"], "numeric_standardisation": {"activity": {"mean": 0.5, "std": 2.0}}}}
+  meta = {
+    **src.meta,
+    "params": {"spec": {"columns": spec}},
+    "stats": {**src.meta["stats"], "numeric_standardisation": {"activity": {"mean": 0.5, "std": 2.0}}},
+  }
   out = tmp_path / "model"
   (out / "old").mkdir(parents=True)  # an earlier export (its manifest names the format): replaced whole
   (out / export.MANIFEST_FILE).write_text(json.dumps({"format": export.FORMAT}))
@@ -117,10 +131,17 @@ def test_raw_values_are_mapped_through_the_vocabularies(run, reference, tmp_path
   assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.jaxexport", "params.npz", "vocab"]
   assert (out / "vocab" / "item.json").read_text() == (data / "vocab" / "item.json").read_text()
   inputs = json.loads((out / "manifest.json").read_text())["inputs"]
-  links = {n: inputs[n]["vocab"] for n in ("item_id", "hist_item_id", "item_cate", "hist_item_cate", "hist_age_days",
-                                           "city")}
-  assert links == {"item_id": "vocab/item.json", "hist_item_id": "vocab/item.json", "item_cate": "vocab/cate.json",
-                   "hist_item_cate": "vocab/cate.json", "hist_age_days": None, "city": None}
+  links = {
+    n: inputs[n]["vocab"] for n in ("item_id", "hist_item_id", "item_cate", "hist_item_cate", "hist_age_days", "city")
+  }
+  assert links == {
+    "item_id": "vocab/item.json",
+    "hist_item_id": "vocab/item.json",
+    "item_cate": "vocab/cate.json",
+    "hist_item_cate": "vocab/cate.json",
+    "hist_age_days": None,
+    "city": None,
+  }
   assert inputs["activity"]["mean"] == 0.5 and inputs["hist_age_days"]["newest_first"] is True
   batch = _take(rows, 3, 20)
   full = np.flatnonzero(batch["hist_len"] == t)
@@ -182,8 +203,9 @@ def test_vocabulary_found_through_a_shared_table():
   from mian_jax import export
   from mian_jax.data import movielens
 
-  schema = movielens.make_schema({k: {"a": 1} for k in ("item_id", "item_cate", "user_id", "gender", "occupation",
-                                                        "zip_prefix")}, max_len=5)
+  schema = movielens.make_schema(
+    {k: {"a": 1} for k in ("item_id", "item_cate", "user_id", "gender", "occupation", "zip_prefix")}, max_len=5
+  )
   files = ["item_id", "item_cate", "user_id", "gender", "occupation", "zip_prefix"]  # what movielens.py writes
   assert export.vocab_of(schema, "hist_item_id", files) == "item_id"
   assert export.vocab_of(schema, "hist_item_cate", files) == "item_cate"
@@ -198,14 +220,15 @@ def test_serving_in_a_fresh_process_needs_no_flax_or_model_code(run, reference, 
   want = np.asarray(eval_step(params, rows))[:3]
   np.savez(tmp_path / "batch.npz", **batch)
   code = (
-      "import sys, numpy as np\n"
-      "from mian_jax import serving\n"
-      f"batch = dict(np.load({str(tmp_path / 'batch.npz')!r}))\n"
-      f"np.save({str(tmp_path / 'probs.npy')!r}, serving.Scorer.load({str(out)!r}).score_ids(batch))\n"
-      "bad = [m for m in sys.modules if m.split('.')[0] in ('flax', 'optax', 'orbax') or\n"
-      "       m.startswith(('mian_jax.models', 'mian_jax.train', 'mian_jax.layers', 'mian_jax.data'))]\n"
-      "print('imported:', bad)\n"
-      "sys.exit(1 if bad else 0)\n")
+    "import sys, numpy as np\n"
+    "from mian_jax import serving\n"
+    f"batch = dict(np.load({str(tmp_path / 'batch.npz')!r}))\n"
+    f"np.save({str(tmp_path / 'probs.npy')!r}, serving.Scorer.load({str(out)!r}).score_ids(batch))\n"
+    "bad = [m for m in sys.modules if m.split('.')[0] in ('flax', 'optax', 'orbax') or\n"
+    "       m.startswith(('mian_jax.models', 'mian_jax.train', 'mian_jax.layers', 'mian_jax.data'))]\n"
+    "print('imported:', bad)\n"
+    "sys.exit(1 if bad else 0)\n"
+  )
   done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stdout + done.stderr
   np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), want, **TIGHT)
@@ -223,15 +246,17 @@ def test_the_scorer_has_one_rule_for_ids_and_names_the_record_and_feature(run, r
   np.testing.assert_array_equal(scorer.score_ids(integral), scorer.score_ids(batch))
   with pytest.raises(ValueError, match=r"input 'item_id' row 1: .* not an integer"):
     scorer.score_ids({**batch, "item_id": np.array([1.0, 1.5, 2.0])})
-  record = {f.name: (batch[f.name][0, :batch["hist_len"][0]].tolist() if f.kind == "sequence"
-                     else batch[f.name][0].item()) for f in src.schema.features}
+  record = {
+    f.name: (batch[f.name][0, : batch["hist_len"][0]].tolist() if f.kind == "sequence" else batch[f.name][0].item())
+    for f in src.schema.features
+  }
   assert scorer.encode([record])["item_id"][0] == batch["item_id"][0]
   for key, value, error, words in (
-      ("item_id", 1.5, ValueError, "record 1: feature 'item_id': 1.5 is not an integer id"),
-      ("city", "abc", ValueError, "record 1: feature 'city': 'abc' is not an integer id"),
-      ("activity", "abc", ValueError, "record 1: feature 'activity': 'abc' is not a number"),
-      ("hist_item_id", 5, TypeError, "record 1: feature 'hist_item_id': 5 is not a list"),
-      ("hist_item_id", [None, float("nan"), 3], ValueError, "record 1: feature 'hist_item_id': behaviour 0 is missing"),
+    ("item_id", 1.5, ValueError, "record 1: feature 'item_id': 1.5 is not an integer id"),
+    ("city", "abc", ValueError, "record 1: feature 'city': 'abc' is not an integer id"),
+    ("activity", "abc", ValueError, "record 1: feature 'activity': 'abc' is not a number"),
+    ("hist_item_id", 5, TypeError, "record 1: feature 'hist_item_id': 5 is not a list"),
+    ("hist_item_id", [None, float("nan"), 3], ValueError, "record 1: feature 'hist_item_id': behaviour 0 is missing"),
   ):
     with pytest.raises(error) as e:
       scorer.encode([record, {**record, key: value}])
@@ -261,16 +286,20 @@ def test_a_changed_export_is_refused_naming_its_file(run, tmp_path):
   (flipped / "model.jaxexport").write_bytes(bytes(raw))
   with pytest.raises(ValueError, match=r"flipped/model.jaxexport does not match its checksum"):
     Scorer.load(flipped)
-  for where, edit in (("edited", lambda m: m["inputs"]["activity"].__setitem__("mean", 3.0)),
-                      ("outside", lambda m: m.__setitem__("params", "../flipped/params.npz")),
-                      ("absolute", lambda m: m.__setitem__("function", "/etc/hostname"))):
+  for where, edit in (
+    ("edited", lambda m: m["inputs"]["activity"].__setitem__("mean", 3.0)),
+    ("outside", lambda m: m.__setitem__("params", "../flipped/params.npz")),
+    ("absolute", lambda m: m.__setitem__("function", "/etc/hostname")),
+  ):
     folder = copy(where)
     changed = json.loads((folder / "manifest.json").read_text())
     edit(changed)
     (folder / "manifest.json").write_text(json.dumps(changed))
-    message = {"edited": "manifest.json was changed after the export was written",
-               "outside": r"names '../flipped/params.npz', outside the export folder",
-               "absolute": r"names '/etc/hostname', not a file of the export"}[where]
+    message = {
+      "edited": "manifest.json was changed after the export was written",
+      "outside": r"names '../flipped/params.npz', outside the export folder",
+      "absolute": r"names '/etc/hostname', not a file of the export",
+    }[where]
     with pytest.raises(ValueError, match=message):
       Scorer.load(folder)
   Scorer.load(copy("intact"))  # an unchanged copy loads

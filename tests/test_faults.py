@@ -21,8 +21,20 @@ from test_e2e import _assert_same_params, _final_params, _launch, _run
 # slots, the RNG, the data position) at about two thirds of MIAN's start-up cost per process (tracing, loading
 # compiled programs); these tests start 17 processes. The trainer saves and restores the state as one pytree
 # whatever the model (restoring checks every array's name and shape), so what is checked here holds for MIAN.
-RUN = ("--model", "din", "--set", "train.steps=100", "--set", "train.checkpoint_every=2", "--set",
-       "train.log_every=2", "--set", "train.eval_every=50", "--set", "train.keep_checkpoints=2")
+RUN = (
+  "--model",
+  "din",
+  "--set",
+  "train.steps=100",
+  "--set",
+  "train.checkpoint_every=2",
+  "--set",
+  "train.log_every=2",
+  "--set",
+  "train.eval_every=50",
+  "--set",
+  "train.keep_checkpoints=2",
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +82,9 @@ def test_sigkill_at_ten_random_moments_resumes_bit_identically(tmp_path, data_ro
   final = _launch(w, data_root, *RUN)  # the killed runs' locks are gone with them
   assert final.returncode == 0, final.stderr
   assert "resumed from step" in final.stdout
-  assert not [p.name for p in (w / "checkpoints").iterdir() if not p.name.isdigit()], "a half-written checkpoint was left"
+  assert not [p.name for p in (w / "checkpoints").iterdir() if not p.name.isdigit()], (
+    "a half-written checkpoint was left"
+  )
   step, params = _final_params(w)
   assert step == 100, f"{half_written} kill(s) left a half-written checkpoint"
   _assert_same_params(uninterrupted[1], params)
@@ -79,8 +93,11 @@ def test_sigkill_at_ten_random_moments_resumes_bit_identically(tmp_path, data_ro
 def test_sigterm_ctrl_c_and_a_second_ctrl_c_resume_bit_identically(tmp_path, data_root, uninterrupted):
   w = tmp_path / "stopped"
   # The legs read the data from the shards (host) or hold it on the device in turn: the same batches.
-  for signals, placement in (([signal.SIGTERM], "host"), ([signal.SIGINT], "device"),
-                             ([signal.SIGINT, signal.SIGINT], "host")):
+  for signals, placement in (
+    ([signal.SIGTERM], "host"),
+    ([signal.SIGINT], "device"),
+    ([signal.SIGINT, signal.SIGINT], "host"),
+  ):
     proc = _launch(w, data_root, *RUN, "--set", f"data.placement={placement}", wait=False)
     assert _wait_for_progress(proc, w, _latest(w))
     for s in signals:
@@ -118,13 +135,23 @@ def test_a_checkpoint_of_another_model_or_data_set_is_refused(tmp_path, data_roo
 def test_a_non_finite_step_stops_naming_its_records_or_is_skipped(tmp_path, data_root, tiny_source):
   def huge(block):
     block["activity"][:] = 3e38  # finite in the shard; overflows to inf inside the network
+
   # A block of shard 0 that one epoch reads (24 steps of 256 = 192 of the 195 blocks): in exactly one batch.
   shard0 = tiny_source.meta["files"]["train"][0]
-  record = next(r for batch in range(24) for f, r in pipeline.batch_sources(tiny_source, 0, batch, 8)
-                if Path(f).name == shard0)
+  record = next(
+    r for batch in range(24) for f, r in pipeline.batch_sources(tiny_source, 0, batch, 8) if Path(f).name == shard0
+  )
   path = plant(tiny_source.directory, tmp_path / "data", "train", record, huge)
-  sets = ("--set", f"data.dir={tmp_path / 'data'}", "--set", "train.steps=24", "--set", "train.checkpoint_every=4",
-          "--set", "train.eval_every=24")
+  sets = (
+    "--set",
+    f"data.dir={tmp_path / 'data'}",
+    "--set",
+    "train.steps=24",
+    "--set",
+    "train.checkpoint_every=4",
+    "--set",
+    "train.eval_every=24",
+  )
   stop = _run(tmp_path / "stop", data_root, *sets)
   assert stop.returncode == 3, stop.stderr
   error = stop.stderr.strip().splitlines()[-1]

@@ -12,8 +12,11 @@ from test_custom import HEADER, SCHEMA
 def _write(folder: Path, test_rows: list[str], n_train: int = 96) -> Path:
   rng = random.Random(0)
   folder.mkdir(parents=True, exist_ok=True)
-  rows = [f"{rng.randint(0, 1)},u{i % 12},a{rng.randint(1, 9)},a{rng.randint(1, 9)}|a{rng.randint(1, 9)},F,plain,"
-          f"{rng.randint(1, 99)},x" for i in range(n_train)]
+  rows = [
+    f"{rng.randint(0, 1)},u{i % 12},a{rng.randint(1, 9)},a{rng.randint(1, 9)}|a{rng.randint(1, 9)},F,plain,"
+    f"{rng.randint(1, 99)},x"
+    for i in range(n_train)
+  ]
   (folder / "train-0.csv").write_text("\n".join([HEADER] + rows) + "\n")
   (folder / "test.csv").write_text("\n".join([HEADER] + test_rows) + "\n")
   (folder / "schema.toml").write_text(SCHEMA.replace("{ext}", "csv"))
@@ -22,8 +25,16 @@ def _write(folder: Path, test_rows: list[str], n_train: int = 96) -> Path:
 
 def _main(tmp_path: Path, capfd, monkeypatch, folder: Path, *sets: str) -> tuple[int, str, str]:
   monkeypatch.setenv("MIAN_JAX_CACHE", str(tmp_path / "cache"))
-  argv = ["--experiment", "custom:tiny", "--workdir", str(tmp_path / "w"), "--set", f"data.dir={folder}",
-          "--set", f"data.schema={folder / 'schema.toml'}"] + [a for s in sets for a in ("--set", s)]
+  argv = [
+    "--experiment",
+    "custom:tiny",
+    "--workdir",
+    str(tmp_path / "w"),
+    "--set",
+    f"data.dir={folder}",
+    "--set",
+    f"data.schema={folder / 'schema.toml'}",
+  ] + [a for s in sets for a in ("--set", s)]
   code = launch.main(argv)
   out = capfd.readouterr()
   return code, out.out, out.err

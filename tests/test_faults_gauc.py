@@ -38,9 +38,26 @@ kind = "numeric"
 HEADER = "clk,uid,ad,clicks,price"
 # (user, label, price): the score is the price, so each user's AUC is fixed by construction. new1: 1,
 # new2: 0, new3: 0.25, u3 (seen in training): 0.5, new4: positives only (left out of gAUC, not of AUC).
-TEST = [("new1", 1, 90), ("new2", 1, 15), ("u3", 1, 70), ("new3", 1, 50), ("new1", 1, 80), ("new4", 1, 98),
-        ("new2", 1, 5), ("new3", 0, 40), ("u3", 0, 65), ("new1", 0, 10), ("new3", 0, 60), ("new2", 0, 85),
-        ("u3", 1, 35), ("new1", 0, 20), ("new4", 1, 99), ("new3", 1, 30), ("new2", 0, 95), ("u3", 0, 45)]
+TEST = [
+  ("new1", 1, 90),
+  ("new2", 1, 15),
+  ("u3", 1, 70),
+  ("new3", 1, 50),
+  ("new1", 1, 80),
+  ("new4", 1, 98),
+  ("new2", 1, 5),
+  ("new3", 0, 40),
+  ("u3", 0, 65),
+  ("new1", 0, 10),
+  ("new3", 0, 60),
+  ("new2", 0, 85),
+  ("u3", 1, 35),
+  ("new1", 0, 20),
+  ("new4", 1, 99),
+  ("new3", 1, 30),
+  ("new2", 0, 95),
+  ("u3", 0, 45),
+]
 UNSEEN = ["new1", "new2", "new3", "new4"]  # in order of first appearance in test.csv
 
 
@@ -61,7 +78,9 @@ def write_data(folder: Path) -> Path:
 
 def pairwise_auc(y: np.ndarray, s: np.ndarray) -> float:
   pos, neg = s[y == 1], s[y == 0]
-  return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg)))
+  return float(
+    ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+  )
 
 
 def per_user_gauc(users: np.ndarray, y: np.ndarray, s: np.ndarray) -> float:
@@ -95,7 +114,9 @@ def test_gauc_groups_test_users_unseen_in_training_by_their_raw_key(tmp_path, mo
   src = data.open_source(config.data)
   # The fixed predictions: the (standardised) price. evaluate() sees only what the shards hold.
   mesh = partition.make_mesh(jax.devices()[:1])
-  got = Run.build(config, src=src, mesh=mesh).evaluate(None, eval_step=lambda params, batch: jax.nn.sigmoid(batch["price"]))
+  got = Run.build(config, src=src, mesh=mesh).evaluate(
+    None, eval_step=lambda params, batch: jax.nn.sigmoid(batch["price"])
+  )
 
   users = np.array([u for u, _, _ in TEST])
   y = np.array([l for _, l, _ in TEST], np.float64)
@@ -115,8 +136,7 @@ def test_gauc_groups_test_users_unseen_in_training_by_their_raw_key(tmp_path, mo
 
 def test_user_group_keeps_training_ids_and_numbers_unseen_keys_in_order(tmp_path):
   folder = write_data(tmp_path / "in")
-  options = tabular.Options(max_len=3, block_size=8, seed=0, max_bad_rows=0, part_bytes=1 << 20,
-                            embed_user_id=False)
+  options = tabular.Options(max_len=3, block_size=8, seed=0, max_bad_rows=0, part_bytes=1 << 20, embed_user_id=False)
   directory, meta = custom.build(str(folder), str(folder / "schema.toml"), options, str(tmp_path / "cache"))
   vocab = json.loads((directory / "vocab" / "uid.json").read_text())
   n = len(vocab)
@@ -140,7 +160,7 @@ def test_user_group_keeps_training_ids_and_numbers_unseen_keys_in_order(tmp_path
   valid = decode_split(directory, meta, "valid")
   assert out and (valid["uid"] == 0).all() and len(np.unique(valid["user_group"])) == len(out)
   assert valid["user_group"].min() > len(vocab)
-  assert json.loads((directory / tabular.GROUPS_FILE).read_text())[:len(out)] == sorted(out, key=lambda u: int(u[1:]))
+  assert json.loads((directory / tabular.GROUPS_FILE).read_text())[: len(out)] == sorted(out, key=lambda u: int(u[1:]))
 
 
 def test_predict_writes_the_raw_user_of_every_row(tmp_path):

@@ -45,7 +45,9 @@ def _nothing_converted(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ (a) schema values of the wrong type
 
 
-@pytest.mark.parametrize("old, new, key, wanted", [
+@pytest.mark.parametrize(
+  "old, new, key, wanted",
+  [
     ("log1p = true", 'log1p = "no"', "columns.price.log1p", "true or false"),
     ("log1p = true", "log1p = 1", "columns.price.log1p", "true or false"),
     ('user_key = "uid"', 'user_key = "uid"\nheader = "false"', "header", "true or false"),
@@ -53,7 +55,8 @@ def _nothing_converted(tmp_path: Path) -> None:
     ('label = "clk"', "label = true", "label", "a string"),
     ('test = "test.csv"', 'test = ["test.csv", 7]', "test[1]", "a string"),
     ('group = "user"', 'group = ["user"]', "columns.gender.group", "a string"),
-])
+  ],
+)
 def test_schema_values_must_have_their_type(tmp_path, capfd, monkeypatch, old, new, key, wanted):
   folder = write_csv(tmp_path / "csv")
   schema = folder / "schema.toml"
@@ -79,8 +82,9 @@ def test_log1p_false_is_not_applied_and_a_quoted_no_is_refused(tmp_path, capfd, 
 def test_log1p_on_a_column_that_is_not_numeric_is_refused(tmp_path, capfd, monkeypatch):
   folder = write_csv(tmp_path / "csv")
   schema = folder / "schema.toml"
-  schema.write_text(schema.read_text().replace('[columns.gender]\ngroup = "user"\n',
-                                               '[columns.gender]\ngroup = "user"\nlog1p = true\n'))
+  schema.write_text(
+    schema.read_text().replace('[columns.gender]\ngroup = "user"\n', '[columns.gender]\ngroup = "user"\nlog1p = true\n')
+  )
   code, lines = _main(tmp_path, capfd, monkeypatch, *_custom(folder))
   _one_error(code, lines, f"{schema} key columns.gender.log1p: log1p applies to numeric columns only")
 
@@ -93,8 +97,12 @@ def test_a_duplicated_header_name_the_schema_uses(tmp_path, capfd, monkeypatch):
   for f in folder.glob("*.csv"):
     f.write_text(f.read_text().replace(HEADER, HEADER.replace("unused", "ad")))
   code, lines = _main(tmp_path, capfd, monkeypatch, *_custom(folder))
-  _one_error(code, lines, f"{folder / 'train-0.csv'} line 1: the header names column 'ad' 2 times",
-             "rename the copies in the header")
+  _one_error(
+    code,
+    lines,
+    f"{folder / 'train-0.csv'} line 1: the header names column 'ad' 2 times",
+    "rename the copies in the header",
+  )
   _nothing_converted(tmp_path)
 
 
@@ -113,8 +121,9 @@ def test_a_duplicated_parquet_column_the_schema_uses(tmp_path, capfd, monkeypatc
   folder = write_parquet(tmp_path / "pq")
   table = pq.read_table(folder / "test.parquet")
   extra = pa.array(["u9"] * table.num_rows)  # a second "uid" column
-  pq.write_table(pa.Table.from_arrays(table.columns + [extra], names=table.column_names + ["uid"]),
-                 folder / "test.parquet")
+  pq.write_table(
+    pa.Table.from_arrays(table.columns + [extra], names=table.column_names + ["uid"]), folder / "test.parquet"
+  )
   code, lines = _main(tmp_path, capfd, monkeypatch, *_custom(folder))
   _one_error(code, lines, f"error: {folder / 'test.parquet'}: column 'uid' appears 2 times", "rename the copies")
 
@@ -146,7 +155,9 @@ def test_a_parquet_file_named_csv(tmp_path, capfd, monkeypatch):
 # ------------------------------------------------------------------ (d) sizes beyond the limits
 
 
-@pytest.mark.parametrize("sets, needles", [
+@pytest.mark.parametrize(
+  "sets, needles",
+  [
     (["data.max_len=1000000000000"], ["data.max_len=1000000000000 is out of range", "1..100,000"]),
     (["train.batch_size=4194304", "data.max_len=1000"], ["train.batch_size x data.max_len", "2^28"]),
     (["train.eval_batch_size=1000000000"], ["train.eval_batch_size=1000000000 is out of range", "16,777,216"]),
@@ -155,7 +166,8 @@ def test_a_parquet_file_named_csv(tmp_path, capfd, monkeypatch):
     (["model.mlp=200-0"], ["model.mlp=200-0: width 0", "1..65,536"]),
     (["train.learning_rate=inf"], ["train.learning_rate=inf must be a finite number"]),
     (["train.steps=100000000000"], ["train.steps=100000000000 is out of range", "10,000,000,000"]),
-])
+  ],
+)
 def test_sizes_beyond_the_limits(tmp_path, capfd, monkeypatch, sets, needles):
   folder = write_csv(tmp_path / "csv")
   code, lines = _main(tmp_path, capfd, monkeypatch, *_custom(folder), *sets)
@@ -176,11 +188,17 @@ def test_a_batch_smaller_than_a_block(tmp_path, capfd, monkeypatch):
 def test_check_batch_names_the_block_size_devices_and_processes():
   check_batch(32, 8, devices=8, processes=1)
   check_batch(16, 8, devices=8, processes=2)
-  with pytest.raises(ConfigError, match=r"^train.batch_size=3 must be a multiple of 8: .*data.block_size=8 .*"
-                                         r"use 8, 16, 32"):
+  with pytest.raises(
+    ConfigError,
+    match=r"^train.batch_size=3 must be a multiple of 8: .*data.block_size=8 .*"
+    r"use 8, 16, 32",
+  ):
     check_batch(3, 8)
-  with pytest.raises(ConfigError, match=r"^train.batch_size=40 must be a multiple of 16: .*data.block_size=8 .*"
-                                         r"2 processes.*over 8 devices; use 32 or 48"):
+  with pytest.raises(
+    ConfigError,
+    match=r"^train.batch_size=40 must be a multiple of 16: .*data.block_size=8 .*"
+    r"2 processes.*over 8 devices; use 32 or 48",
+  ):
     check_batch(40, 8, devices=8, processes=2)
   with pytest.raises(ConfigError, match=r"multiple of 24: .*over 24 devices; use 24, 48, 96"):
     check_batch(8, 8, devices=24)
@@ -193,8 +211,11 @@ def test_a_batch_that_does_not_split_over_the_devices_is_a_config_error():
 
   mesh = partition.make_mesh(jax.devices()[:8])
   assert partition.per_process_batch(64, mesh) == 64
-  with pytest.raises(ConfigError, match=r"^batch size 100 \(train.batch_size or train.eval_batch_size\) does not "
-                                         r"split over 8 devices; set it to a multiple of 8$"):
+  with pytest.raises(
+    ConfigError,
+    match=r"^batch size 100 \(train.batch_size or train.eval_batch_size\) does not "
+    r"split over 8 devices; set it to a multiple of 8$",
+  ):
     partition.per_process_batch(100, mesh)
   with pytest.raises(ConfigError, match=r"^train.eval_batch_size=100 does not split over 8 devices"):
     partition.per_process_batch(100, mesh, key="train.eval_batch_size")
@@ -203,8 +224,14 @@ def test_a_batch_that_does_not_split_over_the_devices_is_a_config_error():
 def test_an_auxiliary_loss_on_an_encoder_that_reads_ahead(tmp_path, capfd, monkeypatch):
   """The auxiliary loss scores the next behaviour from h_t: an encoder whose h_t has read it is refused."""
   folder = write_csv(tmp_path / "csv")
-  code, lines = _main(tmp_path, capfd, monkeypatch, *_custom(folder), "model.ibim_encoder=pre_ln",
-                       "model.ibim_aux_loss=true")
-  _one_error(code, lines, "model.ibim_aux_loss=true needs model.ibim_encoder in gru, gru_pre_ln, causal",
-             "with pre_ln", "model.ibim_aux_loss=false")
+  code, lines = _main(
+    tmp_path, capfd, monkeypatch, *_custom(folder), "model.ibim_encoder=pre_ln", "model.ibim_aux_loss=true"
+  )
+  _one_error(
+    code,
+    lines,
+    "model.ibim_aux_loss=true needs model.ibim_encoder in gru, gru_pre_ln, causal",
+    "with pre_ln",
+    "model.ibim_aux_loss=false",
+  )
   assert not (tmp_path / "cache").exists()

@@ -21,11 +21,19 @@ GENERATE = ("--experiment", "commercial", "--set", "data.scale=0.02", "--set", "
 
 
 def _start(tmp_path: Path, *args: str) -> subprocess.Popen:
-  cmd = [sys.executable, str(ROOT / "launch.py"), "--workdir", str(tmp_path / "w"), "--set",
-         f"data.dir={tmp_path / 'data'}", *args]
+  cmd = [
+    sys.executable,
+    str(ROOT / "launch.py"),
+    "--workdir",
+    str(tmp_path / "w"),
+    "--set",
+    f"data.dir={tmp_path / 'data'}",
+    *args,
+  ]
   env = {**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"}
-  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True)  # its own process group, as a terminal's foreground job
+  return subprocess.Popen(
+    cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+  )  # its own process group, as a terminal's foreground job
 
 
 def _children(pid: int) -> set[int]:

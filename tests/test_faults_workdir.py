@@ -24,8 +24,16 @@ from mian_jax.train.run import Run
 from mian_jax.train.checkpoint import Checkpoints
 from test_e2e import _run
 
-RUN = ("--set", "train.steps=24", "--set", "train.checkpoint_every=8", "--set", "train.eval_every=8",
-       "--set", "train.keep_checkpoints=3")
+RUN = (
+  "--set",
+  "train.steps=24",
+  "--set",
+  "train.checkpoint_every=8",
+  "--set",
+  "train.eval_every=8",
+  "--set",
+  "train.keep_checkpoints=3",
+)
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +108,16 @@ def test_predict_never_overwrites_a_file_it_did_not_write(finished, tmp_path, da
   assert "is not a --predict output" in _error_line(run.stderr)
   assert theirs.read_text() == "id,name\n1,a\n"
   earlier = tmp_path / "earlier.csv"
-  for ours in ("row,probability\n0,0.5\n", "row,user,probability\n0,u7,0.123456\n1,u8,0.5\n",
-               "row,user,probability\n"):
+  for ours in ("row,probability\n0,0.5\n", "row,user,probability\n0,u7,0.123456\n1,u8,0.5\n", "row,user,probability\n"):
     earlier.write_text(ours)
     predict._check_out(earlier)  # an earlier output may be replaced
-  for mine in ("row,name\n1,alice\n", "row,user,probability,note\n0,u,0.5,x\n", "row,user,probability\n3,u,7\n",
-               "row,user,probability\n0,u,high\n", "row, user\n"):
+  for mine in (
+    "row,name\n1,alice\n",
+    "row,user,probability,note\n0,u,0.5,x\n",
+    "row,user,probability\n3,u,7\n",
+    "row,user,probability\n0,u,high\n",
+    "row, user\n",
+  ):
     earlier.write_text(mine)  # a user's own file that merely starts with `row,`
     with pytest.raises(DataError, match="is not a --predict output"):
       predict._check_out(earlier)
@@ -172,8 +184,9 @@ def test_eval_falls_back_from_an_unreadable_best_checkpoint(finished, tmp_path, 
   assert (w / "checkpoints" / str(best)).exists()  # --eval / --export / --predict change nothing
 
 
-def test_a_read_lists_the_steps_again_when_the_one_it_reads_is_removed(finished, tmp_path, data_root, monkeypatch,
-                                                                        capsys):
+def test_a_read_lists_the_steps_again_when_the_one_it_reads_is_removed(
+  finished, tmp_path, data_root, monkeypatch, capsys
+):
   """A training run keeps its newest train.keep_checkpoints steps: a reader beside it (--eval, --predict,
   --export) may have its step removed mid-read. Here the first two steps it reads are removed just as it
   reads them (shutil.rmtree, as the trainer's retention does): it lists the steps again and reads the one
@@ -196,16 +209,21 @@ def test_a_read_lists_the_steps_again_when_the_one_it_reads_is_removed(finished,
 
 def _state_tree(w: Path, step: int):
   with ocp.CheckpointManager((w / "checkpoints").absolute(), item_names=("state", "data", "config")) as m:
-    out = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore(),
-                                                  config=ocp.args.JsonRestore()))
+    out = m.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()
+      ),
+    )
   return jax.tree.map(np.asarray, out.state), out.data, out.config
 
 
 def _save_scaled(w: Path, step: int, factor: float) -> int:
   """A checkpoint at step + 1 whose parameters are step's times `factor` (what flipped exponent bits do)."""
   state, data, config = _state_tree(w, step)
-  state["params"] = jax.tree.map(lambda x: (x * factor).astype(x.dtype) if np.issubdtype(x.dtype, np.floating) else x,
-                                 state["params"])
+  state["params"] = jax.tree.map(
+    lambda x: (x * factor).astype(x.dtype) if np.issubdtype(x.dtype, np.floating) else x, state["params"]
+  )
   ckpt = Checkpoints(w / "checkpoints")
   ckpt.save(step + 1, state, data, config)
   ckpt.close()
@@ -316,9 +334,16 @@ def test_data_positions_are_checked_against_what_they_can_hold():
 
   assert pipeline.position_problem({"batches": 3, "blocks_per_batch": 8}) is None
   assert pipeline.position_problem({"next_index": 5}) is None and pipeline.position_problem(None) is None
-  for bad in ({"batches": -1, "blocks_per_batch": 8}, {"batches": 3, "blocks_per_batch": 0},
-              {"batches": 2.5, "blocks_per_batch": 8}, {"batches": True, "blocks_per_batch": 8},
-              {"batches": 3}, {"next_index": -2}, [1, 2], {"batches": 1 << 70, "blocks_per_batch": 8}):
+  for bad in (
+    {"batches": -1, "blocks_per_batch": 8},
+    {"batches": 3, "blocks_per_batch": 0},
+    {"batches": 2.5, "blocks_per_batch": 8},
+    {"batches": True, "blocks_per_batch": 8},
+    {"batches": 3},
+    {"next_index": -2},
+    [1, 2],
+    {"batches": 1 << 70, "blocks_per_batch": 8},
+  ):
     assert pipeline.position_problem(bad), bad
 
 
@@ -394,9 +419,24 @@ def test_predict_eval_and_export_beside_a_training_run_leave_it_unharmed(tmp_pat
   from test_e2e import ROOT
 
   w = tmp_path / "w"
-  cmd = [sys.executable, str(ROOT / "launch.py"), "--experiment", "commercial:tiny", "--workdir", str(w), "--set",
-         f"data.dir={data_root}", "--set", "train.steps=60", "--set", "train.checkpoint_every=1", "--set",
-         "train.eval_every=20", "--set", "train.keep_checkpoints=2"]
+  cmd = [
+    sys.executable,
+    str(ROOT / "launch.py"),
+    "--experiment",
+    "commercial:tiny",
+    "--workdir",
+    str(w),
+    "--set",
+    f"data.dir={data_root}",
+    "--set",
+    "train.steps=60",
+    "--set",
+    "train.checkpoint_every=1",
+    "--set",
+    "train.eval_every=20",
+    "--set",
+    "train.keep_checkpoints=2",
+  ]
   env = {**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"}
   trainer = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
@@ -410,8 +450,11 @@ def test_predict_eval_and_export_beside_a_training_run_leave_it_unharmed(tmp_pat
       if trainer.poll() is not None:
         break
       converted = next(data_root.rglob("meta.json")).parent  # the data set the trainer reads
-      args = [("--predict", str(converted), "--out", str(tmp_path / f"p{i}.csv")), ("--eval",),
-              ("--export", str(tmp_path / f"e{i}"))][i % 3]
+      args = [
+        ("--predict", str(converted), "--out", str(tmp_path / f"p{i}.csv")),
+        ("--eval",),
+        ("--export", str(tmp_path / f"e{i}")),
+      ][i % 3]
       reads.append(_run(w, data_root, *args))
     out, err = trainer.communicate(timeout=600)
   finally:
@@ -443,15 +486,23 @@ def test_plot_writes_where_out_says_and_a_failed_picture_write_names_its_file(fi
   blocked.write_text("not a folder")
   run = _run(finished, data_root, "--plot", "gim", "--out", str(blocked / "f.png"))
   assert run.returncode == 2 and _error_line(run.stderr).startswith(
-      f"error: cannot write {blocked / 'f.png'}: Not a directory; give --out FILE in a folder you can write"), run.stderr
+    f"error: cannot write {blocked / 'f.png'}: Not a directory; give --out FILE in a folder you can write"
+  ), run.stderr
   assert "resumes" not in run.stderr and blocked.read_text() == "not a folder"
   curves = tmp_path / "curves.png"
-  script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000)); "
-            "from mian_jax import plots\n"
-            "try:\n  plots.training_curves(sys.argv[1], sys.argv[2])\n"
-            "except OSError as e:\n  print('named', e.filename, e.strerror)\n")
-  done = subprocess.run([sys.executable, "-c", script, str(finished / "metrics.jsonl"), str(curves)], capture_output=True,
-                        text=True, timeout=120, cwd=Path(plots.__file__).resolve().parents[1])
+  script = (
+    "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000)); "
+    "from mian_jax import plots\n"
+    "try:\n  plots.training_curves(sys.argv[1], sys.argv[2])\n"
+    "except OSError as e:\n  print('named', e.filename, e.strerror)\n"
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", script, str(finished / "metrics.jsonl"), str(curves)],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=Path(plots.__file__).resolve().parents[1],
+  )
   assert done.stdout.startswith(f"named {curves} File too large"), done.stdout + done.stderr
   assert not curves.exists() and not list(tmp_path.glob(".curves.png.*"))  # no half-written picture left
 
@@ -465,7 +516,10 @@ def test_a_log_without_its_checkpoints_is_kept_beside_a_run_that_starts_over(fin
   run = _run(w, data_root, *RUN)
   assert run.returncode == 0, run.stderr
   note = next(line for line in run.stdout.splitlines() if "holds no checkpoint" in line)
-  assert note.startswith(f"note: {w} holds no checkpoint, but its log reached step 24") and "training starts at step 0" in note, note
+  assert (
+    note.startswith(f"note: {w} holds no checkpoint, but its log reached step 24")
+    and "training starts at step 0" in note
+  ), note
   kept = [p for p in w.iterdir() if p.name.startswith("previous-")]
   assert len(kept) == 1 and (kept[0] / "metrics.jsonl").read_text() == logged
   assert "resumed from" not in run.stdout and (tmp_path / "moved_checkpoints").is_dir()
@@ -482,10 +536,28 @@ def test_checkpoints_moved_away_during_a_run_are_reported_as_such(tmp_path, data
   from test_e2e import ROOT
 
   w = tmp_path / "w"
-  cmd = [sys.executable, str(ROOT / "launch.py"), "--experiment", "commercial:tiny", "--workdir", str(w), "--set",
-         f"data.dir={data_root}", "--set", "train.steps=400", "--set", "train.checkpoint_every=1"]
-  proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"},
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  cmd = [
+    sys.executable,
+    str(ROOT / "launch.py"),
+    "--experiment",
+    "commercial:tiny",
+    "--workdir",
+    str(w),
+    "--set",
+    f"data.dir={data_root}",
+    "--set",
+    "train.steps=400",
+    "--set",
+    "train.checkpoint_every=1",
+  ]
+  proc = subprocess.Popen(
+    cmd,
+    cwd=ROOT,
+    env={**os.environ, "XLA_FLAGS": xla_flags(), "JAX_PLATFORMS": "cpu"},
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   try:
     deadline = time.time() + 300
     while not (w / "checkpoints" / "2").is_dir():
@@ -497,6 +569,9 @@ def test_checkpoints_moved_away_during_a_run_are_reported_as_such(tmp_path, data
     proc.kill()
   assert proc.returncode == 2, err
   line = _error_line(err)
-  assert re.match(rf"error: could not write checkpoint step \d+: {w / 'checkpoints'} was moved or deleted while the run "
-                  rf"was writing it \(it held the checkpoints up to step \d+\); put it back", line), line
+  assert re.match(
+    rf"error: could not write checkpoint step \d+: {w / 'checkpoints'} was moved or deleted while the run "
+    rf"was writing it \(it held the checkpoints up to step \d+\); put it back",
+    line,
+  ), line
   assert "is kept and training resumes" not in err

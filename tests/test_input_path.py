@@ -47,8 +47,16 @@ def test_training_batches_equal_the_reference_path(tiny_source, threads):
   block = tiny_source.block_size()
   for start, max_len, count in ((0, 10, 1), (5, 6, 1), (2, 10, 2)):
     for index in range(count):
-      it = pipeline.train_iterator(tiny_source, batch_per_process=3 * block, seed=11, max_len=max_len, start=start,
-                                   threads=threads, process_index=index, process_count=count)
+      it = pipeline.train_iterator(
+        tiny_source,
+        batch_per_process=3 * block,
+        seed=11,
+        max_len=max_len,
+        start=start,
+        threads=threads,
+        process_index=index,
+        process_count=count,
+      )
       for batch in range(start, start + 4):
         _assert_same(next(it), _reference_train_batch(tiny_source, 11, batch, 3, max_len, index, count))
 
@@ -81,8 +89,9 @@ def test_decode_blocks_equals_decode_block_per_record(sizes):
     reference = records.concat([records.decode_block(schema, b, max_len) for b in blobs])
     _assert_same(records.decode_blocks(schema, blobs, max_len), reference)
     perm = rng.permutation(sum(sizes))
-    _assert_same(records.decode_blocks(schema, blobs, max_len, lambda rows: perm),
-                 {k: v[perm] for k, v in reference.items()})
+    _assert_same(
+      records.decode_blocks(schema, blobs, max_len, lambda rows: perm), {k: v[perm] for k, v in reference.items()}
+    )
 
 
 def test_decode_blocks_names_the_bad_record():
@@ -98,8 +107,14 @@ def test_decode_blocks_names_the_bad_record():
 def test_placed_batches_count_positions_and_values_as_they_are_returned(tiny_source):
   block = tiny_source.block_size()
   placed = []
-  it = pipeline.train_iterator(tiny_source, batch_per_process=2 * block, seed=1, max_len=10,
-                               place=lambda b: placed.append(1) or {"label": b["label"]}, device_prefetch=3)
+  it = pipeline.train_iterator(
+    tiny_source,
+    batch_per_process=2 * block,
+    seed=1,
+    max_len=10,
+    place=lambda b: placed.append(1) or {"label": b["label"]},
+    device_prefetch=3,
+  )
   for _ in range(2):
     assert set(next(it)) == {"label"}
   waited = threading.Event()
@@ -132,6 +147,7 @@ def test_an_error_while_working_ahead_reaches_the_caller_after_the_elements_befo
 
 def test_freed_memory_is_kept_on_glibc():
   import platform
+
   if platform.libc_ver()[0] != "glibc":
     pytest.skip("glibc only (mallopt)")
   assert keep_freed_memory() is True

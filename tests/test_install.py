@@ -57,21 +57,33 @@ def test_pyproject_admits_the_jax_stack_of_the_gpu_machine():
 
 
 def test_serving_imports_from_outside_the_repository_without_training_packages(tmp_path):
-  code = ("import sys, mian_jax.serving\n"
-          "bad = sorted({m.split('.')[0] for m in sys.modules} & {'flax', 'optax', 'orbax', 'grain', 'tqdm', "
-          "'matplotlib', 'pyarrow', 'tensorboard', 'array_record', 'experiments'})\n"
-          "print(bad)\n")
-  out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})
+  code = (
+    "import sys, mian_jax.serving\n"
+    "bad = sorted({m.split('.')[0] for m in sys.modules} & {'flax', 'optax', 'orbax', 'grain', 'tqdm', "
+    "'matplotlib', 'pyarrow', 'tensorboard', 'array_record', 'experiments'})\n"
+    "print(bad)\n"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"},
+  )
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == "[]"
 
 
 def test_nothing_edits_sys_path():
   """Tests run with pytest.ini's `pythonpath = .`, benchmarks as `python -m benchmarks.NAME`."""
-  found = [f"{path.relative_to(ROOT)}:{i}" for path in sorted(ROOT.rglob("*.py"))
-           if not any(part.startswith(".") or part in ("build", "venv", "runs", "data_cache")
-                      for part in path.relative_to(ROOT).parts)
-           for i, line in enumerate(path.read_text().splitlines(), 1)
-           if re.search(r"sys\.path\.(insert|append|extend)|sys\.path\s*\+?=", line)]
+  found = [
+    f"{path.relative_to(ROOT)}:{i}"
+    for path in sorted(ROOT.rglob("*.py"))
+    if not any(
+      part.startswith(".") or part in ("build", "venv", "runs", "data_cache") for part in path.relative_to(ROOT).parts
+    )
+    for i, line in enumerate(path.read_text().splitlines(), 1)
+    if re.search(r"sys\.path\.(insert|append|extend)|sys\.path\s*\+?=", line)
+  ]
   assert found == []

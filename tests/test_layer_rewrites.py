@@ -48,7 +48,8 @@ def _same_function(fast, reference, params, *inputs, skip=()):
   argnums = tuple(range(1 + len(inputs)))
   got, want = jax.grad(loss(fast), argnums)(params, *inputs), jax.grad(loss(reference), argnums)(params, *inputs)
   keep = lambda tree: jax.tree_util.tree_map_with_path(
-      lambda path, x: 0.0 if any(s in jax.tree_util.keystr(path) for s in skip) else x, tree)
+    lambda path, x: 0.0 if any(s in jax.tree_util.keystr(path) for s in skip) else x, tree
+  )
   _close(keep(got), keep(want), rtol=1e-4, atol=1e-4)
 
 
@@ -68,8 +69,9 @@ def _reference_encoder(layers, heads, pre_ln):
     @nn.compact
     def __call__(self, x, mask):
       e = x.shape[-1]
-      mha = nn.MultiHeadDotProductAttention(num_heads=heads, qkv_features=e, out_features=e, name="mha",
-                                            force_fp32_for_softmax=True)
+      mha = nn.MultiHeadDotProductAttention(
+        num_heads=heads, qkv_features=e, out_features=e, name="mha", force_fp32_for_softmax=True
+      )
       ffn = nn.Sequential([nn.Dense(2 * e, name="ffn_in"), nn.relu, nn.Dense(e, name="ffn_out")])
       ln1, ln2, am = nn.LayerNorm(name="ln_attn"), nn.LayerNorm(name="ln_ffn"), nn.make_attention_mask(mask, mask)
       if pre_ln:
@@ -99,8 +101,13 @@ def test_encoder_equals_flax_attention_and_layer_norms(pre_ln, layers):
   ref_params = ref.init(jax.random.key(0), x, MASK)["params"]
   assert jax.tree.structure(params) == jax.tree.structure(ref_params)
   params = jax.tree.map(lambda p: p + 0.3 * _rand(3, *p.shape), params)  # biases and norms non-trivial too
-  _same_function(lambda p, x: fast.apply({"params": p}, x, MASK), lambda p, x: ref.apply({"params": p}, x, MASK),
-                 params, x, skip=("['key']['bias']",))
+  _same_function(
+    lambda p, x: fast.apply({"params": p}, x, MASK),
+    lambda p, x: ref.apply({"params": p}, x, MASK),
+    params,
+    x,
+    skip=("['key']['bias']",),
+  )
 
 
 def _reference_activation(p, q, k, mask, normalise):
@@ -121,9 +128,14 @@ def test_activation_unit_regrouped_first_layer_equals_the_concatenation(normalis
   att = TargetAttention((8, 4), normalise=normalise)
   params = att.init(jax.random.key(1), q, k, MASK)["params"]
   assert params["dense0"]["kernel"].shape == (4 * E, 8)  # the Dense on the concatenation, unchanged
-  _same_function(lambda p, q, k: att.apply({"params": p}, q, k, MASK),
-                 lambda p, q, k: _reference_activation(p, q, k, MASK, normalise), params, q, k,
-                 skip=("['score']['bias']",) if normalise else ())
+  _same_function(
+    lambda p, q, k: att.apply({"params": p}, q, k, MASK),
+    lambda p, q, k: _reference_activation(p, q, k, MASK, normalise),
+    params,
+    q,
+    k,
+    skip=("['score']['bias']",) if normalise else (),
+  )
 
 
 @pytest.mark.parametrize("attentional", [False, True])
@@ -140,6 +152,7 @@ def test_masked_rnn_equals_the_scan_of_cells(attentional):
       new = cell.apply({"params": p["scan"]["cell"]}, h, x_t, *((a_t,) if attentional else ()))
       h = jnp.where(m_t[:, None], new, h)
       return h, h
+
     last, hs = jax.lax.scan(step, jnp.zeros((B, 5)), (x.swapaxes(0, 1), MASK.T, a.T))
     return hs.swapaxes(0, 1), last
 
@@ -150,7 +163,9 @@ def test_masked_rnn_equals_the_scan_of_cells(attentional):
 def test_auxiliary_pair_loss_equals_the_concatenation():
   h, pos, neg = _rand(8, B, T, 5), _rand(9, B, T, E), _rand(10, B, T, E)
   widths, fan_in = (*AUX_MLP, 1), (5 + E, *AUX_MLP)
-  layers = [{"kernel": _rand(11 + i, f, w) * 0.3, "bias": _rand(20 + i, w)} for i, (w, f) in enumerate(zip(widths, fan_in))]
+  layers = [
+    {"kernel": _rand(11 + i, f, w) * 0.3, "bias": _rand(20 + i, w)} for i, (w, f) in enumerate(zip(widths, fan_in))
+  ]
 
   def logit(layers, x):
     for p in layers[:-1]:
@@ -158,7 +173,8 @@ def test_auxiliary_pair_loss_equals_the_concatenation():
     return (x @ layers[-1]["kernel"] + layers[-1]["bias"])[..., 0]
 
   def reference(layers, h, pos, neg):
-    return (-jax.nn.log_sigmoid(logit(layers, jnp.concatenate([h, pos], -1)))
-            - jax.nn.log_sigmoid(-logit(layers, jnp.concatenate([h, neg], -1))))
+    return -jax.nn.log_sigmoid(logit(layers, jnp.concatenate([h, pos], -1))) - jax.nn.log_sigmoid(
+      -logit(layers, jnp.concatenate([h, neg], -1))
+    )
 
   _same_function(aux_pair_loss, reference, layers, h, pos, neg)

@@ -109,7 +109,9 @@ def test_embedding_groups_share_tables_and_mask_padding(tiny_source):
   # The candidate's item id and a behaviour's item id read the same table.
   np.testing.assert_array_equal(g.item[0, :d], tables["item"][batch["item_id"][0]])
   age = tables["hist_age_days"][batch["hist_age_days"][0, 0]]
-  expected = jnp.concatenate([tables["item"][batch["hist_item_id"][0, 0]], tables["cate"][batch["hist_item_cate"][0, 0]]]) + age
+  expected = (
+    jnp.concatenate([tables["item"][batch["hist_item_id"][0, 0]], tables["cate"][batch["hist_item_cate"][0, 0]]]) + age
+  )
   np.testing.assert_allclose(g.behaviour[0, 0], expected, rtol=1e-6)
   np.testing.assert_array_equal(g.mask.sum(1), [schema.max_len, 3, 0, 1])
   assert np.all(np.asarray(g.behaviour)[~np.asarray(g.mask)] == 0)

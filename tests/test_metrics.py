@@ -50,7 +50,7 @@ def test_float32_fast_paths_match_the_definitions_with_ties_and_negative_scores(
   s = (np.round(rng.normal(size=1500) + 0.3 * y, 1)).astype(np.float32)  # ties, scores below 0, -0.0 and 0.0
   assert abs(metrics.auc(y, s) - _pairwise_auc(y, s.astype(np.float64))) < 1e-12
   assert abs(metrics.gauc(y, s, u) - metrics.gauc(y, s.astype(np.float64), u)) < 1e-12  # lexsort path
-  assert abs(metrics.gauc(y, s, u + 2 ** 40) - metrics.gauc(y, s, u)) < 1e-12  # ids beyond 31 bits: lexsort
+  assert abs(metrics.gauc(y, s, u + 2**40) - metrics.gauc(y, s, u)) < 1e-12  # ids beyond 31 bits: lexsort
 
 
 def test_nan_scores_are_refused_naming_how_many():

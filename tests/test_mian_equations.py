@@ -28,9 +28,15 @@ MASK = np.arange(T)[None, :] < LENGTHS[:, None]
 def _groups(seed=0, user=J, context=K) -> Groups:
   rng = np.random.default_rng(seed)
   f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
-  return Groups(item=f(B, DI), behaviour=f(B, T, DI) * MASK[..., None], mask=jnp.asarray(MASK),
-                user=f(B, user, D), context=f(B, context, D), behaviour_ids=jnp.zeros((B, T), jnp.int32),
-                linear=jnp.zeros((B, 0)))
+  return Groups(
+    item=f(B, DI),
+    behaviour=f(B, T, DI) * MASK[..., None],
+    mask=jnp.asarray(MASK),
+    user=f(B, user, D),
+    context=f(B, context, D),
+    behaviour_ids=jnp.zeros((B, T), jnp.int32),
+    linear=jnp.zeros((B, 0)),
+  )
 
 
 def _hand_set(params, seed=1):
@@ -43,8 +49,9 @@ def _run(name="mian", g=None, given=None, **cfg):
   """(model, params, MLP input pieces by name, attention weights, groups); `given` params replace the
   hand-set ones where their names match."""
   g = _groups() if g is None else g
-  model = models.get(name, ModelConfig(mlp=(7,), gim_dim=4, attention_mlp=(5,), ibim_heads=HEADS,
-                                       **{**PAPER_IBIM, **cfg}))
+  model = models.get(
+    name, ModelConfig(mlp=(7,), gim_dim=4, attention_mlp=(5,), ibim_heads=HEADS, **{**PAPER_IBIM, **cfg})
+  )
   variables = model.init(jax.random.key(0), g, False)
   params = _hand_set(variables["params"])
   params = {k: (given[k] if given and k in given and k != "mlp" else v) for k, v in params.items()}
@@ -52,12 +59,24 @@ def _run(name="mian", g=None, given=None, **cfg):
   (logit, attn), inter = model.apply(variables, g, False, mutable=["intermediates"])
   names = inter["intermediates"]["mlp_input_names"]
   x = np.asarray(inter["intermediates"]["mlp_input"][0])
-  widths = {"R_g": 4, "e_i": DI, "e_b": DI, "R_ibim": 2 * DI, "R_iuim": DI + D, "R_icim": DI + D,
-            "e_u": g.user.shape[1] * D, "e_c": g.context.shape[1] * D, "h_last": DI, "h_cand": DI, "p_ib": DI,
-            "p_iu": D, "p_ic": D}
+  widths = {
+    "R_g": 4,
+    "e_i": DI,
+    "e_b": DI,
+    "R_ibim": 2 * DI,
+    "R_iuim": DI + D,
+    "R_icim": DI + D,
+    "e_u": g.user.shape[1] * D,
+    "e_c": g.context.shape[1] * D,
+    "h_last": DI,
+    "h_cand": DI,
+    "p_ib": DI,
+    "p_iu": D,
+    "p_ic": D,
+  }
   pieces, at = {}, 0
   for n in names:
-    pieces[n] = x[:, at:at + widths[n]]
+    pieces[n] = x[:, at : at + widths[n]]
     at += widths[n]
   assert at == x.shape[1], (names, x.shape)
   return model, jax.tree.map(np.asarray, variables["params"]), pieces, {k: np.asarray(v) for k, v in attn.items()}, g
@@ -77,6 +96,7 @@ def _softmax(s, axis=-1):
 def _block(x, mask, p, pre_ln, causal=False):
   """One encoder block in numpy: multi-head attention over the real positions (with `causal`, query t over
   keys <= t only), ReLU FFN."""
+
   def mha(h):
     m = p["mha"]
     q, k, v = (np.einsum("bte,ehd->bthd", h, m[n]["kernel"]) + m[n]["bias"] for n in ("query", "key", "value"))
@@ -88,7 +108,9 @@ def _block(x, mask, p, pre_ln, causal=False):
     o = np.einsum("bhqk,bkhd->bqhd", w, v)
     return np.einsum("bqhd,hde->bqe", o, m["out"]["kernel"]) + m["out"]["bias"]
 
-  ffn = lambda h: np.maximum(h @ p["ffn_in"]["kernel"] + p["ffn_in"]["bias"], 0) @ p["ffn_out"]["kernel"] + p["ffn_out"]["bias"]
+  ffn = lambda h: (
+    np.maximum(h @ p["ffn_in"]["kernel"] + p["ffn_in"]["bias"], 0) @ p["ffn_out"]["kernel"] + p["ffn_out"]["bias"]
+  )
   if pre_ln:
     x = x + mha(_layer_norm(x, p["ln_attn"]))
     x = x + ffn(_layer_norm(x, p["ln_ffn"]))
@@ -172,9 +194,15 @@ def test_ibim_pools_candidate_and_encoded_behaviours(position, attention):
 @pytest.mark.parametrize("pool", ["mean", "sum"])
 def test_gim_weights_and_r_g_match_the_formula(pool):
   model, p, pieces, attn, g = _run(ibim_position="learned", ibim_attention="target", behaviour_pool=pool)
-  r = {"e_i": pieces["e_i"], "e_b": pieces["e_b"], "e_c": np.asarray(g.context).mean(1),
-       "e_u": np.asarray(g.user).mean(1), "R_ibim": pieces["R_ibim"], "R_iuim": pieces["R_iuim"],
-       "R_icim": pieces["R_icim"]}
+  r = {
+    "e_i": pieces["e_i"],
+    "e_b": pieces["e_b"],
+    "e_c": np.asarray(g.context).mean(1),
+    "e_u": np.asarray(g.user).mean(1),
+    "R_ibim": pieces["R_ibim"],
+    "R_iuim": pieces["R_iuim"],
+    "R_icim": pieces["R_icim"],
+  }
   names = gim_inputs(model, J, K)
   assert names == GIM_INPUTS
   s = np.stack([np.tanh(r[n] @ p[f"gim_score_{n}"]["kernel"][:, 0] + p[f"gim_score_{n}"]["bias"][0]) for n in names], 1)
@@ -195,8 +223,10 @@ def test_gim_reads_only_the_inputs_the_data_has():
   assert attn["gim"].shape == (B, 3) and "e_u" not in pieces and "e_c" not in pieces
 
 
-@pytest.mark.parametrize("name, removed", [("mian_no_ibim", "R_ibim"), ("mian_no_iuim", "R_iuim"),
-                                           ("mian_no_icim", "R_icim"), ("mian_no_gim", "R_g")])
+@pytest.mark.parametrize(
+  "name, removed",
+  [("mian_no_ibim", "R_ibim"), ("mian_no_iuim", "R_iuim"), ("mian_no_icim", "R_icim"), ("mian_no_gim", "R_g")],
+)
 def test_each_ablation_mlp_input_is_mians_minus_the_module(name, removed):
   _, p, full, _, _ = _run("mian")
   _, _, ablated, _, _ = _run(name, given=p)  # the same weights wherever the ablation has them
@@ -290,8 +320,10 @@ def test_candidate_token_is_encoded_after_the_behaviours():
 def _aux_loss(encoder, g, w_e_zero=True):
   """(MIAN's training aux_loss, its params) for `encoder` with hand-set weights; with w_e_zero the aux net's
   first layer ignores the scored behaviour, so the loss no longer depends on which negative was drawn."""
-  model = models.get("mian", ModelConfig(mlp=(7,), gim_dim=4, attention_mlp=(5,), ibim_heads=HEADS,
-                                         ibim_encoder=encoder, ibim_aux_loss=True))
+  model = models.get(
+    "mian",
+    ModelConfig(mlp=(7,), gim_dim=4, attention_mlp=(5,), ibim_heads=HEADS, ibim_encoder=encoder, ibim_aux_loss=True),
+  )
   variables = model.init(jax.random.key(0), g, False)
   params = _hand_set(variables["params"])
   if w_e_zero:
@@ -342,7 +374,7 @@ def test_candidate_products_match_their_formulas(product):
     assert "p_iu" not in ablated and "p_ic" in ablated
   assert gim_inputs(model, J, K) == (*GIM_INPUTS, *extra) and attn["gim"].shape == (B, 7 + len(extra))
   names = list(pieces)
-  assert names[-len(extra) - 2:-2] == list(extra)  # in the MLP input after r's other pieces, before e_u / e_c
+  assert names[-len(extra) - 2 : -2] == list(extra)  # in the MLP input after r's other pieces, before e_u / e_c
 
 
 def test_mian_paper_is_the_papers_model_whatever_the_config_says():
@@ -355,8 +387,17 @@ def test_mian_paper_is_the_papers_model_whatever_the_config_says():
   paper = models.get("mian", ModelConfig(**base, **models.PAPER))
   expected_vars = paper.init(jax.random.key(0), g, False)
   expected, _ = paper.apply(expected_vars, g, False)
-  for options in ({}, {"ibim_encoder": "causal", "ibim_attention": "target", "candidate_product": "fields",
-                       "ibim_sink": True, "ibim_position": "learned", "mlp_on_concat": True}):
+  for options in (
+    {},
+    {
+      "ibim_encoder": "causal",
+      "ibim_attention": "target",
+      "candidate_product": "fields",
+      "ibim_sink": True,
+      "ibim_position": "learned",
+      "mlp_on_concat": True,
+    },
+  ):
     model = models.get("mian_paper", ModelConfig(**base, **options))
     variables = model.init(jax.random.key(0), g, False)
     assert jax.tree.structure(variables) == jax.tree.structure(expected_vars)

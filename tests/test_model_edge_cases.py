@@ -23,6 +23,7 @@ at 0 in training, so that every path reads its inputs); the step runs with plain
 params = params - gradient; the logits are those of the training forward pass with the step's own
 rng, which XLA merges with the step's forward pass; LLVM compiles at -O0.
 """
+
 import jax
 import numpy as np
 import optax
@@ -96,11 +97,15 @@ def batches(tiny_source):
   all_empty["hist_len"][:] = 0
   for name in seq:
     all_empty[name][:] = 0
-  return {"edge": edge, "all_empty": all_empty, "read": read,
-          "empty_scrambled": _scramble(edge, schema, EMPTY, rng),
-          "empty_past_end": _scramble(edge, schema, EMPTY, rng, past_end=True),
-          "tail_scrambled": _scramble(edge, schema, PARTIAL, rng),
-          "tail_past_end": _scramble(edge, schema, PARTIAL, rng, past_end=True)}
+  return {
+    "edge": edge,
+    "all_empty": all_empty,
+    "read": read,
+    "empty_scrambled": _scramble(edge, schema, EMPTY, rng),
+    "empty_past_end": _scramble(edge, schema, EMPTY, rng, past_end=True),
+    "tail_scrambled": _scramble(edge, schema, PARTIAL, rng),
+    "tail_past_end": _scramble(edge, schema, PARTIAL, rng, past_end=True),
+  }
 
 
 def _random_like(shapes, seed: int):
@@ -122,15 +127,18 @@ def _random_like(shapes, seed: int):
 
 def _differ(a, b) -> list[str]:
   """The paths of the leaves of `a` that differ from those of `b` by more than TOL."""
-  return [jax.tree_util.keystr(path) for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a),
-                                                             jax.tree.leaves(b))
-          if not np.allclose(x, y, rtol=0, atol=TOL)]
+  return [
+    jax.tree_util.keystr(path)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b))
+    if not np.allclose(x, y, rtol=0, atol=TOL)
+  ]
 
 
 def _non_finite(tree) -> list[str]:
   """The paths of the leaves of `tree` holding NaN or inf."""
-  return [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(tree)
-          if not np.all(np.isfinite(x))]
+  return [
+    jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(tree) if not np.all(np.isfinite(x))
+  ]
 
 
 @pytest.mark.parametrize("name", models.names())
@@ -144,13 +152,18 @@ def test_empty_and_padded_histories(name, batches, tiny_source):
   init = state_lib.make_init(model, schema, config.model.embed_dim, tx)
   shapes = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), np.uint32))
   params = _random_like(shapes.params, seed=1)
-  state = state_lib.TrainState(step=np.int32(0), params=params, opt_state=tx.init(state_lib.trainable(params)),
-                               rng=np.asarray(jax.random.key_data(jax.random.key(0))))
+  state = state_lib.TrainState(
+    step=np.int32(0),
+    params=params,
+    opt_state=tx.init(state_lib.trainable(params)),
+    rng=np.asarray(jax.random.key_data(jax.random.key(0))),
+  )
   train_step = step_lib.make_train_step(model, schema, tx, config.model.aux_loss_weight)
 
   def forward(state, batch):  # the step's own forward pass: training mode, the step's rng
-    logit, extras = step_lib.forward(model, schema, state.params, batch, True,
-                                     jax.random.fold_in(state.rng, state.step))
+    logit, extras = step_lib.forward(
+      model, schema, state.params, batch, True, jax.random.fold_in(state.rng, state.step)
+    )
     return logit, {k: v for k, v in extras.items() if k in HISTORY_WEIGHTS}
 
   def run(state, batch):
@@ -167,12 +180,18 @@ def test_empty_and_padded_histories(name, batches, tiny_source):
     assert not _non_finite(out[k][0]), f"{name}: non-finite {_non_finite(out[k][0])} on {k}: {out[k][0]}"
     assert bool(out[k][0].get("finite", True)), f"{name}: the step on {k} was not finite: {out[k][0]}"
     assert not _non_finite(out[k][1]), f"{name}: non-finite gradients on {k} of {_non_finite(out[k][1])}"
-  assert not np.allclose(out["read"][0]["logit"][FULL], out["edge"][0]["logit"][FULL], rtol=0, atol=TOL), \
-      f"the control: {name} does not read the history, so (c) and (d) would prove nothing"
+  assert not np.allclose(out["read"][0]["logit"][FULL], out["edge"][0]["logit"][FULL], rtol=0, atol=TOL), (
+    f"the control: {name} does not read the history, so (c) and (d) would prove nothing"
+  )
   for k in ("empty_scrambled", "empty_past_end", "tail_scrambled", "tail_past_end"):  # (c), (d)
     for part in ("logit", "loss", "grad_norm"):
-      np.testing.assert_allclose(out[k][0][part], out["edge"][0][part], rtol=0, atol=TOL,
-                                 err_msg=f"{name}: {k} changes the {part}: padding leaks")
+      np.testing.assert_allclose(
+        out[k][0][part],
+        out["edge"][0][part],
+        rtol=0,
+        atol=TOL,
+        err_msg=f"{name}: {k} changes the {part}: padding leaks",
+      )
     leaks = _differ(out[k][1], out["edge"][1])
     assert not leaks, f"{name}: {k} changes the gradients of {leaks}: padding leaks"
   for k in ("edge", "all_empty"):  # the attention over the history gives padded positions exactly 0
@@ -183,5 +202,10 @@ def test_empty_and_padded_histories(name, batches, tiny_source):
     return
   wide = {n: (np.pad(v, ((0, 0), (0, EXTRA))) if v.ndim == 2 else v) for n, v in batches["edge"].items()}
   logit_wide = np.asarray(compile_o0(forward, wide)(state, wide)[0])  # (e)
-  np.testing.assert_allclose(logit_wide, out["edge"][0]["logit"], rtol=0, atol=TOL,
-                             err_msg=f"{name}: {EXTRA} more padded positions change the logits")
+  np.testing.assert_allclose(
+    logit_wide,
+    out["edge"][0]["logit"],
+    rtol=0,
+    atol=TOL,
+    err_msg=f"{name}: {EXTRA} more padded positions change the logits",
+  )

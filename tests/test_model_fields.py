@@ -41,9 +41,20 @@ HIST_LEN = (3, 5, 1, 0)  # a partial, a full, a single and an empty history
 BASE = dict(embed_dim=4, mlp=(8,), gim_dim=8, cross_layers=2, cin_layers=(4, 4), attention_mlp=(8, 4))
 # Other valid values for every int / float / tuple field (a Literal or bool field takes each of its
 # other values). A new field of such a type must be added here (test_every_field_has_other_values).
-OTHER = {"embed_dim": (2,), "ibim_layers": (2,), "ibim_heads": (4,), "ibim_ffn_mult": (3,), "gim_dim": (6,),
-         "mlp": ((6, 3),), "dropout": (0.5,), "cross_layers": (1,), "cin_layers": ((3,),),
-         "attention_mlp": ((5,),), "gru_dim": (6,), "aux_loss_weight": (0.5,)}
+OTHER = {
+  "embed_dim": (2,),
+  "ibim_layers": (2,),
+  "ibim_heads": (4,),
+  "ibim_ffn_mult": (3,),
+  "gim_dim": (6,),
+  "mlp": ((6, 3),),
+  "dropout": (0.5,),
+  "cross_layers": (1,),
+  "cin_layers": ((3,),),
+  "attention_mlp": ((5,),),
+  "gru_dim": (6,),
+  "aux_loss_weight": (0.5,),
+}
 FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "name")
 TRAINER_ONLY = ("aux_loss_weight",)  # read by step.py for the model's aux_loss, not by the model
 
@@ -65,7 +76,8 @@ def _variants(field: str) -> tuple:
 def _tiny() -> tuple[FeatureSchema, dict[str, np.ndarray]]:
   """A schema with every kind of field (two item fields, a side behaviour field, numeric user and
   context fields) and a fixed batch of 4 rows for it."""
-  schema = FeatureSchema((
+  schema = FeatureSchema(
+    (
       Feature("item_id", "item", "categorical", 11, table="item"),
       Feature("cate_id", "item", "categorical", 5, table="cate"),
       Feature("hist_item", "behaviour", "sequence", 11, table="item"),
@@ -76,11 +88,17 @@ def _tiny() -> tuple[FeatureSchema, dict[str, np.ndarray]]:
       Feature("user_age", "user", "numeric"),
       Feature("hour", "context", "categorical", 4),
       Feature("price", "context", "numeric"),
-  ), user_key="user_id", max_len=T)
+    ),
+    user_key="user_id",
+    max_len=T,
+  )
   rng = np.random.default_rng(0)
   rows = len(HIST_LEN)
-  batch = {"label": np.array([1, 0, 1, 0], np.float32), "weight": np.ones(rows, np.float32),
-           "hist_len": np.array(HIST_LEN, np.int32)}
+  batch = {
+    "label": np.array([1, 0, 1, 0], np.float32),
+    "weight": np.ones(rows, np.float32),
+    "hist_len": np.array(HIST_LEN, np.int32),
+  }
   for f in schema.features:
     if f.kind == "numeric":
       batch[f.name] = rng.normal(size=rows).astype(np.float32)
@@ -101,8 +119,11 @@ def _computation(name: str, cfg: ModelConfig):
 
   def run(init_key, rng, batch):
     params = state_lib.make_init(model, SCHEMA, cfg.embed_dim, tx)(init_key).params
-    return (params, step_lib.forward(model, SCHEMA, params, batch, False),
-            step_lib.forward(model, SCHEMA, params, batch, True, rng))
+    return (
+      params,
+      step_lib.forward(model, SCHEMA, params, batch, False),
+      step_lib.forward(model, SCHEMA, params, batch, True, rng),
+    )
 
   return run
 
@@ -128,16 +149,24 @@ def _base_program(name: str) -> Program:
 
 
 def _same(a: Program, b: Program) -> bool:
-  return a.text == b.text and len(a.consts) == len(b.consts) and all(
+  return (
+    a.text == b.text
+    and len(a.consts) == len(b.consts)
+    and all(
       x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y, equal_nan=True)
-      for x, y in zip(a.consts, b.consts))
+      for x, y in zip(a.consts, b.consts)
+    )
+  )
 
 
 def _outcome(name: str, cfg: ModelConfig) -> dict[str, np.ndarray]:
   """The computation run (jit): every leaf of the params and of the evaluation / training outputs, by path."""
   params, evaluated, trained = jax.jit(_computation(name, cfg))(*KEYS, BATCH)
-  tree = {"params": params, "eval": dict(zip(("logit", "extras"), evaluated)),
-          "train": dict(zip(("logit", "extras"), trained))}
+  tree = {
+    "params": params,
+    "eval": dict(zip(("logit", "extras"), evaluated)),
+    "train": dict(zip(("logit", "extras"), trained)),
+  }
   return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
@@ -149,8 +178,11 @@ def _base_outcome(name: str) -> dict[str, np.ndarray]:
 def _changed(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
   if a.keys() != b.keys():
     return [f"entries {sorted(a.keys() ^ b.keys())}"]
-  return [k for k in a if a[k].shape != b[k].shape or a[k].dtype != b[k].dtype
-          or not np.array_equal(a[k], b[k], equal_nan=True)]
+  return [
+    k
+    for k in a
+    if a[k].shape != b[k].shape or a[k].dtype != b[k].dtype or not np.array_equal(a[k], b[k], equal_nan=True)
+  ]
 
 
 def test_every_field_has_other_values():
@@ -252,7 +284,8 @@ def test_mian_identity_ignores_cin_layers():
 
 def test_mian_identity_differs_on_ibim_heads():
   assert workdir.differences(_saved(name="mian", ibim_heads=2), _here(name="mian", ibim_heads=3)) == [
-      "model.ibim_heads: checkpoint 2, this run 3"]
+    "model.ibim_heads: checkpoint 2, this run 3"
+  ]
 
 
 def test_an_old_identity_with_every_field_still_matches():
@@ -274,8 +307,9 @@ def test_an_old_identity_naming_the_cache_folder_still_matches():
   old = _saved(name="mian")
   old["data set"] = old.pop("data").replace("0123456789", "9f39a8b2d2")
   assert workdir.differences(old, _here(name="mian")) == []
-  assert workdir.differences(_saved(name="mian"), workdir.identity(_config(name="mian"), "tiny-abcdefabcd", "abc123")) \
-      == ["data: checkpoint tiny-0123456789, this run tiny-abcdefabcd"]
+  assert workdir.differences(
+    _saved(name="mian"), workdir.identity(_config(name="mian"), "tiny-abcdefabcd", "abc123")
+  ) == ["data: checkpoint tiny-0123456789, this run tiny-abcdefabcd"]
 
 
 def test_a_generated_data_sets_scale_is_named_first_and_old_checkpoints_without_it_still_match():
@@ -283,8 +317,10 @@ def test_a_generated_data_sets_scale_is_named_first_and_old_checkpoints_without_
   refused naming data.scale before the content id; one recorded before the scale was (no key) matches."""
   saved = workdir.identity(_config(name="mian"), "commercial-aaaaaaaaaa", "abc123", 0.01)
   now = workdir.identity(_config(name="mian"), "commercial-bbbbbbbbbb", "abc123", 0.03)
-  assert workdir.differences(saved, now) == ["data.scale: checkpoint 0.01, this run 0.03",
-                                             "data: checkpoint commercial-aaaaaaaaaa, this run commercial-bbbbbbbbbb"]
+  assert workdir.differences(saved, now) == [
+    "data.scale: checkpoint 0.01, this run 0.03",
+    "data: checkpoint commercial-aaaaaaaaaa, this run commercial-bbbbbbbbbb",
+  ]
   same = workdir.identity(_config(name="mian"), "commercial-aaaaaaaaaa", "abc123", 0.03)
   assert workdir.differences(workdir.identity(_config(name="mian"), "commercial-aaaaaaaaaa", "abc123"), same) == []
   assert "data.scale" not in workdir.identity(_config(name="mian"), "tiny-0123456789", "abc123")  # not generated

@@ -19,14 +19,22 @@ MONDAY_13H = 1609765200  # 2021-01-04 13:00:00 UTC, a Monday
 DAY = 86400
 
 # (user, movie, rating, time): 4 users, 30 ratings; movie 12 is rated only by user 1, last (test only).
-RATINGS = [(1, m, r, MONDAY_13H + k * DAY) for k, (m, r) in enumerate(
-    [(1, 5), (2, 3), (3, 4), (4, 1), (5, 4), (6, 2), (7, 5), (12, 4)])]
-RATINGS += [(2, m, r, MONDAY_13H + 500 + k * 7 * 3600) for k, (m, r) in enumerate(
-    [(3, 2), (1, 4), (5, 5), (8, 3), (9, 4), (2, 1), (10, 5)])]
-RATINGS += [(3, m, r, MONDAY_13H - 3 * DAY + k * 1000) for k, (m, r) in enumerate(
-    [(4, 4), (6, 4), (7, 3), (8, 2), (9, 5), (10, 1), (11, 4), (1, 3)])]
-RATINGS += [(4, m, r, MONDAY_13H + 40 * DAY + k * 60) for k, (m, r) in enumerate(
-    [(11, 5), (2, 2), (3, 3), (5, 4), (6, 5), (7, 1), (9, 4)])]
+RATINGS = [
+  (1, m, r, MONDAY_13H + k * DAY)
+  for k, (m, r) in enumerate([(1, 5), (2, 3), (3, 4), (4, 1), (5, 4), (6, 2), (7, 5), (12, 4)])
+]
+RATINGS += [
+  (2, m, r, MONDAY_13H + 500 + k * 7 * 3600)
+  for k, (m, r) in enumerate([(3, 2), (1, 4), (5, 5), (8, 3), (9, 4), (2, 1), (10, 5)])
+]
+RATINGS += [
+  (3, m, r, MONDAY_13H - 3 * DAY + k * 1000)
+  for k, (m, r) in enumerate([(4, 4), (6, 4), (7, 3), (8, 2), (9, 5), (10, 1), (11, 4), (1, 3)])
+]
+RATINGS += [
+  (4, m, r, MONDAY_13H + 40 * DAY + k * 60)
+  for k, (m, r) in enumerate([(11, 5), (2, 2), (3, 3), (5, 4), (6, 5), (7, 1), (9, 4)])
+]
 USERS = ["1|24|M|technician|85711", "2|53|F|other|94043", "3|17|M|writer|32067", "4|60|F|artist|T8H1N"]
 
 
@@ -68,7 +76,7 @@ def test_converter_order_history_split_labels_oov_context_and_cache(tmp_path):
     mine = sorted((t, m) for u, m, _, t in RATINGS if u == s["user"][row] and t < s["time"][row])
     expected = [m for _, m in mine][-3:]
     got = hist["_hist_raw_item"][row]
-    assert got[:len(expected)].tolist() == expected and np.all(got[len(expected):] == -1)
+    assert got[: len(expected)].tolist() == expected and np.all(got[len(expected) :] == -1)
     assert hist["hist_len"][row] == len(expected) and s["hist_full"][row] == len(mine)
   # Labels: rating >= 4.
   assert s["cols"]["label"].tolist() == (s["rating"] >= 4).astype(int).tolist()
@@ -76,12 +84,16 @@ def test_converter_order_history_split_labels_oov_context_and_cache(tmp_path):
   assert s3["cols"]["label"].sum() > s["cols"]["label"].sum()
   # Movie 12 appears only in user 1's test sample: OOV (0); its genre is known from training.
   r12 = np.flatnonzero(s["raw_item"] == 12)
-  assert len(r12) == 1 and s["test"][r12[0]] and s["cols"]["item_id"][r12[0]] == 0 and s["cols"]["item_cate"][r12[0]] > 0
+  assert (
+    len(r12) == 1 and s["test"][r12[0]] and s["cols"]["item_id"][r12[0]] == 0 and s["cols"]["item_cate"][r12[0]] > 0
+  )
   assert np.all(s["cols"]["item_id"][s["raw_item"] != 12] > 0)
   # Context from the known timestamp: 13:00 on a Monday (stored + 1).
   first = np.flatnonzero((s["user"] == 1) & (s["time"] == MONDAY_13H))[0]
   assert s["cols"]["hour"][first] == 14 and s["cols"]["weekday"][first] == 1
-  assert s["cols"]["weekday"][np.flatnonzero((s["user"] == 1) & (s["time"] == MONDAY_13H + 5 * DAY))[0]] == 6  # Saturday
+  assert (
+    s["cols"]["weekday"][np.flatnonzero((s["user"] == 1) & (s["time"] == MONDAY_13H + 5 * DAY))[0]] == 6
+  )  # Saturday
   # Profile: age 17 -> <18 (bucket 0, stored 1); 60 -> 56+ (bucket 6, stored 7).
   assert s["cols"]["age_bucket"][s["user"] == 3][0] == 1 and s["cols"]["age_bucket"][s["user"] == 4][0] == 7
 
@@ -94,7 +106,11 @@ def test_converter_order_history_split_labels_oov_context_and_cache(tmp_path):
   assert sorted(counts[1:].tolist()) == sorted(sum(1 for r in RATINGS if r[0] == u) for u in range(1, 5))
   st = meta["stats"]
   assert st["users"] == 4 and st["items"] == 11 and st["oov"]["test_candidate_items"] == 1
-  assert st["rows"] == {"train": n - 4, "valid": 0, "test": 4} and set(st["history_length_percentiles"]) == {"50", "90", "99"}
+  assert st["rows"] == {"train": n - 4, "valid": 0, "test": 4} and set(st["history_length_percentiles"]) == {
+    "50",
+    "90",
+    "99",
+  }
   assert 0 <= st["share_candidates_unrelated_to_history"] <= 1
   assert json.loads((d1 / "vocab" / "item_id.json").read_text()) == list(range(1, 12))  # movie k has id k
   assert json.loads((d1 / "stats.json").read_text()) == st
@@ -131,12 +147,20 @@ def test_malformed_line_and_missing_files_name_the_file(tmp_path):
 def test_ml_1m_layout(tmp_path):
   folder = tmp_path / "ml-1m"
   folder.mkdir()
-  ratings = [(1, 10, 5, 978300760), (1, 20, 3, 978300761), (1, 30, 4, 978300900),
-             (2, 20, 4, 978000000), (2, 10, 2, 978000100), (2, 40, 5, 978000200)]
+  ratings = [
+    (1, 10, 5, 978300760),
+    (1, 20, 3, 978300761),
+    (1, 30, 4, 978300900),
+    (2, 20, 4, 978000000),
+    (2, 10, 2, 978000100),
+    (2, 40, 5, 978000200),
+  ]
   (folder / "ratings.dat").write_text("".join(f"{u}::{m}::{r}::{t}\n" for u, m, r, t in ratings))
   (folder / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
-  (folder / "movies.dat").write_bytes("10::Toy Story (1995)::Animation|Children's|Comedy\n20::Jumanji (1995)::Adventure\n"
-                                      "30::Café (1995)::Comedy|Drama\n40::Heat (1995)::Action|Crime\n".encode("latin-1"))
+  (folder / "movies.dat").write_bytes(
+    "10::Toy Story (1995)::Animation|Children's|Comedy\n20::Jumanji (1995)::Adventure\n"
+    "30::Café (1995)::Comedy|Drama\n40::Heat (1995)::Action|Crime\n".encode("latin-1")
+  )
   assert movielens.find_layout(folder)[0] == "1m"
   d, meta = movielens.build(str(folder), _params(), str(tmp_path / "cache"))
   assert d.name.startswith("movielens-1m-") and meta["stats"]["rows"] == {"train": 4, "valid": 0, "test": 2}
@@ -171,8 +195,11 @@ def test_real_movielens_100k(tmp_path, monkeypatch):
 
 def test_tiny_training_run(tmp_path):
   rng = np.random.default_rng(1)
-  ratings = [(u, int(m), int(rng.integers(1, 6)), 880000000 + u * 1000 + k * 3600 + int(rng.integers(0, 60)))
-             for u in range(1, 41) for k, m in enumerate(rng.choice(np.arange(1, 61), 30, replace=False))]
+  ratings = [
+    (u, int(m), int(rng.integers(1, 6)), 880000000 + u * 1000 + k * 3600 + int(rng.integers(0, 60)))
+    for u in range(1, 41)
+    for k, m in enumerate(rng.choice(np.arange(1, 61), 30, replace=False))
+  ]
   users = [f"{u}|{20 + u}|{'MF'[u % 2]}|job{u % 5}|{u % 10}0000" for u in range(1, 41)]
   folder = write_100k(tmp_path / "ml", ratings, users, range(1, 61))
   run = launch(tmp_path, "movielens:tiny", f"data.dir={folder}", "train.steps=10")
@@ -180,8 +207,13 @@ def test_tiny_training_run(tmp_path):
   last = run.stdout.strip().splitlines()[-1]
   assert last.startswith("final test auc=") and "gauc=" in last and "bayes" not in last
   # --predict on the GroupLens folder itself: one probability per line of u.data, in line order.
-  scored = launch(tmp_path, "movielens:tiny", f"data.dir={folder}", "train.steps=10",
-                  extra=("--predict", str(folder), "--out", str(tmp_path / "p.csv")))
+  scored = launch(
+    tmp_path,
+    "movielens:tiny",
+    f"data.dir={folder}",
+    "train.steps=10",
+    extra=("--predict", str(folder), "--out", str(tmp_path / "p.csv")),
+  )
   assert scored.returncode == 0, scored.stderr
   rows = (tmp_path / "p.csv").read_text().splitlines()
   assert rows[0] == "row,user,probability" and len(rows) - 1 == len(ratings)

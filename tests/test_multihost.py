@@ -46,9 +46,23 @@ def _free_port() -> int:
 def _cmd(workdir, data_root, *extra):
   # Without MIAN's auxiliary loss: it draws each behaviour's negative from the batch by position, and the two
   # processes' batch holds the same rows as the one process's in another order, so other negatives.
-  return [sys.executable, str(ROOT / "launch.py"), "--experiment", "commercial:tiny", "--workdir", str(workdir),
-          "--set", f"data.dir={data_root}", "--set", "train.steps=1", "--set", "train.checkpoint_every=1",
-          "--set", "model.ibim_aux_loss=false", *extra]
+  return [
+    sys.executable,
+    str(ROOT / "launch.py"),
+    "--experiment",
+    "commercial:tiny",
+    "--workdir",
+    str(workdir),
+    "--set",
+    f"data.dir={data_root}",
+    "--set",
+    "train.steps=1",
+    "--set",
+    "train.checkpoint_every=1",
+    "--set",
+    "model.ibim_aux_loss=false",
+    *extra,
+  ]
 
 
 def test_two_processes_take_the_step_of_one_process_with_eight_devices(tmp_path, data_root):
@@ -57,35 +71,56 @@ def test_two_processes_take_the_step_of_one_process_with_eight_devices(tmp_path,
   # The two processes hold their own blocks on their devices (data.placement=device); the one process reads
   # its batches from the shards (host): the same batches, so the same step.
   device = ("--set", "data.placement=device")
-  by_flags = _cmd(tmp_path / "two", data_root, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                  "--process-id", "0", *device)
+  by_flags = _cmd(
+    tmp_path / "two",
+    data_root,
+    "--coordinator",
+    f"127.0.0.1:{port}",
+    "--num-processes",
+    "2",
+    "--process-id",
+    "0",
+    *device,
+  )
   by_env = {**env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
-  procs = [subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for cmd, e in ((by_flags, env), (_cmd(tmp_path / "two", data_root, *device), by_env))]
+  procs = [
+    subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for cmd, e in ((by_flags, env), (_cmd(tmp_path / "two", data_root, *device), by_env))
+  ]
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert "on 8 device(s)" in outs[0][0] and "final test" not in outs[1][0]  # only process 0 reports
   assert "step 1/1 (100%)" in outs[0][0] and "step " not in outs[1][0] and "eval " not in outs[1][0]  # progress too
   env8 = {**env, "XLA_FLAGS": xla_flags(8)}
-  one = subprocess.run(_cmd(tmp_path / "one", data_root, "--set", "data.placement=host"), cwd=ROOT, env=env8, capture_output=True, text=True,
-                       timeout=600)
+  one = subprocess.run(
+    _cmd(tmp_path / "one", data_root, "--set", "data.placement=host"),
+    cwd=ROOT,
+    env=env8,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert one.returncode == 0, one.stderr[-3000:]
   metrics = lambda out: {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", out.strip().splitlines()[-1])}
   got, want = metrics(outs[0][0]), metrics(one.stdout)
   assert {"auc", "gauc", "logloss"} <= set(want) and set(got) == set(want)
   for k in want:
     assert abs(got[k] - want[k]) <= 1e-3, (k, got, want)
-  positions = [(w / "checkpoints" / "1" / "data" / "metadata").read_text() for w in (tmp_path / "two", tmp_path / "one")]
+  positions = [
+    (w / "checkpoints" / "1" / "data" / "metadata").read_text() for w in (tmp_path / "two", tmp_path / "one")
+  ]
   assert positions[0] == positions[1] and json.loads(positions[0])["batches"] == 1
   step_one, ref = _final_params(tmp_path / "one")
   step_two, two = _restore_on_one_device(tmp_path / "two", ref)  # written by 2 processes x 4 devices
   assert step_two == step_one == 1
   lr = experiments.get_config("commercial:tiny").train.learning_rate
-  flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(x, np.float64) for p, x in
-                       jax.tree_util.tree_leaves_with_path(tree)}
-  p_two, p_ref, mu_two, mu_ref = (flat(t) for t in (two["params"], ref["params"], two["opt_state"][0]["mu"],
-                                                      ref["opt_state"][0]["mu"]))
+  flat = lambda tree: {
+    jax.tree_util.keystr(p): np.asarray(x, np.float64) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+  }
+  p_two, p_ref, mu_two, mu_ref = (
+    flat(t) for t in (two["params"], ref["params"], two["opt_state"][0]["mu"], ref["opt_state"][0]["mu"])
+  )
   assert p_two.keys() == p_ref.keys() and mu_two.keys() == mu_ref.keys() and len(mu_ref) > 10
   clear, overall = 0, max(np.abs(m).max() for m in mu_ref.values())
   for name in p_ref:
@@ -120,11 +155,26 @@ def _restore_on_one_device(workdir, like):
 def test_process_zero_failing_to_build_the_data_stops_the_others(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(1)}
   port = _free_port()
-  cmd = lambda i: [sys.executable, str(ROOT / "launch.py"), "--experiment", "movielens:tiny", "--workdir",
-                   str(tmp_path / "w"), "--set", f"data.dir={tmp_path / 'missing'}", "--coordinator",
-                   f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
-  procs = [subprocess.Popen(cmd(i), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+  cmd = lambda i: [
+    sys.executable,
+    str(ROOT / "launch.py"),
+    "--experiment",
+    "movielens:tiny",
+    "--workdir",
+    str(tmp_path / "w"),
+    "--set",
+    f"data.dir={tmp_path / 'missing'}",
+    "--coordinator",
+    f"127.0.0.1:{port}",
+    "--num-processes",
+    "2",
+    "--process-id",
+    str(i),
+  ]
+  procs = [
+    subprocess.Popen(cmd(i), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for i in range(2)
+  ]
   errs = [p.communicate(timeout=300)[1] for p in procs]
   assert [p.returncode for p in procs] == [2, 2]
   last = [e.strip().splitlines()[-1] for e in errs]

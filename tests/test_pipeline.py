@@ -9,7 +9,10 @@ from mian_jax.data import pipeline
 def _rows(batch):
   """A hashable identity per sample (every stored column of the row)."""
   keys = sorted(batch)
-  return {tuple(np.concatenate([np.atleast_1d(batch[k][i]).astype(np.float64) for k in keys])) for i in range(len(batch["label"]))}
+  return {
+    tuple(np.concatenate([np.atleast_1d(batch[k][i]).astype(np.float64) for k in keys]))
+    for i in range(len(batch["label"]))
+  }
 
 
 def _take(it, n):
@@ -39,7 +42,11 @@ def test_processes_read_disjoint_samples(tiny_source):
 
 def test_one_epoch_sees_every_block_once(tiny_source):
   n = pipeline.steps_per_epoch(tiny_source, 64, 1)
-  rows = [r for b in _take(pipeline.train_iterator(tiny_source, batch_per_process=64, max_len=10, seed=0), n) for r in _rows(b)]
+  rows = [
+    r
+    for b in _take(pipeline.train_iterator(tiny_source, batch_per_process=64, max_len=10, seed=0), n)
+    for r in _rows(b)
+  ]
   assert len(rows) == len(set(rows)) == n * 64
 
 
@@ -62,13 +69,17 @@ def test_a_position_maps_to_another_process_count_and_batch_size(tiny_source):
   block = tiny_source.block_size()
   kw = dict(max_len=10, seed=5)
   one = pipeline.train_iterator(tiny_source, batch_per_process=4 * block, **kw)
-  two = [pipeline.train_iterator(tiny_source, batch_per_process=2 * block, process_index=i, process_count=2, **kw)
-         for i in range(2)]
+  two = [
+    pipeline.train_iterator(tiny_source, batch_per_process=2 * block, process_index=i, process_count=2, **kw)
+    for i in range(2)
+  ]
   for _ in range(4):
     assert _rows(next(one)) == _rows(next(two[0])) | _rows(next(two[1]))
   state = two[0].get_state()  # 4 global batches of 4 blocks
   assert state == {"batches": 4, "blocks_per_batch": 4}
-  seen = set().union(*(_rows(b) for b in _take(pipeline.train_iterator(tiny_source, batch_per_process=8 * block, **kw), 2)))
+  seen = set().union(
+    *(_rows(b) for b in _take(pipeline.train_iterator(tiny_source, batch_per_process=8 * block, **kw), 2))
+  )
   wide = pipeline.train_iterator(tiny_source, batch_per_process=8 * block, start=pipeline.resume_from(state, 8), **kw)
   assert pipeline.resume_from(state, 8) == 2
   resumed = _rows(next(wide))
@@ -85,7 +96,9 @@ def test_eval_batches_cover_every_row_once_across_processes(tiny_source):
   seen = []
   counts = []
   for pid in range(2):
-    num, it = pipeline.eval_batches(tiny_source, "test", rows_per_process=100, max_len=10, process_index=pid, process_count=2)
+    num, it = pipeline.eval_batches(
+      tiny_source, "test", rows_per_process=100, max_len=10, process_index=pid, process_count=2
+    )
     batches = list(it)
     counts.append(num)
     assert len(batches) == num

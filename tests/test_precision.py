@@ -32,4 +32,6 @@ def test_bfloat16_pass_is_close_to_float32_and_keeps_float32_state():
   for _ in range(3):
     state, metrics = step(state, b)
   assert metrics["loss"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))
-  assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
+  assert {
+    x.dtype for x in jax.tree.leaves((state.params, state.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating)
+  } == {jnp.dtype(jnp.float32)}

@@ -12,12 +12,17 @@ from mian_jax.data import shards
 
 def test_the_line_says_where_how_fast_and_how_long():
   fields = ("loss=0.4123", "3,712 samples/s")
-  assert progress.line("", "step", 300, 951, fields, elapsed=74.2, done=300) == \
-      "step 300/951 (31%) loss=0.4123 3,712 samples/s eta 2m41s"
-  assert progress.line("generating", "shard", 16, 16, (), elapsed=40.4, done=16) == \
-      "generating: shard 16/16 (100%) in 40s"
-  assert progress.line("reading reviews", "line", 2_000_000, None, (), elapsed=3725, done=2_000_000) == \
-      "reading reviews: 2,000,000 lines in 1h02m"
+  assert (
+    progress.line("", "step", 300, 951, fields, elapsed=74.2, done=300)
+    == "step 300/951 (31%) loss=0.4123 3,712 samples/s eta 2m41s"
+  )
+  assert (
+    progress.line("generating", "shard", 16, 16, (), elapsed=40.4, done=16) == "generating: shard 16/16 (100%) in 40s"
+  )
+  assert (
+    progress.line("reading reviews", "line", 2_000_000, None, (), elapsed=3725, done=2_000_000)
+    == "reading reviews: 2,000,000 lines in 1h02m"
+  )
   assert progress.line("", "step", 0, 10, (), elapsed=1.0, done=0) == "step 0/10 (0%)"  # no pace yet: no eta
   assert [progress.duration(s) for s in (0, 41, 161, 3600, 3725)] == ["0s", "41s", "2m41s", "1h00m", "1h02m"]
 

@@ -8,14 +8,18 @@ from mian_jax.schema import Feature, FeatureSchema
 
 
 def _schema(max_len=6):
-  return FeatureSchema((
+  return FeatureSchema(
+    (
       Feature("item", "item", "categorical", 300, "items"),
       Feature("hist", "behaviour", "sequence", 300, "items"),
       Feature("hist_age", "behaviour", "sequence", 70000),
       Feature("uid", "user", "categorical", 5),
       Feature("score", "user", "numeric"),
       Feature("hour", "context", "categorical", 25),
-  ), user_key="uid", max_len=max_len)
+    ),
+    user_key="uid",
+    max_len=max_len,
+  )
 
 
 def _columns(schema, n, rng):
@@ -23,10 +27,14 @@ def _columns(schema, n, rng):
   lengths[0] = 0  # an empty history
   valid = np.arange(schema.max_len)[None] < lengths[:, None]
   return {
-      "label": rng.integers(0, 2, n), "item": rng.integers(1, 300, n), "uid": rng.integers(1, 5, n),
-      "score": rng.normal(size=n).astype(np.float32), "hour": rng.integers(1, 25, n), "hist_len": lengths,
-      "hist": np.where(valid, rng.integers(1, 300, (n, schema.max_len)), 0),
-      "hist_age": np.where(valid, rng.integers(1, 70000, (n, schema.max_len)), 0),
+    "label": rng.integers(0, 2, n),
+    "item": rng.integers(1, 300, n),
+    "uid": rng.integers(1, 5, n),
+    "score": rng.normal(size=n).astype(np.float32),
+    "hour": rng.integers(1, 25, n),
+    "hist_len": lengths,
+    "hist": np.where(valid, rng.integers(1, 300, (n, schema.max_len)), 0),
+    "hist_age": np.where(valid, rng.integers(1, 70000, (n, schema.max_len)), 0),
   }
 
 
@@ -54,7 +62,7 @@ def test_decode_keeps_the_most_recent_behaviours():
   for i in range(10):
     n = int(cols["hist_len"][i])
     keep = min(n, 3)
-    np.testing.assert_array_equal(out["hist"][i, :keep], cols["hist"][i, n - keep:n])
+    np.testing.assert_array_equal(out["hist"][i, :keep], cols["hist"][i, n - keep : n])
     np.testing.assert_array_equal(out["hist"][i, keep:], 0)
     assert out["hist_len"][i] == keep
 

@@ -11,9 +11,24 @@ from helpers import launch_here
 
 def _run(workdir, data_root, devices, steps, *sets):
   """A launch.py run in this process on the first `devices` of the 8 (train.devices)."""
-  args = ["--experiment", "commercial:tiny", "--model", "deepfm", "--workdir", str(workdir), "--set",
-          f"data.dir={data_root}", "--set", f"train.steps={steps}", "--set", "train.eval_every=100",
-          "--set", "train.lr_schedule=constant", "--set", f"train.devices={devices}"]  # the legs differ in length
+  args = [
+    "--experiment",
+    "commercial:tiny",
+    "--model",
+    "deepfm",
+    "--workdir",
+    str(workdir),
+    "--set",
+    f"data.dir={data_root}",
+    "--set",
+    f"train.steps={steps}",
+    "--set",
+    "train.eval_every=100",
+    "--set",
+    "train.lr_schedule=constant",
+    "--set",
+    f"train.devices={devices}",
+  ]  # the legs differ in length
   run = launch_here(args + [a for s in sets for a in ("--set", s)])
   assert run.returncode == 0, run.stderr[-3000:]
   return run.stdout
@@ -42,8 +57,20 @@ def test_checkpoint_moves_between_device_counts(tmp_path, data_root):
 def test_train_devices_picks_the_first_devices_or_says_how_many_there_are(tmp_path, data_root):
   out = _run(tmp_path / "two", data_root, 2, 2)
   assert "on 2 device(s)" in out
-  run = launch_here(["--experiment", "commercial:tiny", "--workdir", str(tmp_path / "nine"), "--set",
-                     f"data.dir={data_root}", "--set", "train.devices=9"])
+  run = launch_here(
+    [
+      "--experiment",
+      "commercial:tiny",
+      "--workdir",
+      str(tmp_path / "nine"),
+      "--set",
+      f"data.dir={data_root}",
+      "--set",
+      "train.devices=9",
+    ]
+  )
   assert run.returncode == 2
-  assert run.stderr.strip() == "error: train.devices=9, but this process has 8 devices; give at most 8 (0 = every device)"
+  assert (
+    run.stderr.strip() == "error: train.devices=9, but this process has 8 devices; give at most 8 (0 = every device)"
+  )
   assert not (tmp_path / "nine" / "checkpoints").exists()

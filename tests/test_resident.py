@@ -26,10 +26,14 @@ def _same(got, expected):
 def _gather_fn(src, max_len, mesh, valid=False):
   data = partition.batch_sharding(mesh)
   if valid:
-    return jax.jit(lambda store, rows, ok: on_device.gather(src.schema, max_len, mesh, store, rows, ok),
-                   in_shardings=(on_device.store_sharding(mesh), data, data))
-  return jax.jit(lambda store, rows: on_device.gather(src.schema, max_len, mesh, store, rows),
-                 in_shardings=(on_device.store_sharding(mesh), data))
+    return jax.jit(
+      lambda store, rows, ok: on_device.gather(src.schema, max_len, mesh, store, rows, ok),
+      in_shardings=(on_device.store_sharding(mesh), data, data),
+    )
+  return jax.jit(
+    lambda store, rows: on_device.gather(src.schema, max_len, mesh, store, rows),
+    in_shardings=(on_device.store_sharding(mesh), data),
+  )
 
 
 @pytest.mark.parametrize("devices", [1, 8])
@@ -46,8 +50,15 @@ def test_training_batches_equal_the_host_path(tiny_source, devices):
       held = resident.load(tiny_source, "train", blocks, max_len=max_len)
       store = on_device.place(held, mesh)
       order = pipeline.BlockOrder(len(tiny_source.blocks("train")), 5, k, index, count)
-      host = pipeline.train_iterator(tiny_source, batch_per_process=k * block, seed=5, max_len=max_len, start=start,
-                                     process_index=index, process_count=count)
+      host = pipeline.train_iterator(
+        tiny_source,
+        batch_per_process=k * block,
+        seed=5,
+        max_len=max_len,
+        start=start,
+        process_index=index,
+        process_count=count,
+      )
       for batch in range(start, start + 200, 37):  # across epochs, each reshuffled
         while host.batches < batch:
           next(host)
@@ -66,8 +77,9 @@ def test_evaluation_batches_equal_the_host_path(tiny_source, devices):
     for index in range(count):
       held = resident.load(tiny_source, "test", resident.eval_blocks(tiny_source, "test", index, count), max_len=10)
       store = on_device.place(held, mesh)
-      num, host = pipeline.eval_batches(tiny_source, "test", rows_per_process=rows, max_len=10, process_index=index,
-                                        process_count=count)
+      num, host = pipeline.eval_batches(
+        tiny_source, "test", rows_per_process=rows, max_len=10, process_index=index, process_count=count
+      )
       assert num == pipeline.eval_batch_count(tiny_source, "test", rows, count)
       for b, expected in enumerate(host):
         local = np.arange(b * rows, (b + 1) * rows, dtype=np.int32)
@@ -90,8 +102,11 @@ def test_values_read_as_zero_are_counted_per_batch_as_the_host_path_counts_them(
     assert rows.counts == host.counts and rows.get_state() == host.get_state()
   rows.close()
   host.close()
-  with pytest.raises(DataError, match=rf"{src.paths('train')[0]} record 0: feature item_id holds id 200 outside its "
-                                      r"vocabulary 0..41; .*set data.oov=map"):
+  with pytest.raises(
+    DataError,
+    match=rf"{src.paths('train')[0]} record 0: feature item_id holds id 200 outside its "
+    r"vocabulary 0..41; .*set data.oov=map",
+  ):
     resident.load(src, "train", [3, 0], max_len=10, oov="error")
   # A bad id only in the part of a history that max_len cuts off is neither counted nor an error, as on the host.
   deep = plant(tiny_source.directory, tmp_path / "deep", "train", 0, lambda b: _oldest_behaviour(b, 200))
@@ -142,8 +157,11 @@ def test_auto_chooses_by_size_and_device_refuses_what_does_not_fit(tiny_source, 
   config.data.placement = "device"
   assert choose_placement(config, tiny_source, mesh)[0] == "device"
   monkeypatch.setattr(on_device, "free_bytes", lambda mesh: (need // 2, 1))
-  with pytest.raises(DataError, match=r"data.placement=device: the splits need [\d.]+ MiB, 200\.\d% of .* free, more "
-                                      r"than the devices have; set data.placement=host"):
+  with pytest.raises(
+    DataError,
+    match=r"data.placement=device: the splits need [\d.]+ MiB, 200\.\d% of .* free, more "
+    r"than the devices have; set data.placement=host",
+  ):
     choose_placement(config, tiny_source, mesh)
   config.data.placement = "host"
   assert choose_placement(config, tiny_source, mesh) == ("host", None)

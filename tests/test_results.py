@@ -32,8 +32,19 @@ def test_tensorboard_curves_and_summary(trained):
   acc = EventAccumulator(str(workdir / "tensorboard"))
   acc.Reload()
   tags = set(acc.Tags()["scalars"])
-  assert tags == {"train/loss", "train/samples_per_s", "train/learning_rate", "train/grad_norm", "train/skipped",
-                  "valid/auc", "valid/gauc", "valid/logloss", "test/auc", "test/gauc", "test/logloss"}
+  assert tags == {
+    "train/loss",
+    "train/samples_per_s",
+    "train/learning_rate",
+    "train/grad_norm",
+    "train/skipped",
+    "valid/auc",
+    "valid/gauc",
+    "valid/logloss",
+    "test/auc",
+    "test/gauc",
+    "test/logloss",
+  }
   assert all(any(f"`{tag}`" in p.read_text() for p in DOCS) for tag in tags)  # the docs list each
   assert [e.step for e in acc.Scalars("train/loss")] == [3, 6, 9, 10, 12]  # and before the checkpoint at 10
   assert [e.step for e in acc.Scalars("test/auc")] == [6, 12]
@@ -52,8 +63,10 @@ def test_metrics_jsonl_holds_the_fields_the_readme_names(trained):
   workdir, _ = trained
   events = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   kinds = {tuple(sorted(e)) for e in events}
-  assert kinds == {("grad_norm", "loss", "samples_per_s", "skipped", "split", "step"),
-                   ("auc", "gauc", "logloss", "split", "step")}
+  assert kinds == {
+    ("grad_norm", "loss", "samples_per_s", "skipped", "split", "step"),
+    ("auc", "gauc", "logloss", "split", "step"),
+  }
   assert all(any(f'"{field}"' in p.read_text() for p in DOCS) for kind in kinds for field in kind)  # named
 
 
@@ -82,8 +95,9 @@ def test_eval_prints_the_final_line_of_the_best_checkpoint(trained, data_root):
   events = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   at_best = [e for e in events if e["split"] == "test" and e["step"] == best][0]
   last = run.stdout.strip().splitlines()[-1]
-  assert last.startswith(f"final test auc={at_best['auc']:.4f} gauc={at_best['gauc']:.4f} "
-                         f"logloss={at_best['logloss']:.4f}")
+  assert last.startswith(
+    f"final test auc={at_best['auc']:.4f} gauc={at_best['gauc']:.4f} logloss={at_best['logloss']:.4f}"
+  )
   assert f"(checkpoint step {best})" in last
   assert "train" not in run.stdout.split("final test")[0].lower().replace("trained", "")
 

@@ -55,7 +55,7 @@ def test_tables_split_over_a_model_axis_match_one_device(tiny_source):
     np.testing.assert_allclose(loss1, loss_split, rtol=1e-5)
     for k, a in one.params["tables"].items():  # the split tables carry padding rows past the vocabulary
       b = np.asarray(split.params["tables"][k])
-      np.testing.assert_allclose(np.asarray(a), b[:a.shape[0]], rtol=2e-4, atol=2e-6, err_msg=k)
-      assert np.all(b[a.shape[0]:] == b[a.shape[0]:])  # (finite)
+      np.testing.assert_allclose(np.asarray(a), b[: a.shape[0]], rtol=2e-4, atol=2e-6, err_msg=k)
+      assert np.all(b[a.shape[0] :] == b[a.shape[0] :])  # (finite)
     for a, b in zip(jax.tree.leaves(one.params["dense"]), jax.tree.leaves(split.params["dense"])):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)

@@ -55,7 +55,7 @@ def _binormal(rng, n, mu_a, mu_b, rho):
   y = rng.random(n) < 0.5
   z1, z2 = rng.standard_normal(n), rng.standard_normal(n)
   a = z1 + mu_a * y
-  b = rho * z1 + math.sqrt(1 - rho ** 2) * z2 + mu_b * y
+  b = rho * z1 + math.sqrt(1 - rho**2) * z2 + mu_b * y
   return y, a, b
 
 
@@ -107,8 +107,16 @@ def test_refuses_one_class_and_nan():
 def _trial(root, tid, y, p):
   (root / tid).mkdir(parents=True)
   predictions.write(root / tid / predictions.FILE, 7, y, p, np.arange(len(y)))
-  return {"trial": tid, "train.seed": tid[-1], "status": "ok", "auc": metrics.auc(y, p), "gauc": 0.5,
-          "logloss": 0.5, "samples_per_s": 1.0, "valid_auc": 0.5}
+  return {
+    "trial": tid,
+    "train.seed": tid[-1],
+    "status": "ok",
+    "auc": metrics.auc(y, p),
+    "gauc": 0.5,
+    "logloss": 0.5,
+    "samples_per_s": 1.0,
+    "valid_auc": 0.5,
+  }
 
 
 def test_sweep_column_from_the_trials_predictions(tmp_path):

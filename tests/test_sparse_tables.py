@@ -14,22 +14,29 @@ from mian_jax.schema import Feature, FeatureSchema
 from mian_jax.train import optim, state as state_lib, step as step_lib
 
 T, V = 4, 30
-SCHEMA = FeatureSchema((
+SCHEMA = FeatureSchema(
+  (
     Feature("item_id", "item", "categorical", V, "item"),
     Feature("hist_item_id", "behaviour", "sequence", V, "item"),
     Feature("user_id", "user", "categorical", 10),
     Feature("price", "context", "numeric"),
-), user_key="user_id", max_len=T)
+  ),
+  user_key="user_id",
+  max_len=T,
+)
 
 
 def batch(rng, rows=8, items=range(1, 11)):
   items = np.asarray(list(items))
-  return {"item_id": rng.choice(items, rows).astype(np.int32),
-          "hist_item_id": rng.choice(items, (rows, T)).astype(np.int32),
-          "hist_len": rng.integers(1, T + 1, rows).astype(np.int32),
-          "user_id": rng.integers(1, 10, rows).astype(np.int32),
-          "price": rng.normal(size=rows).astype(np.float32),
-          "label": rng.integers(0, 2, rows).astype(np.float32), "weight": np.ones(rows, np.float32)}
+  return {
+    "item_id": rng.choice(items, rows).astype(np.int32),
+    "hist_item_id": rng.choice(items, (rows, T)).astype(np.int32),
+    "hist_len": rng.integers(1, T + 1, rows).astype(np.int32),
+    "user_id": rng.integers(1, 10, rows).astype(np.int32),
+    "price": rng.normal(size=rows).astype(np.float32),
+    "label": rng.integers(0, 2, rows).astype(np.float32),
+    "weight": np.ones(rows, np.float32),
+  }
 
 
 def test_unique_rows_give_the_same_embeddings():
@@ -48,8 +55,8 @@ def test_unique_rows_give_the_same_embeddings():
   assert sorted(got[got < V].tolist()) == used.tolist() and np.all(got[np.isin(got, used, invert=True)] == V)
   assert np.all(np.asarray(rows["item"])[got == V] == 0)  # padding reads zeros
   user = np.asarray(ids["user_id"])  # 10 rows > 8 ids: the sorted-unique layout
-  assert user[:len(np.unique(b["user_id"]))].tolist() == np.unique(b["user_id"]).tolist()
-  assert np.all(user[len(np.unique(b["user_id"])):] == 10)
+  assert user[: len(np.unique(b["user_id"]))].tolist() == np.unique(b["user_id"]).tolist()
+  assert np.all(user[len(np.unique(b["user_id"])) :] == 10)
   assert ids["linear:item"] is ids["item"]
 
 
@@ -66,7 +73,14 @@ def test_sparse_sgd_equals_dense_sgd():
     for b in batches:
       state, _ = step(state, b)
     out.append(state.params)
-  assert set(out[0]["tables"]) == {"item", "user_id", "numeric:price", "linear:item", "linear:user_id", "linear:numeric:price"}
+  assert set(out[0]["tables"]) == {
+    "item",
+    "user_id",
+    "numeric:price",
+    "linear:item",
+    "linear:user_id",
+    "linear:numeric:price",
+  }
   for k in out[1]["tables"]:  # equal up to float summation order
     np.testing.assert_allclose(out[0]["tables"][k], out[1]["tables"][k], rtol=1e-5, atol=1e-7, err_msg=k)
   for a, c in zip(jax.tree.leaves(out[0]["dense"]), jax.tree.leaves(out[1]["dense"])):
@@ -127,6 +141,7 @@ def test_duplicate_ids_in_a_batch_sum():
     g_rows, g_full = jax.grad(loss)(rows), jax.grad(full_loss)(tables)
     np.testing.assert_allclose(np.asarray(g_rows["linear:item"])[0], np.asarray(g_full["linear:item"])[5], rtol=1e-5)
     after, _ = jax.jit(step_lib.make_train_step(model, SCHEMA, opt))(state, b)
-    changed = np.flatnonzero(np.any(np.asarray(after.params["tables"]["linear:item"]) !=
-                                    np.asarray(tables["linear:item"]), axis=1))
+    changed = np.flatnonzero(
+      np.any(np.asarray(after.params["tables"]["linear:item"]) != np.asarray(tables["linear:item"]), axis=1)
+    )
     assert changed.tolist() == [5], (kind, changed)

@@ -27,17 +27,26 @@ from helpers import launch_here, xla_flags
 def test_trial_ids_are_readable_stable_and_unique():
   trials = sweeps.grid({"model.name": ["din", "mian"], "model.embed_dim": [8, 18]})
   assert [t["model.embed_dim"] for t in trials] == ["8", "18", "8", "18"]
-  assert sweep.trial_ids(trials) == ["name=din,embed_dim=8", "name=din,embed_dim=18", "name=mian,embed_dim=8",
-                                     "name=mian,embed_dim=18"]
-  assert sweep.trial_ids(trials) == sweep.trial_ids(sweeps.grid({"model.name": ["din", "mian"], "model.embed_dim": [8, 18]}))
+  assert sweep.trial_ids(trials) == [
+    "name=din,embed_dim=8",
+    "name=din,embed_dim=18",
+    "name=mian,embed_dim=8",
+    "name=mian,embed_dim=18",
+  ]
+  assert sweep.trial_ids(trials) == sweep.trial_ids(
+    sweeps.grid({"model.name": ["din", "mian"], "model.embed_dim": [8, 18]})
+  )
   # Keys that end alike keep their section; characters unfit for a directory name become "_".
   assert sweep.trial_ids([{"model.seed": "1", "train.seed": "2", "train.mesh": "data=4,model=2"}]) == [
-      "model.seed=1,train.seed=2,mesh=data_4_model_2"]
+    "model.seed=1,train.seed=2,mesh=data_4_model_2"
+  ]
   with pytest.raises(ValueError, match="more than once"):
     sweep.trial_ids([{"model.name": "lr"}, {"model.name": "lr"}])
   seeded = sweeps.trials("paper_table", seeds=3)
   assert len(seeded) == 3 * len(sweeps.trials("paper_table")) and seeded[:2] == [
-      {"model.name": "lr", "train.seed": "0"}, {"model.name": "lr", "train.seed": "1"}]
+    {"model.name": "lr", "train.seed": "0"},
+    {"model.name": "lr", "train.seed": "1"},
+  ]
   assert sweeps.trials("embed_dim", seeds=5) == sweeps.trials("embed_dim")  # it sets its own seeds
   assert sweep.EXIT_PREEMPTED == __import__("mian_jax.train.loop", fromlist=["x"]).EXIT_PREEMPTED
 
@@ -59,10 +68,24 @@ def test_device_groups_per_platform():
 
 
 def test_results_markdown_groups_seeds_and_compares_models():
-  rows = [{"trial": f"name={m},seed={s}", "model.name": m, "train.seed": str(s), "status": "ok", "auc": auc,
-           "gauc": auc - 0.1, "logloss": 0.5, "samples_per_s": 100.0, "best_step": 10, "wall_s": 1.0,
-           "valid_auc": auc + 0.01, "best_epoch": 2.0, "epoch": 4.0}
-          for m, s, auc in (("din", 0, 0.70), ("din", 1, 0.72), ("mian", 0, 0.74), ("mian", 1, 0.76))]
+  rows = [
+    {
+      "trial": f"name={m},seed={s}",
+      "model.name": m,
+      "train.seed": str(s),
+      "status": "ok",
+      "auc": auc,
+      "gauc": auc - 0.1,
+      "logloss": 0.5,
+      "samples_per_s": 100.0,
+      "best_step": 10,
+      "wall_s": 1.0,
+      "valid_auc": auc + 0.01,
+      "best_epoch": 2.0,
+      "epoch": 4.0,
+    }
+    for m, s, auc in (("din", 0, 0.70), ("din", 1, 0.72), ("mian", 0, 0.74), ("mian", 1, 0.76))
+  ]
   rows.append({"trial": "name=lr,seed=0", "model.name": "lr", "train.seed": "0", "status": "failed: error: boom"})
   text = sweep.results_markdown(rows)
   assert "| name=din | 2 | 0.7200 ± 0.0141 | 0.7100 ± 0.0141 | - |" in text  # no predictions: no interval
@@ -73,16 +96,29 @@ def test_results_markdown_groups_seeds_and_compares_models():
 
 
 def _sweep_cmd(root, data_root, *sets):
-  cmd = [sys.executable, str(ROOT / "launch.py"), "--experiment", "commercial:tiny", "--sweep", "smoke",
-         "--workdir", str(root), "--set", f"data.dir={data_root}", "--set", "sweep.devices_per_trial=4"]
+  cmd = [
+    sys.executable,
+    str(ROOT / "launch.py"),
+    "--experiment",
+    "commercial:tiny",
+    "--sweep",
+    "smoke",
+    "--workdir",
+    str(root),
+    "--set",
+    f"data.dir={data_root}",
+    "--set",
+    "sweep.devices_per_trial=4",
+  ]
   return cmd + [a for s in sets for a in ("--set", s)]
 
 
 def test_sweep_runs_in_parallel_resumes_when_interrupted_and_skips_finished(tmp_path, data_root):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(8)}
   root = tmp_path / "smoke"
-  cmd = _sweep_cmd(root, data_root, "train.steps=60", "train.checkpoint_every=10", "train.log_every=10",
-                   "train.eval_every=30")
+  cmd = _sweep_cmd(
+    root, data_root, "train.steps=60", "train.checkpoint_every=10", "train.log_every=10", "train.eval_every=30"
+  )
   first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 300
   while not list(root.glob("name=*/checkpoints/[0-9]*")) and first.poll() is None and time.time() < deadline:
@@ -109,8 +145,9 @@ def test_sweep_runs_in_parallel_resumes_when_interrupted_and_skips_finished(tmp_
     settings = {r["setting"]: r for r in csv.DictReader(f)}
   worse = min(settings.values(), key=lambda r: float(r["auc_mean"]))
   assert float(worse["ci95_low"]) < float(worse["auc_minus_best"]) < float(worse["ci95_high"])
-  assert float(worse["auc_minus_best"]) == pytest.approx(float(worse["auc_mean"]) - max(
-      float(r["auc_mean"]) for r in settings.values()), abs=1e-6)
+  assert float(worse["auc_minus_best"]) == pytest.approx(
+    float(worse["auc_mean"]) - max(float(r["auc_mean"]) for r in settings.values()), abs=1e-6
+  )
   # A finished trial that lost its predictions runs again to write them from its checkpoint, training nothing.
   lost = root / "name=deepfm,seed=1" / "test_predictions.npz"
   lost.unlink()
@@ -173,12 +210,26 @@ def test_module_ablations_removes_every_module_once_without_ibim_first_and_mian_
 
 
 def test_an_invalid_trial_is_refused_before_any_runs_naming_it(tmp_path):
-  run = launch_here(["--experiment", "commercial:tiny", "--sweep", "accelerator_batch", "--workdir", str(tmp_path / "s"),
-                     "--set", "data.block_size=2000", "--set", "train.batch_size=2000"])
+  run = launch_here(
+    [
+      "--experiment",
+      "commercial:tiny",
+      "--sweep",
+      "accelerator_batch",
+      "--workdir",
+      str(tmp_path / "s"),
+      "--set",
+      "data.block_size=2000",
+      "--set",
+      "train.batch_size=2000",
+    ]
+  )
   assert run.returncode == 2 and not (tmp_path / "s").exists()
   line = run.stderr.strip().splitlines()[-1]
-  assert line.startswith("error: --sweep accelerator_batch, trial batch_size=1024,learning_rate=0.004: "
-                         "train.batch_size=1024 must be a multiple of 2000"), line
+  assert line.startswith(
+    "error: --sweep accelerator_batch, trial batch_size=1024,learning_rate=0.004: "
+    "train.batch_size=1024 must be a multiple of 2000"
+  ), line
 
 
 def test_a_second_sweep_on_the_same_folder_is_refused_before_any_trial(tmp_path):
@@ -189,7 +240,9 @@ def test_a_second_sweep_on_the_same_folder_is_refused_before_any_trial(tmp_path)
   root = tmp_path / "sweep"
   root.mkdir()
   with files.Exclusive(root / ".sweep.lock", "held by the test"):  # a sweep running in this folder
-    with pytest.raises(files.Busy, match=rf"{root} is in use by another sweep \(pid {os.getpid()} on .*\); wait for it"):
+    with pytest.raises(
+      files.Busy, match=rf"{root} is in use by another sweep \(pid {os.getpid()} on .*\); wait for it"
+    ):
       sweep.run("commercial:tiny", [{"model.name": "lr"}], root, [])
   assert sorted(p.name for p in root.iterdir()) == [".sweep.lock"]  # no trial started, no results written
   assert sweep.is_sweep(root)  # a folder holding only the lock of an ended sweep is a sweep's: it may be reused

@@ -61,8 +61,11 @@ def test_bars_layout_holds_out_each_users_last_training_pair(tmp_path):
 def test_custom_data_holds_out_a_share_of_users_or_reads_valid_files(tmp_path):
   folder = write_csv(tmp_path / "csv")
   rng = np.random.default_rng(0)
-  lines = [HEADER] + [f"{rng.integers(0, 2)},u{u},a{rng.integers(1, 5)},a1|a2,F,plain,{rng.integers(1, 9)},x"
-                      for u in range(40) for _ in range(3)]
+  lines = [HEADER] + [
+    f"{rng.integers(0, 2)},u{u},a{rng.integers(1, 5)},a1|a2,F,plain,{rng.integers(1, 9)},x"
+    for u in range(40)
+    for _ in range(3)
+  ]
   (folder / "train-0.csv").write_text("\n".join(lines) + "\n")
   d, meta = custom_build(folder, tmp_path / "cache", holdout=True, holdout_fraction=0.25)
   train, valid = decode_split(d, meta, "train"), decode_split(d, meta, "valid")
@@ -87,8 +90,18 @@ def _events(workdir: Path) -> list[dict]:
 @pytest.mark.parametrize("validation", ["holdout", "test"])
 def test_best_checkpoint_is_chosen_on_validation_and_reports_its_test_metrics(tmp_path, data_root, validation):
   w = tmp_path / "w"
-  run = _run(w, data_root, "--set", f"data.validation={validation}", "--set", "train.steps=30",
-                "--set", "train.eval_every=6", "--set", "train.learning_rate=0.03")
+  run = _run(
+    w,
+    data_root,
+    "--set",
+    f"data.validation={validation}",
+    "--set",
+    "train.steps=30",
+    "--set",
+    "train.eval_every=6",
+    "--set",
+    "train.learning_rate=0.03",
+  )
   assert run.returncode == 0, run.stderr
   events = _events(w)
   split = "valid" if validation == "holdout" else "test"
@@ -110,8 +123,18 @@ def test_best_checkpoint_is_chosen_on_validation_and_reports_its_test_metrics(tm
 
 def test_early_stopping_and_no_selection(tmp_path, data_root):
   w = tmp_path / "stop"
-  run = _run(w, data_root, "--set", "train.steps=48", "--set", "train.eval_every=2",
-                "--set", "train.early_stop_patience=1", "--set", "train.learning_rate=0.05")
+  run = _run(
+    w,
+    data_root,
+    "--set",
+    "train.steps=48",
+    "--set",
+    "train.eval_every=2",
+    "--set",
+    "train.early_stop_patience=1",
+    "--set",
+    "train.learning_rate=0.05",
+  )
   assert run.returncode == 0, run.stderr
   valid = [e for e in _events(w) if e["split"] == "valid"]
   aucs = [e["auc"] for e in valid]
@@ -123,8 +146,16 @@ def test_early_stopping_and_no_selection(tmp_path, data_root):
   assert stopped["step"] == valid[-1]["step"] and stopped["best_step"] < stopped["step"]
   assert 0 < stopped["best_epoch"] < stopped["epoch"]
   assert abs(stopped["best_epoch"] / stopped["epoch"] - stopped["best_step"] / stopped["step"]) < 0.02
-  none = _run(tmp_path / "none", data_root, "--set", "data.validation=none", "--set", "train.steps=12",
-                 "--set", "train.eval_every=6")
+  none = _run(
+    tmp_path / "none",
+    data_root,
+    "--set",
+    "data.validation=none",
+    "--set",
+    "train.steps=12",
+    "--set",
+    "train.eval_every=6",
+  )
   assert none.returncode == 0, none.stderr
   result = json.loads((tmp_path / "none" / "result.json").read_text())
   assert result["best_step"] == 12 and result["selected_on"] is None

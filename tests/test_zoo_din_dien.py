@@ -28,8 +28,7 @@ def np_dice(x, alpha, eps=1e-9):
 def test_dice_matches_formula():
   x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32) * 2 + 1
   alpha = np.array([0.1, -0.2, 0.5], np.float32)
-  variables = {"params": {"alpha": jnp.asarray(alpha)},
-               "batch_stats": {"mean": jnp.zeros(3), "var": jnp.ones(3)}}
+  variables = {"params": {"alpha": jnp.asarray(alpha)}, "batch_stats": {"mean": jnp.zeros(3), "var": jnp.ones(3)}}
   out, updated = Dice().apply(variables, jnp.asarray(x), True, mutable=["batch_stats"])
   np.testing.assert_allclose(np.asarray(out), np_dice(x, alpha), rtol=1e-5, atol=1e-6)
   # Training moves the running moments by 1 - momentum towards the batch's moments ...
@@ -116,7 +115,7 @@ def test_masked_scan_keeps_state_through_padding(attentional):
   for b, n in enumerate(LENGTHS):
     h = jnp.zeros((1, 5))
     for t in range(n):
-      args = (h, x[b:b + 1, t]) + ((att[b:b + 1, t],) if attentional else ())
+      args = (h, x[b : b + 1, t]) + ((att[b : b + 1, t],) if attentional else ())
       h = cell.apply(cell_params, *args)
       np.testing.assert_allclose(h_bth[b, t], h[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(last[b], h[0], rtol=1e-5, atol=1e-6)  # the last real state (0 if empty)
@@ -151,8 +150,15 @@ def _groups(seed=0):
   rng = np.random.default_rng(seed)
   f = lambda *s: jnp.asarray(rng.normal(size=s) * 0.5, jnp.float32)
   ids = np.where(np.asarray(MASK), rng.integers(1, 4, size=(B, T)), 0)
-  return Groups(item=f(B, DI), behaviour=f(B, T, DI) * MASK[..., None], mask=MASK, user=f(B, J, D),
-                context=f(B, K, D), behaviour_ids=jnp.asarray(ids), linear=jnp.zeros((B, 0)))
+  return Groups(
+    item=f(B, DI),
+    behaviour=f(B, T, DI) * MASK[..., None],
+    mask=MASK,
+    user=f(B, J, D),
+    context=f(B, K, D),
+    behaviour_ids=jnp.asarray(ids),
+    linear=jnp.zeros((B, 0)),
+  )
 
 
 CFG = ModelConfig(embed_dim=D, mlp=(8, 4), attention_mlp=(8, 4), gru_dim=0)
@@ -188,13 +194,17 @@ def test_models_train_and_eval(name):
   assert np.any(np.asarray(grad_b) != 0)
 
 
-@pytest.mark.parametrize("name, mlp_in, blocks", [
+@pytest.mark.parametrize(
+  "name, mlp_in, blocks",
+  [
     ("din", 4 * DI + (J + K) * D, {"attention", "mlp"}),  # [e_i; interest; s; e_i * s; e_u; e_c]
     ("dien", 4 * DI + (J + K) * D, {"extractor", "aux_net", "attention", "evolution", "mlp"}),
     ("dien_no_product", 3 * DI + (J + K) * D, {"extractor", "aux_net", "attention", "evolution", "mlp"}),
     ("dien_state_only", 2 * DI + (J + K) * D, {"extractor", "aux_net", "attention", "evolution", "mlp"}),
     ("dien_gru_attention", 4 * DI + (J + K) * D, {"extractor", "aux_net", "attention", "mlp"}),
-    ("dien_no_extractor", 4 * DI + (J + K) * D, {"attention", "evolution", "mlp"})])
+    ("dien_no_extractor", 4 * DI + (J + K) * D, {"attention", "evolution", "mlp"}),
+  ],
+)
 def test_din_and_dien_parts_read_what_their_docstrings_say(name, mlp_in, blocks):
   g = _groups()
   model = models.get(name, CFG)
@@ -210,13 +220,17 @@ def test_din_and_dien_parts_read_what_their_docstrings_say(name, mlp_in, blocks)
     interest = jnp.einsum("bt,bth->bh", extras["attention"], h)
     s = g.behaviour.sum(1)
     x = jnp.concatenate([g.item, interest, s, g.item * s, g.user.reshape(B, -1), g.context.reshape(B, -1)], -1)
-    mlp = {"params": params["mlp"], **({"batch_stats": variables["batch_stats"]["mlp"]} if "batch_stats" in variables else {})}
+    mlp = {
+      "params": params["mlp"],
+      **({"batch_stats": variables["batch_stats"]["mlp"]} if "batch_stats" in variables else {}),
+    }
     want = DiceMLP(CFG.mlp, CFG.dropout).apply(mlp, x, False)
     np.testing.assert_allclose(logit, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("din_inputs, activation", [("reference", "dice"), ("sum", "dice"), ("attention", "relu"),
-                                                     ("reference", "relu")])
+@pytest.mark.parametrize(
+  "din_inputs, activation", [("reference", "dice"), ("sum", "dice"), ("attention", "relu"), ("reference", "relu")]
+)
 def test_din_inputs_and_activation_are_the_docstrings(din_inputs, activation):
   """DIN's MLP reads [e_i; interest; (s; e_i * s) | (s) | (); e_u; e_c] as model.din_inputs says, through a
   Dice or a ReLU tower as model.mlp_activation says: the logit by hand from the model's own attention."""

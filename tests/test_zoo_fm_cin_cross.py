@@ -80,9 +80,15 @@ def test_cross_net_has_one_w_b_pair_per_layer():
 
 
 def _groups() -> Groups:
-  return Groups(item=_rand(11, B, N_ITEM * D), behaviour=_rand(12, B, T, N_ITEM * D),
-                mask=jnp.arange(T)[None, :] < jnp.array([[5], [2], [0]]), user=_rand(13, B, J, D),
-                context=_rand(14, B, K, D), behaviour_ids=jnp.ones((B, T), jnp.int32), linear=_rand(15, B, F))
+  return Groups(
+    item=_rand(11, B, N_ITEM * D),
+    behaviour=_rand(12, B, T, N_ITEM * D),
+    mask=jnp.arange(T)[None, :] < jnp.array([[5], [2], [0]]),
+    user=_rand(13, B, J, D),
+    context=_rand(14, B, K, D),
+    behaviour_ids=jnp.ones((B, T), jnp.int32),
+    linear=_rand(15, B, F),
+  )
 
 
 @pytest.mark.parametrize("name", ["lr", "wdl", "dcn", "deepfm", "xdeepfm"])

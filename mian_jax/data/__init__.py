@@ -30,8 +30,21 @@ def default_cache_root() -> str:
 
 
 # data.* fields every data set reads (the pipeline, the trainer and every converter).
-COMMON_FIELDS = ("source", "dir", "max_len", "block_size", "workers", "threads", "prefetch", "device_prefetch", "placement", "oov",
-                 "validation", "embed_user_id", "seed")
+COMMON_FIELDS = (
+  "source",
+  "dir",
+  "max_len",
+  "block_size",
+  "workers",
+  "threads",
+  "prefetch",
+  "device_prefetch",
+  "placement",
+  "oov",
+  "validation",
+  "embed_user_id",
+  "seed",
+)
 
 
 class DataSource(abc.ABC):
@@ -63,8 +76,11 @@ class DataSource(abc.ABC):
     """`path` (a file or a folder of files in the training layout) -> its data set (the tabular encoder)."""
     from mian_jax.data import tabular  # here: see the module docstring
 
-    files = [str(path)] if path.is_file() else sorted(str(f) for f in path.iterdir() if f.is_file()
-                                                     and not f.name.startswith("."))
+    files = (
+      [str(path)]
+      if path.is_file()
+      else sorted(str(f) for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+    )
     if not files:
       raise DataError(f"{path}: no files to score")
     options = tabular.Options.from_config(cfg)
@@ -88,12 +104,21 @@ class Commercial(DataSource):
     if not 0 < cfg.scale <= 10:
       raise DataError(f"data.scale={cfg.scale} is out of range; use a value in (0, 10], 1.0 = full size")
     valid_days = 1 if cfg.validation == "holdout" else 0
-    params = commercial.Params(scale=cfg.scale, seed=cfg.seed, max_len=cfg.max_len, days=cfg.days,
-                               test_days=cfg.test_days, block_size=cfg.block_size, shard_samples=cfg.shard_samples,
-                               valid_days=valid_days)
+    params = commercial.Params(
+      scale=cfg.scale,
+      seed=cfg.seed,
+      max_len=cfg.max_len,
+      days=cfg.days,
+      test_days=cfg.test_days,
+      block_size=cfg.block_size,
+      shard_samples=cfg.shard_samples,
+      valid_days=valid_days,
+    )
     if not 0 < cfg.test_days < cfg.days - valid_days:
-      raise DataError(f"data.test_days={cfg.test_days} must be between 1 and {cfg.days - valid_days - 1} (data.days "
-                      f"minus {valid_days} validation day{'s' if valid_days != 1 else ''} minus one training day)")
+      raise DataError(
+        f"data.test_days={cfg.test_days} must be between 1 and {cfg.days - valid_days - 1} (data.days "
+        f"minus {valid_days} validation day{'s' if valid_days != 1 else ''} minus one training day)"
+      )
     directory, meta = commercial.build(self.cache_root(cfg), params)
     return pipeline.Source(directory, _with_user_id(FeatureSchema.from_dict(meta["schema"]), cfg.embed_user_id), meta)
 
@@ -119,9 +144,14 @@ class MovieLens(DataSource):
       raise DataError(f"data.test_per_user={cfg.test_per_user} must be >= 1")
     if not 1 <= cfg.min_positive_rating <= 5:
       raise DataError(f"data.min_positive_rating={cfg.min_positive_rating} must be in 1..5 (MovieLens stars)")
-    params = movielens.Params(max_len=cfg.max_len, block_size=cfg.block_size,
-                              min_positive_rating=cfg.min_positive_rating, test_per_user=cfg.test_per_user,
-                              seed=cfg.seed, valid_per_user=cfg.test_per_user if cfg.validation == "holdout" else 0)
+    params = movielens.Params(
+      max_len=cfg.max_len,
+      block_size=cfg.block_size,
+      min_positive_rating=cfg.min_positive_rating,
+      test_per_user=cfg.test_per_user,
+      seed=cfg.seed,
+      valid_per_user=cfg.test_per_user if cfg.validation == "holdout" else 0,
+    )
     directory, meta = movielens.build(cfg.dir, params, self.cache_root(cfg))
     return pipeline.Source(directory, _with_user_id(FeatureSchema.from_dict(meta["schema"]), cfg.embed_user_id), meta)
 
@@ -156,7 +186,11 @@ class Custom(DataSource):
 
 
 SOURCES: dict[str, DataSource] = {
-    "commercial": Commercial(), "movielens": MovieLens(), "amazon": Amazon(), "custom": Custom()}
+  "commercial": Commercial(),
+  "movielens": MovieLens(),
+  "amazon": Amazon(),
+  "custom": Custom(),
+}
 
 
 def source_for(cfg: DataConfig) -> DataSource:
@@ -172,9 +206,11 @@ def check_overrides(cfg: DataConfig, keys: list[str]) -> None:
     field = key.split("=", 1)[0].strip().removeprefix("data.")
     if key.strip().startswith("data.") and field not in reads:
       others = sorted(name for name, s in SOURCES.items() if field in s.fields)
-      raise ConfigError(f"--set {key.split('=', 1)[0].strip()}: data.source={cfg.source} does not read it"
-                        + (f" (only {', '.join(others)} does)" if others else "")
-                        + f"; drop it. It reads: {', '.join(sorted(reads - {'source'}))}")
+      raise ConfigError(
+        f"--set {key.split('=', 1)[0].strip()}: data.source={cfg.source} does not read it"
+        + (f" (only {', '.join(others)} does)" if others else "")
+        + f"; drop it. It reads: {', '.join(sorted(reads - {'source'}))}"
+      )
 
 
 def open_source(cfg: DataConfig) -> "Source":

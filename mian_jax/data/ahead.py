@@ -18,7 +18,6 @@ _ITEM, _END, _ERROR = range(3)
 
 
 class Ahead:
-
   def __init__(self, source: Iterable[Any], size: int, name: str = "mian_jax-ahead"):
     if size < 1:
       raise ValueError(f"Ahead needs size >= 1, got {size}")

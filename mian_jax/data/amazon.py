@@ -57,12 +57,14 @@ Params = tabular.Options
 def _columns(names: tuple[str, ...], separator: str) -> tuple[tabular.Column, ...]:
   label, user, item, cate, item_hist, cate_hist = names
   c = tabular.Column
-  return (c(label, "label", "label", "label"),
-          c(item, "item_id", "item", "categorical", "item"),
-          c(cate, "item_cate", "item", "categorical", "cate"),
-          c(item_hist, "hist_item_id", "behaviour", "sequence", "item", separator),
-          c(cate_hist, "hist_item_cate", "behaviour", "sequence", "cate", separator),
-          c(user, "user_id", "user", "categorical", "user"))
+  return (
+    c(label, "label", "label", "label"),
+    c(item, "item_id", "item", "categorical", "item"),
+    c(cate, "item_cate", "item", "categorical", "cate"),
+    c(item_hist, "hist_item_id", "behaviour", "sequence", "item", separator),
+    c(cate_hist, "hist_item_cate", "behaviour", "sequence", "cate", separator),
+    c(user, "user_id", "user", "categorical", "user"),
+  )
 
 
 def find_layout(folder: str | Path) -> tuple[str, dict[str, Path]]:
@@ -82,16 +84,19 @@ def find_layout(folder: str | Path) -> tuple[str, dict[str, Path]]:
     return "bars", {"train": d / BARS_FILES[0], "test": d / BARS_FILES[1]}
   reviews = sorted(d.glob("reviews_*_5.json"))
   for r in reviews:
-    category = r.name[len("reviews_"):-len("_5.json")]
+    category = r.name[len("reviews_") : -len("_5.json")]
     meta = d / f"meta_{category}.json"
     if meta.is_file():
       return "raw", {"reviews": r, "meta": meta}
   if reviews:
-    raise DataError(f"{reviews[0]} found but not meta_{reviews[0].name[8:-7]}.json beside it; download both from "
-                    f"{DOWNLOAD}")
-  raise DataError(f"{d}: no Amazon files found; expected the DIEN layout ({', '.join(DIEN_FILES)}), the BARS "
-                  f"layout ({', '.join(BARS_FILES)}) or the raw 2014 dumps (reviews_<Category>_5.json and "
-                  f"meta_<Category>.json from {DOWNLOAD})")
+    raise DataError(
+      f"{reviews[0]} found but not meta_{reviews[0].name[8:-7]}.json beside it; download both from {DOWNLOAD}"
+    )
+  raise DataError(
+    f"{d}: no Amazon files found; expected the DIEN layout ({', '.join(DIEN_FILES)}), the BARS "
+    f"layout ({', '.join(BARS_FILES)}) or the raw 2014 dumps (reviews_<Category>_5.json and "
+    f"meta_<Category>.json from {DOWNLOAD})"
+  )
 
 
 # ----------------------------------------------------------------------------------- vocab pickles
@@ -110,11 +115,14 @@ def load_vocab_pickle(path: Path) -> list[str]:
     with open(path, "rb") as f:
       voc = _PlainUnpickler(f, encoding="latin1").load()
   except Exception as e:  # a corrupt or foreign pickle: say which file
-    raise DataError(f"{path}: not a vocabulary pickle ({e}); delete it to build the vocabulary from the "
-                    f"training file") from None
+    raise DataError(
+      f"{path}: not a vocabulary pickle ({e}); delete it to build the vocabulary from the training file"
+    ) from None
   if not isinstance(voc, dict) or not all(isinstance(v, int) and v >= 0 for v in voc.values()):
-    raise DataError(f"{path}: expected a dict of value -> non-negative int index; delete it to build the "
-                    f"vocabulary from the training file")
+    raise DataError(
+      f"{path}: expected a dict of value -> non-negative int index; delete it to build the "
+      f"vocabulary from the training file"
+    )
   values = [f"\x00unused:{i}" for i in range(max(voc.values(), default=-1) + 1)]
   for key, index in voc.items():
     values[index] = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
@@ -131,7 +139,7 @@ def _given_vocabs(files: dict[str, Path], cache_root: str) -> tuple[tuple[str, s
     if not target.exists():
       target.parent.mkdir(parents=True, exist_ok=True)
       shards.write_text(target, json.dumps(load_vocab_pickle(path)))
-    out.append((role[len("vocab:"):], str(target)))
+    out.append((role[len("vocab:") :], str(target)))
   return tuple(sorted(out))
 
 
@@ -172,8 +180,13 @@ def _category(obj: dict) -> str | None:
 
 def prepare(files: dict[str, Path], p: Params, cache_root: str) -> Path:
   """Builds the DIEN layout from the raw reviews + meta dumps (cached); returns its folder."""
-  params = {"version": PREPARE_VERSION, "inputs": tabular.stamp([files["reviews"], files["meta"]]),
-            "max_len": p.max_len, "seed": p.seed, "max_bad_rows": p.max_bad_rows}
+  params = {
+    "version": PREPARE_VERSION,
+    "inputs": tabular.stamp([files["reviews"], files["meta"]]),
+    "max_len": p.max_len,
+    "seed": p.seed,
+    "max_bad_rows": p.max_bad_rows,
+  }
   out = shards.dataset_dir(cache_root, f"amazon-prepared-{files['reviews'].name[8:-7]}", params)
   if (out / "params.json").exists() and json.loads((out / "params.json").read_text()) == params:
     return out
@@ -214,8 +227,9 @@ def prepare(files: dict[str, Path], p: Params, cache_root: str) -> Path:
   starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
   ends = np.r_[starts[1:], len(u)]
   try:
-    for a, b in progress.counted(zip(starts, ends), "user", "writing the DIEN layout", total=len(starts),
-                                 every=max(1, len(starts) // 10)):
+    for a, b in progress.counted(
+      zip(starts, ends), "user", "writing the DIEN layout", total=len(starts), every=max(1, len(starts) // 10)
+    ):
       uid = user_names[u[a]]
       for k in range(a + 1, b):
         h = slice(max(a, k - p.max_len), k)
@@ -228,8 +242,14 @@ def prepare(files: dict[str, Path], p: Params, cache_root: str) -> Path:
       f.close()
   for name in DIEN_FILES:
     (out / (name + ".tmp")).replace(out / name)
-  stats = {"reviews": int(len(u)), "users": len(users), "items": len(items), "bad_rows": bad.count,
-           "bad_row_examples": bad.examples, "items_without_category": int(sum(c == "(none)" for c in category))}
+  stats = {
+    "reviews": int(len(u)),
+    "users": len(users),
+    "items": len(items),
+    "bad_rows": bad.count,
+    "bad_row_examples": bad.examples,
+    "items_without_category": int(sum(c == "(none)" for c in category)),
+  }
   shards.write_text(out / "prepare_stats.json", json.dumps(stats, indent=1))
   shards.write_text(out / "params.json", json.dumps(params))
   return out
@@ -243,15 +263,26 @@ def spec_for(layout: str, files: dict[str, Path], p: Params, cache_root: str) ->
     header = delimited.read_header(files["train"], ",")
     missing = [n for n in BARS_NAMES if n not in header]
     if missing:
-      raise DataError(f"{files['train'].name} line 1: column {missing[0]!r} is missing; the BARS layout needs "
-                      f"{','.join(BARS_NAMES)}")
+      raise DataError(
+        f"{files['train'].name} line 1: column {missing[0]!r} is missing; the BARS layout needs {','.join(BARS_NAMES)}"
+      )
     fmt = delimited.TextFormat(",", header, header=True, quoting=True)
     columns, given = _columns(BARS_NAMES, "^"), ()
   else:
     fmt = delimited.TextFormat("\t", DIEN_NAMES, header=False, quoting=False)
     columns, given = _columns(DIEN_NAMES, "\x02"), _given_vocabs(files, cache_root)
-  return tabular.Spec(f"amazon-{layout}", columns, "user_id", p.max_len, p.block_size, p.seed, p.max_bad_rows, fmt,
-                      given, holdout="last" if p.holdout else "")
+  return tabular.Spec(
+    f"amazon-{layout}",
+    columns,
+    "user_id",
+    p.max_len,
+    p.block_size,
+    p.seed,
+    p.max_bad_rows,
+    fmt,
+    given,
+    holdout="last" if p.holdout else "",
+  )
 
 
 def build(folder: str, p: Params, cache_root: str) -> tuple[Path, dict[str, Any]]:
@@ -262,9 +293,17 @@ def build(folder: str, p: Params, cache_root: str) -> tuple[Path, dict[str, Any]
     prepared = prepare(files, p, cache_root)
     layout, files = "dien", {"train": prepared / DIEN_FILES[0], "test": prepared / DIEN_FILES[1]}
   if layout == "bars" and delimited.read_header(files["test"], ",") != delimited.read_header(files["train"], ","):
-    raise DataError(f"{files['test']} line 1: its header differs from {files['train'].name}'s; both need the "
-                    f"same columns")
+    raise DataError(
+      f"{files['test']} line 1: its header differs from {files['train'].name}'s; both need the same columns"
+    )
   spec = spec_for(layout, files, p, cache_root)
   inputs = {"train": [str(files["train"])], "test": [str(files["test"])]}
-  return tabular.build(spec, inputs, cache_root, p.part_bytes, p.embed_user_id, {"layout": layout},
-                       desc=f"converting Amazon ({layout} layout, {folder})")
+  return tabular.build(
+    spec,
+    inputs,
+    cache_root,
+    p.part_bytes,
+    p.embed_user_id,
+    {"layout": layout},
+    desc=f"converting Amazon ({layout} layout, {folder})",
+  )

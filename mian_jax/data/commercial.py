@@ -44,7 +44,7 @@ N_CLUSTERS = 8
 RANK = 4
 ITEM_SPREAD = 0.3  # how far an item's taste factors stray from its cluster's
 USER_BIAS_STD = 0.15  # a per-user click propensity no field reveals (learnable only from the user id, which is
-                      # not embedded by default: ~15 impressions per user); it lowers what any model can reach
+# not embedded by default: ~15 impressions per user); it lowers what any model can reach
 TAU_DAYS = 10.0  # behaviour relevance halves about every week
 MAX_AGE = 365
 BASE_RATE = 0.10
@@ -61,12 +61,12 @@ def make_schema(num_users: int, max_len: int, embed_user_id: bool = False) -> Fe
   ~15 training impressions per user its embedding memorises label noise and lowers the test AUC."""
   f = Feature
   feats = [
-      f("item_id", "item", "categorical", N_ITEMS + 1, "item"),
-      f("item_cate", "item", "categorical", N_ITEMS + 1, "cate"),
-      f("hist_item_id", "behaviour", "sequence", N_ITEMS + 1, "item"),
-      f("hist_item_cate", "behaviour", "sequence", N_ITEMS + 1, "cate"),
-      f("hist_age_days", "behaviour", "sequence", MAX_AGE + 2),  # age + 1 (0 = padding)
-      f("user_id", "user", "categorical", num_users + 1, embed=embed_user_id),
+    f("item_id", "item", "categorical", N_ITEMS + 1, "item"),
+    f("item_cate", "item", "categorical", N_ITEMS + 1, "cate"),
+    f("hist_item_id", "behaviour", "sequence", N_ITEMS + 1, "item"),
+    f("hist_item_cate", "behaviour", "sequence", N_ITEMS + 1, "cate"),
+    f("hist_age_days", "behaviour", "sequence", MAX_AGE + 2),  # age + 1 (0 = padding)
+    f("user_id", "user", "categorical", num_users + 1, embed=embed_user_id),
   ]
   feats += [f(name, "user", "categorical", n + 1) for name, n in USER_FIELDS.items()]
   feats.append(f("activity", "user", "numeric"))
@@ -108,24 +108,28 @@ class World:
     self.affinity = np.where(np.eye(N_ITEMS, dtype=bool), 1.0, np.where(same, 0.5, 0.0))
     self.cluster_items = [np.flatnonzero(self.cluster == c) for c in range(N_CLUSTERS)]
     self.item_bias = rng.normal(0, 0.3, N_ITEMS)
+
     # Item factors: mostly their cluster's (tastes act on kinds of items), plus a little of their own.
     def item_factors(*shape: int) -> np.ndarray:
       own = rng.normal(0, 1, (N_ITEMS,) + shape)
       return (rng.normal(0, 1, (N_CLUSTERS,) + shape)[self.cluster] + ITEM_SPREAD * own) / np.sqrt(1 + ITEM_SPREAD**2)
+
     self.item_user_vec = item_factors(RANK)
     self.item_ctx_vec = item_factors(RANK)
     self.item_activity = 0.8 * item_factors()
     self.user_vecs = {k: rng.normal(0, 1 / np.sqrt(RANK * len(USER_SIGNAL)), (n, RANK)) for k, n in USER_FIELDS.items()}
-    self.ctx_vecs = {k: rng.normal(0, 1 / np.sqrt(RANK * len(CONTEXT_FIELDS)), (n, RANK)) for k, n in CONTEXT_FIELDS.items()}
+    self.ctx_vecs = {
+      k: rng.normal(0, 1 / np.sqrt(RANK * len(CONTEXT_FIELDS)), (n, RANK)) for k, n in CONTEXT_FIELDS.items()
+    }
     # Users: a profile, an activity level, a favourite cluster, a main device and a history length.
     city = rng.integers(0, USER_FIELDS["city"], u)
     self.users = {
-        "age_bucket": rng.choice(7, u, p=[.05, .2, .25, .2, .15, .1, .05]),
-        "gender": rng.integers(0, 2, u),
-        "occupation": rng.integers(0, USER_FIELDS["occupation"], u),
-        "city": city,
-        "city_tier": np.minimum(city // 20, 4),  # low city ids are the big cities
-        "consumption": rng.choice(5, u, p=[.3, .3, .2, .15, .05]),
+      "age_bucket": rng.choice(7, u, p=[0.05, 0.2, 0.25, 0.2, 0.15, 0.1, 0.05]),
+      "gender": rng.integers(0, 2, u),
+      "occupation": rng.integers(0, USER_FIELDS["occupation"], u),
+      "city": city,
+      "city_tier": np.minimum(city // 20, 4),  # low city ids are the big cities
+      "consumption": rng.choice(5, u, p=[0.3, 0.3, 0.2, 0.15, 0.05]),
     }
     self.activity = rng.beta(2, 3, u).astype(np.float32)
     self.user_bias = rng.normal(0, USER_BIAS_STD, u)
@@ -133,7 +137,7 @@ class World:
     self.user_weight /= self.user_weight.sum()
     cluster_pop = np.array([self.item_pop[c].sum() for c in self.cluster_items])
     self.fav_cluster = rng.choice(N_CLUSTERS, u, p=cluster_pop / cluster_pop.sum())
-    self.device = rng.choice(4, u, p=[.45, .4, .1, .05])
+    self.device = rng.choice(4, u, p=[0.45, 0.4, 0.1, 0.05])
     self.hist_mean = rng.lognormal(np.log(18), 0.9, u)
     self.b0 = 0.0
     self.b0 = self._calibrate(p)
@@ -153,14 +157,14 @@ class World:
     user = rng.choice(len(self.user_weight), n, p=self.user_weight)
     item = rng.choice(N_ITEMS, n, p=self.item_pop)  # candidate: independent of the history
     day = rng.integers(day_lo, day_hi, n)
-    hour_p = np.array([1, .5, .3, .3, .3, .5, 1, 2, 3, 3, 3, 3, 4, 3, 3, 3, 3, 3, 4, 5, 6, 6, 4, 2], float)
+    hour_p = np.array([1, 0.5, 0.3, 0.3, 0.3, 0.5, 1, 2, 3, 3, 3, 3, 4, 3, 3, 3, 3, 3, 4, 5, 6, 6, 4, 2], float)
     ctx = {
-        "hour": rng.choice(24, n, p=hour_p / hour_p.sum()),
-        "weekday": (day + 3) % 7,
-        "season": rng.integers(0, 4, n),
-        "weather": rng.choice(6, n, p=[.4, .25, .15, .1, .05, .05]),
-        "location_type": rng.choice(5, n, p=[.35, .3, .15, .1, .1]),
-        "device": np.where(rng.random(n) < 0.8, self.device[user], rng.integers(0, 4, n)),
+      "hour": rng.choice(24, n, p=hour_p / hour_p.sum()),
+      "weekday": (day + 3) % 7,
+      "season": rng.integers(0, 4, n),
+      "weather": rng.choice(6, n, p=[0.4, 0.25, 0.15, 0.1, 0.05, 0.05]),
+      "location_type": rng.choice(5, n, p=[0.35, 0.3, 0.15, 0.1, 0.1]),
+      "device": np.where(rng.random(n) < 0.8, self.device[user], rng.integers(0, 4, n)),
     }
     # Histories: oldest first; ages ~ Exp(40 days) so that about half are older than 30 days.
     length = np.minimum(rng.poisson(self.hist_mean[user]), max_len)
@@ -178,16 +182,25 @@ class World:
     beh = np.where(from_fav, fav_pick, rng.choice(N_ITEMS, (n, max_len), p=self.item_pop))
     decay = np.where(valid, np.exp(-np.maximum(age, 0) / TAU_DAYS), 0.0)
     f_beh = S_BEH * (self.affinity[item[:, None], beh] * decay).sum(1) / (decay.sum(1) + 0.5)
-    f_user = S_USER * sum((self.item_user_vec[item] * self.user_vecs[k][self.users[k][user]]).sum(1) for k in USER_SIGNAL)
+    f_user = S_USER * sum(
+      (self.item_user_vec[item] * self.user_vecs[k][self.users[k][user]]).sum(1) for k in USER_SIGNAL
+    )
     f_user = f_user + self.item_activity[item] * (self.activity[user] - 0.5)
     f_ctx = S_CTX * sum((self.item_ctx_vec[item] * self.ctx_vecs[k][v]).sum(1) for k, v in ctx.items())
     bias = self.b0 + self.item_bias[item] + self.user_bias[user]
     logit = bias + f_beh + f_user + f_ctx
     label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.uint8)
-    cols = {"label": label, "item_id": item + 1, "item_cate": self.item_cate[item],
-            "hist_item_id": np.where(valid, beh + 1, 0), "hist_item_cate": np.where(valid, self.item_cate[beh], 0),
-            "hist_age_days": np.where(valid, age + 1, 0), "hist_len": length, "user_id": user + 1,
-            "activity": self.activity[user]}
+    cols = {
+      "label": label,
+      "item_id": item + 1,
+      "item_cate": self.item_cate[item],
+      "hist_item_id": np.where(valid, beh + 1, 0),
+      "hist_item_cate": np.where(valid, self.item_cate[beh], 0),
+      "hist_age_days": np.where(valid, age + 1, 0),
+      "hist_len": length,
+      "user_id": user + 1,
+      "activity": self.activity[user],
+    }
     cols.update({k: self.users[k][user] + 1 for k in USER_FIELDS})
     cols.update({k: v + 1 for k, v in ctx.items()})
     cols.update({"_logit": logit, "_no_beh": logit - f_beh, "_no_user": logit - f_user, "_no_ctx": logit - f_ctx})
@@ -221,7 +234,7 @@ def _write_shard(p: Params, directory: Path, num_shards: int, index: int) -> dic
       continue
     cols = world.sample(rng, sizes[split], *days[split], p.max_len)
     starts = range(0, sizes[split], p.block_size)
-    blocks = [records.encode_block(schema, {k: v[s:s + p.block_size] for k, v in cols.items()}) for s in starts]
+    blocks = [records.encode_block(schema, {k: v[s : s + p.block_size] for k, v in cols.items()}) for s in starts]
     shards.write_records(shards.shard_path(directory, split, index, num_shards), blocks)
     out["blocks"][split] = [min(p.block_size, sizes[split] - s) for s in starts]
     out["rows"][split] = sizes[split]
@@ -232,25 +245,31 @@ def _write_shard(p: Params, directory: Path, num_shards: int, index: int) -> dic
     related = (world.affinity[cols["item_id"][:, None] - 1, np.maximum(cols["hist_item_id"] - 1, 0)] > 0) & valid
     out["unrelated"] += int((~related.any(1)).sum())
     if split == "test":
-      np.savez(directory / f"truth-{index:05d}.npz", label=cols["label"],
-               **{k: cols[k].astype(np.float32) for k in ("_logit", "_no_beh", "_no_user", "_no_ctx")})
+      np.savez(
+        directory / f"truth-{index:05d}.npz",
+        label=cols["label"],
+        **{k: cols[k].astype(np.float32) for k in ("_logit", "_no_beh", "_no_user", "_no_ctx")},
+      )
   return out
 
 
 def _finish(directory: Path, stats: list[dict]) -> dict[str, Any]:
   truth = [np.load(directory / f"truth-{i:05d}.npz") for i in range(len(stats))]
   label = np.concatenate([t["label"] for t in truth])
-  auc = {k: metrics.auc(label, np.concatenate([t[k] for t in truth])) for k in ("_logit", "_no_beh", "_no_user", "_no_ctx")}
+  auc = {
+    k: metrics.auc(label, np.concatenate([t[k] for t in truth])) for k in ("_logit", "_no_beh", "_no_user", "_no_ctx")
+  }
   rows = {s: sum(st["rows"][s] for st in stats) for s in shards.SPLITS}
   return {
-      "rows": rows,
-      "label_rate": {s: sum(st["clicks"][s] for st in stats) / max(1, rows[s]) for s in shards.SPLITS},
-      "bayes_auc": auc["_logit"],
-      "auc_without_behaviour_interaction": auc["_no_beh"],
-      "auc_without_user_interaction": auc["_no_user"],
-      "auc_without_context_interaction": auc["_no_ctx"],
-      "share_behaviours_older_than_30_days": sum(st["old_behaviours"] for st in stats) / max(1, sum(st["behaviours"] for st in stats)),
-      "share_candidates_unrelated_to_history": sum(st["unrelated"] for st in stats) / max(1, sum(rows.values())),
+    "rows": rows,
+    "label_rate": {s: sum(st["clicks"][s] for st in stats) / max(1, rows[s]) for s in shards.SPLITS},
+    "bayes_auc": auc["_logit"],
+    "auc_without_behaviour_interaction": auc["_no_beh"],
+    "auc_without_user_interaction": auc["_no_user"],
+    "auc_without_context_interaction": auc["_no_ctx"],
+    "share_behaviours_older_than_30_days": sum(st["old_behaviours"] for st in stats)
+    / max(1, sum(st["behaviours"] for st in stats)),
+    "share_candidates_unrelated_to_history": sum(st["unrelated"] for st in stats) / max(1, sum(rows.values())),
   }
 
 
@@ -259,7 +278,13 @@ def build(root: str, p: Params) -> tuple[Path, dict[str, Any]]:
   params = {"generator": "commercial/4", **dataclasses.asdict(p)}
   directory = shards.dataset_dir(root, "commercial", params)
   num_shards = max(1, -(-p.num_samples // p.shard_samples))
-  meta = shards.build(directory, make_schema(p.num_users, p.max_len), params, num_shards,
-                      functools.partial(_write_shard, p, directory, num_shards),
-                      functools.partial(_finish, directory), desc=f"generating commercial data ({p.num_samples:,} samples)")
+  meta = shards.build(
+    directory,
+    make_schema(p.num_users, p.max_len),
+    params,
+    num_shards,
+    functools.partial(_write_shard, p, directory, num_shards),
+    functools.partial(_finish, directory),
+    desc=f"generating commercial data ({p.num_samples:,} samples)",
+  )
   return directory, meta

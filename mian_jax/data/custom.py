@@ -54,17 +54,35 @@ KINDS = ("categorical", "numeric", "sequence")
 # Every key and the TOML type its value must have: "string", "boolean", "number" (integer or float, never a
 # boolean), "list" (an array) or "table"; a tuple allows any of them; LIST_ITEMS: what an array must hold.
 TOP_TYPES: dict[str, str | tuple[str, ...]] = {
-    "train": ("string", "list"), "valid": ("string", "list"), "test": ("string", "list"), "format": "string",
-    "delimiter": "string", "header": "boolean", "names": "list", "label": "string", "user_key": "string",
-    "columns": "table"}
+  "train": ("string", "list"),
+  "valid": ("string", "list"),
+  "test": ("string", "list"),
+  "format": "string",
+  "delimiter": "string",
+  "header": "boolean",
+  "names": "list",
+  "label": "string",
+  "user_key": "string",
+  "columns": "table",
+}
 COLUMN_TYPES: dict[str, str | tuple[str, ...]] = {
-    "group": "string", "kind": "string", "vocab": "string", "separator": "string", "order": "string",
-    "log1p": "boolean"}
+  "group": "string",
+  "kind": "string",
+  "vocab": "string",
+  "separator": "string",
+  "order": "string",
+  "log1p": "boolean",
+}
 LIST_ITEMS = {"train": "string", "valid": "string", "test": "string", "names": "string"}
 TOP_KEYS = set(TOP_TYPES)
 COLUMN_KEYS = set(COLUMN_TYPES)
-_WANTED = {"string": 'a string in quotes, e.g. "value"', "boolean": "true or false (a TOML boolean, without quotes)",
-           "number": "a number", "list": 'an array, e.g. ["a", "b"]', "table": "a table"}
+_WANTED = {
+  "string": 'a string in quotes, e.g. "value"',
+  "boolean": "true or false (a TOML boolean, without quotes)",
+  "number": "a number",
+  "list": 'an array, e.g. ["a", "b"]',
+  "table": "a table",
+}
 
 
 def _fail(path: Path, key: str, message: str) -> DataError:
@@ -80,8 +98,12 @@ def _toml_type(value: Any) -> str:
 
 
 def _described(value: Any) -> str:
-  kind = {"number": "the integer" if isinstance(value, int) else "the float", "list": "an array",
-          "table": "a table", "date/time": "a date/time"}.get(_toml_type(value), f"the {_toml_type(value)}")
+  kind = {
+    "number": "the integer" if isinstance(value, int) else "the float",
+    "list": "an array",
+    "table": "a table",
+    "date/time": "a date/time",
+  }.get(_toml_type(value), f"the {_toml_type(value)}")
   return kind if kind in ("an array", "a table") else f"{kind} {value!r}"
 
 
@@ -135,8 +157,10 @@ def _disjoint(inputs: dict[str, list[str]], schema_path: Path) -> None:
   for split in ("valid", "test"):
     both = [f for f in inputs.get(split, []) if os.path.realpath(f) in trained]
     if both:
-      raise DataError(f"{schema_path} keys train and {split}: both match {both[0]}; a file may not be in training "
-                      f"and {split} data (narrow the patterns, e.g. train = \"train-*.csv\")")
+      raise DataError(
+        f"{schema_path} keys train and {split}: both match {both[0]}; a file may not be in training "
+        f"and {split} data (narrow the patterns, e.g. train = \"train-*.csv\")"
+      )
 
 
 def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tuple[tabular.Spec, dict[str, list[str]]]:
@@ -151,9 +175,18 @@ def load(schema_path: str | Path, folder: str | Path, p: tabular.Options) -> tup
   _check_groups(path, columns)
   digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
   carve = p.holdout and "valid" not in inputs
-  spec = tabular.Spec(f"custom-{path.stem}-{digest}", tuple(columns), user_key, p.max_len, p.block_size, p.seed,
-                      p.max_bad_rows, fmt, holdout="users" if carve else "",
-                      holdout_fraction=p.holdout_fraction if carve else 0.0)
+  spec = tabular.Spec(
+    f"custom-{path.stem}-{digest}",
+    tuple(columns),
+    user_key,
+    p.max_len,
+    p.block_size,
+    p.seed,
+    p.max_bad_rows,
+    fmt,
+    holdout="users" if carve else "",
+    holdout_fraction=p.holdout_fraction if carve else 0.0,
+  )
   return spec, inputs
 
 
@@ -163,8 +196,9 @@ def _read_schema(schema_path: str | Path) -> tuple[Path, dict[str, Any]]:
   if not str(schema_path):
     raise DataError("data.schema is not set; set it to a TOML schema file (see experiments/schemas/)")
   if not path.is_file():
-    raise DataError(f"data.schema={schema_path}: no such file; point it at a TOML schema file "
-                    f"(see experiments/schemas/)")
+    raise DataError(
+      f"data.schema={schema_path}: no such file; point it at a TOML schema file (see experiments/schemas/)"
+    )
   try:
     doc = tomllib.loads(path.read_text(encoding="utf-8"))
   except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -183,16 +217,19 @@ def _find_inputs(path: Path, doc: dict[str, Any], folder: Path, holdout: bool) -
   """{split: files} under `folder` as the schema names them; no file in two splits."""
   if not folder.is_dir():
     raise DataError(f"data.dir={folder} is not a folder; set data.dir to the folder holding your data files")
-  inputs = {"train": _files(folder, doc.get("train"), path, "train"),
-            "test": _files(folder, doc.get("test"), path, "test")}
+  inputs = {
+    "train": _files(folder, doc.get("train"), path, "train"),
+    "test": _files(folder, doc.get("test"), path, "test"),
+  }
   if holdout and "valid" in doc:
     inputs["valid"] = _files(folder, doc.get("valid"), path, "valid")
   _disjoint(inputs, path)
   return inputs
 
 
-def _file_format(path: Path, doc: dict[str, Any], inputs: dict[str, list[str]]
-                 ) -> tuple[delimited.TextFormat | None, dict[str, tuple[str, ...]]]:
+def _file_format(
+  path: Path, doc: dict[str, Any], inputs: dict[str, list[str]]
+) -> tuple[delimited.TextFormat | None, dict[str, tuple[str, ...]]]:
   """(the text format with the files' column names, None for Parquet; {Parquet file: its columns})."""
   fmt_name = doc.get("format") or Path(inputs["train"][0]).suffix.lstrip(".").lower()
   if fmt_name not in ("csv", "tsv", "txt", "parquet"):
@@ -210,8 +247,10 @@ def _file_format(path: Path, doc: dict[str, Any], inputs: dict[str, list[str]]
       raise _fail(path, "delimiter", f"expected one character, got {delimiter!r}")
     for f in every_file:
       if _first_bytes(f, len(delimited.PARQUET_MAGIC)) == delimited.PARQUET_MAGIC:
-        raise DataError(f"{f}: a Parquet file, but {path} reads it as {fmt_name} text; set format = \"parquet\" "
-                        f"there, or give {fmt_name} files")
+        raise DataError(
+          f"{f}: a Parquet file, but {path} reads it as {fmt_name} text; set format = \"parquet\" "
+          f"there, or give {fmt_name} files"
+        )
     header = doc.get("header", True)
     if header:
       names = delimited.read_header(inputs["train"][0], delimiter)
@@ -264,8 +303,18 @@ def _columns(path: Path, doc: dict[str, Any], fmt: delimited.TextFormat | None) 
       raise _fail(path, f"{key}.order", f"{order!r} is not oldest_first or newest_first")
     if fmt is not None and name not in fmt.names:
       raise DataError(f"{path} key {key}: the files have no column {name!r}; they have {', '.join(fmt.names)}")
-    columns.append(tabular.Column(name, name, group, kind, str(entry.get("vocab") or name) if kind != "numeric"
-                                  else "", separator, order == "newest_first", bool(entry.get("log1p", False))))
+    columns.append(
+      tabular.Column(
+        name,
+        name,
+        group,
+        kind,
+        str(entry.get("vocab") or name) if kind != "numeric" else "",
+        separator,
+        order == "newest_first",
+        bool(entry.get("log1p", False)),
+      )
+    )
   user_key = doc.get("user_key", "")
   if user_key and user_key not in table:
     columns.append(tabular.Column(user_key, user_key, "user", "categorical", user_key))
@@ -275,8 +324,13 @@ def _columns(path: Path, doc: dict[str, Any], fmt: delimited.TextFormat | None) 
   return columns, user_key
 
 
-def _check_files_hold(path: Path, columns: list[tabular.Column], fmt: delimited.TextFormat | None,
-                      parquet_columns: dict[str, tuple[str, ...]], inputs: dict[str, list[str]]) -> None:
+def _check_files_hold(
+  path: Path,
+  columns: list[tabular.Column],
+  fmt: delimited.TextFormat | None,
+  parquet_columns: dict[str, tuple[str, ...]],
+  inputs: dict[str, list[str]],
+) -> None:
   """Every column the schema uses is in the files, once."""
   used = list(dict.fromkeys(c.source for c in columns if c.source))
   if fmt is not None:
@@ -285,19 +339,26 @@ def _check_files_hold(path: Path, columns: list[tabular.Column], fmt: delimited.
         raise DataError(f"{path}: column {c.source!r} is not in the files; they have {', '.join(fmt.names)}")
     twice = delimited.duplicated(fmt.names, used)
     if twice and fmt.header:
-      raise DataError(f"{inputs['train'][0]} line 1: the header names column {twice[0]!r} {twice[1]} times, and {path} "
-                      f"uses it; rename the copies in the header so that every column has its own name")
+      raise DataError(
+        f"{inputs['train'][0]} line 1: the header names column {twice[0]!r} {twice[1]} times, and {path} "
+        f"uses it; rename the copies in the header so that every column has its own name"
+      )
     if twice:
-      raise _fail(path, "names", f"{twice[0]!r} appears {twice[1]} times, and the schema uses it; give every "
-                  f"column its own name in names")
+      raise _fail(
+        path,
+        "names",
+        f"{twice[0]!r} appears {twice[1]} times, and the schema uses it; give every column its own name in names",
+      )
   for f, have in parquet_columns.items():
     missing = [u for u in used if u not in have]
     if missing:
       raise DataError(f"{f}: no column {missing[0]!r}, which {path} uses; the file has {', '.join(have)}")
     twice = delimited.duplicated(have, used)
     if twice:
-      raise DataError(f"{f}: column {twice[0]!r} appears {twice[1]} times, and {path} uses it; rename the copies "
-                      f"(e.g. pyarrow's Table.rename_columns) so that every column has its own name")
+      raise DataError(
+        f"{f}: column {twice[0]!r} appears {twice[1]} times, and {path} uses it; rename the copies "
+        f"(e.g. pyarrow's Table.rename_columns) so that every column has its own name"
+      )
 
 
 def _check_groups(path: Path, columns: list[tabular.Column]) -> None:
@@ -310,11 +371,16 @@ def _check_groups(path: Path, columns: list[tabular.Column]) -> None:
     raise _fail(path, "columns", "declare at least one item column (the candidate)")
   for c in features:
     if c.group == "item" and not any(s.vocab == c.vocab for s in seqs):
-      raise _fail(path, f"columns.{c.source}.vocab", f"item column {c.source!r} has no behaviour sequence with "
-                  f"vocab {c.vocab!r}; give one the same vocab, or make the column a context field")
+      raise _fail(
+        path,
+        f"columns.{c.source}.vocab",
+        f"item column {c.source!r} has no behaviour sequence with "
+        f"vocab {c.vocab!r}; give one the same vocab, or make the column a context field",
+      )
 
 
 def build(folder: str, schema: str, p: tabular.Options, cache_root: str):
   spec, inputs = load(schema, folder, p)
-  return tabular.build(spec, inputs, cache_root, p.part_bytes, p.embed_user_id,
-                       desc=f"converting {Path(schema).name} ({folder})")
+  return tabular.build(
+    spec, inputs, cache_root, p.part_bytes, p.embed_user_id, desc=f"converting {Path(schema).name} ({folder})"
+  )

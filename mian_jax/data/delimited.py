@@ -42,6 +42,7 @@ class TextFormat:
 class Part:
   """A piece of one input file: text bytes [start, end) whose first line is `first_line`, or Parquet
   row groups [start, end) whose first row is `first_line`."""
+
   path: str
   kind: str  # "text" | "parquet"
   start: int
@@ -80,8 +81,10 @@ def read_header(path: str | Path, delimiter: str) -> tuple[str, ...]:
   with open(path, "rb") as f:
     first = f.readline()
   if first.startswith(PARQUET_MAGIC):
-    raise DataError(f"{Path(path).name} line 1: this is a Parquet file (it starts with {PARQUET_MAGIC.decode()}), "
-                    f"not CSV / TSV text; name it .parquet, or set format = \"parquet\" in the schema")
+    raise DataError(
+      f"{Path(path).name} line 1: this is a Parquet file (it starts with {PARQUET_MAGIC.decode()}), "
+      f"not CSV / TSV text; name it .parquet, or set format = \"parquet\" in the schema"
+    )
   try:
     text = first.decode("utf-8-sig").rstrip("\r\n")
   except UnicodeDecodeError:
@@ -89,8 +92,10 @@ def read_header(path: str | Path, delimiter: str) -> tuple[str, ...]:
   if not text.strip():
     raise DataError(f"{Path(path).name} line 1: the header is empty; the first line must name the columns")
   if "\r" in text:
-    raise DataError(f"{Path(path).name} line 1: the header holds a carriage return (CR-only line endings, or a "
-                    f"stray \\r); save the file with LF or CRLF line endings")
+    raise DataError(
+      f"{Path(path).name} line 1: the header holds a carriage return (CR-only line endings, or a "
+      f"stray \\r); save the file with LF or CRLF line endings"
+    )
   try:
     return tuple(c.strip() for c in next(csv.reader([text], delimiter=delimiter)))
   except csv.Error as e:
@@ -162,8 +167,10 @@ def parquet_parts(path: str | Path, groups_per_part: int = 1) -> list[Part]:
     raise DataError(f"{path}: cannot be read ({e.strerror or e}); check the file and its permissions") from None
   rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
   starts = np.concatenate([[0], np.cumsum(rows)]).astype(int)
-  return [Part(str(path), "parquet", g, min(g + groups_per_part, len(rows)), int(starts[g]) + 1)
-          for g in range(0, len(rows), groups_per_part)]
+  return [
+    Part(str(path), "parquet", g, min(g + groups_per_part, len(rows)), int(starts[g]) + 1)
+    for g in range(0, len(rows), groups_per_part)
+  ]
 
 
 def read(part: Part, fmt: TextFormat | None, bad: BadRows, columns: tuple[str, ...] | None = None) -> Iterator[Chunk]:
@@ -193,11 +200,13 @@ def _parse(data: bytes, line: int, path: str, fmt: TextFormat, bad: BadRows) -> 
   newlines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
   try:
     table = pacsv.read_csv(
-        pa.py_buffer(data),
-        read_options=pacsv.ReadOptions(column_names=list(fmt.names), use_threads=False, block_size=len(data) + 1),
-        parse_options=pacsv.ParseOptions(delimiter=fmt.delimiter, quote_char='"' if fmt.quoting else False),
-        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in fmt.names},
-                                             strings_can_be_null=False, quoted_strings_can_be_null=False))
+      pa.py_buffer(data),
+      read_options=pacsv.ReadOptions(column_names=list(fmt.names), use_threads=False, block_size=len(data) + 1),
+      parse_options=pacsv.ParseOptions(delimiter=fmt.delimiter, quote_char='"' if fmt.quoting else False),
+      convert_options=pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in fmt.names}, strings_can_be_null=False, quoted_strings_can_be_null=False
+      ),
+    )
     if table.num_rows == newlines:
       return Chunk(table, np.arange(line, line + newlines, dtype=np.int64), path)
   except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -235,8 +244,9 @@ def _parse_slowly(data: bytes, line: int, path: str, fmt: TextFormat, bad: BadRo
 
 def _read_parquet(part: Part, columns: tuple[str, ...] | None) -> Iterator[Chunk]:
   row = part.first_line
-  for batch in pq.ParquetFile(part.path).iter_batches(row_groups=range(part.start, part.end),
-                                                      columns=list(columns) if columns else None):
+  for batch in pq.ParquetFile(part.path).iter_batches(
+    row_groups=range(part.start, part.end), columns=list(columns) if columns else None
+  ):
     table = pa.Table.from_batches([batch])
     yield Chunk(table, np.arange(row, row + table.num_rows, dtype=np.int64), part.path)
     row += table.num_rows

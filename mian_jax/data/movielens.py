@@ -51,9 +51,27 @@ from mian_jax.schema import Feature, FeatureSchema
 
 VERSION = "movielens/1"
 LAYOUTS = {"100k": ("u.data", "u.user", "u.item"), "1m": ("ratings.dat", "users.dat", "movies.dat")}
-GENRES_100K = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-               "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
-               "Thriller", "War", "Western")
+GENRES_100K = (
+  "unknown",
+  "Action",
+  "Adventure",
+  "Animation",
+  "Children's",
+  "Comedy",
+  "Crime",
+  "Documentary",
+  "Drama",
+  "Fantasy",
+  "Film-Noir",
+  "Horror",
+  "Musical",
+  "Mystery",
+  "Romance",
+  "Sci-Fi",
+  "Thriller",
+  "War",
+  "Western",
+)
 AGE_EDGES = (18, 25, 35, 45, 50, 56)  # ml-1m's age groups: <18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+
 AGE_BUCKETS = len(AGE_EDGES) + 1
 HIST_AGE_BUCKETS = 10  # behaviour age in days: 0, 1, 2-3, 4-7, ..., 256+ (stored + 1; 0 = padding)
@@ -77,12 +95,15 @@ def find_layout(folder: str | os.PathLike) -> tuple[str, dict[str, Path]]:
     if (d / names[0]).is_file():
       missing = [n for n in names if not (d / n).is_file()]
       if missing:
-        raise DataError(f"{d}: MovieLens {layout} layout ({names[0]} found) but {', '.join(missing)} "
-                                 f"is missing; expected {', '.join(names)}")
+        raise DataError(
+          f"{d}: MovieLens {layout} layout ({names[0]} found) but {', '.join(missing)} "
+          f"is missing; expected {', '.join(names)}"
+        )
       return layout, dict(zip(("ratings", "users", "movies"), (d / n for n in names)))
   raise DataError(
-      f"{d}: no MovieLens files found; expected ml-100k's {', '.join(LAYOUTS['100k'])} or ml-1m's "
-      f"{', '.join(LAYOUTS['1m'])} (download ml-100k or ml-1m from {DOWNLOAD} and set data.dir to the folder)")
+    f"{d}: no MovieLens files found; expected ml-100k's {', '.join(LAYOUTS['100k'])} or ml-1m's "
+    f"{', '.join(LAYOUTS['1m'])} (download ml-100k or ml-1m from {DOWNLOAD} and set data.dir to the folder)"
+  )
 
 
 def _lines(path: Path, sep: str, fields: int | None, min_fields: int | None = None) -> Iterator[tuple[int, list[str]]]:
@@ -98,7 +119,8 @@ def _lines(path: Path, sep: str, fields: int | None, min_fields: int | None = No
         raise DataError(f"{path.name} line {number}: expected {fields} {word}-separated fields, got {len(parts)}")
       if min_fields is not None and len(parts) < min_fields:
         raise DataError(
-            f"{path.name} line {number}: expected at least {min_fields} {word}-separated fields, got {len(parts)}")
+          f"{path.name} line {number}: expected at least {min_fields} {word}-separated fields, got {len(parts)}"
+        )
       yield number, parts
 
 
@@ -132,12 +154,16 @@ def read_raw(layout: str, files: dict[str, Path]) -> dict[str, Any]:
     else:
       uid, gender, age, occupation, zipcode = parts
     users[_int(path, number, "user id", uid)] = (
-        age_bucket(_int(path, number, "age", age)), gender.strip().upper(), occupation.strip(), zipcode.strip()[:1].upper())
+      age_bucket(_int(path, number, "age", age)),
+      gender.strip().upper(),
+      occupation.strip(),
+      zipcode.strip()[:1].upper(),
+    )
   movies: dict[int, str] = {}
   path = files["movies"]
   if layout == "100k":
     for number, parts in _lines(path, "|", None, min_fields=5 + len(GENRES_100K)):
-      flags = parts[-len(GENRES_100K):]
+      flags = parts[-len(GENRES_100K) :]
       first = next((g for g, flag in zip(GENRES_100K, flags) if flag.strip() == "1"), "(none)")
       movies[_int(path, number, "movie id", parts[0])] = first
   else:
@@ -181,27 +207,39 @@ def samples(raw: dict[str, Any], p: Params, vocabs: dict[str, dict[Any, int]] | 
   genre = [movies.get(int(i), "(none)") for i in item]
   profile = [users.get(int(u)) for u in user]
   vocabs = vocabs or {
-      "item_id": _vocab(item[train].tolist()),
-      "item_cate": _vocab(g for g, t in zip(genre, train) if t),
-      "user_id": _vocab(user[train].tolist()),
-      "gender": _vocab(pr[1] for pr, t in zip(profile, train) if t and pr),
-      "occupation": _vocab(pr[2] for pr, t in zip(profile, train) if t and pr),
-      "zip_prefix": _vocab(pr[3] for pr, t in zip(profile, train) if t and pr),
+    "item_id": _vocab(item[train].tolist()),
+    "item_cate": _vocab(g for g, t in zip(genre, train) if t),
+    "user_id": _vocab(user[train].tolist()),
+    "gender": _vocab(pr[1] for pr, t in zip(profile, train) if t and pr),
+    "occupation": _vocab(pr[2] for pr, t in zip(profile, train) if t and pr),
+    "zip_prefix": _vocab(pr[3] for pr, t in zip(profile, train) if t and pr),
   }
   cols = {
-      "label": (rating >= p.min_positive_rating).astype(np.uint8),
-      "item_id": _lookup(vocabs["item_id"], item.tolist()),
-      "item_cate": _lookup(vocabs["item_cate"], genre),
-      "user_id": _lookup(vocabs["user_id"], user.tolist()),
-      "age_bucket": np.asarray([pr[0] + 1 if pr else 0 for pr in profile], np.int64),
-      "gender": _lookup(vocabs["gender"], [pr[1] if pr else None for pr in profile]),
-      "occupation": _lookup(vocabs["occupation"], [pr[2] if pr else None for pr in profile]),
-      "zip_prefix": _lookup(vocabs["zip_prefix"], [pr[3] if pr else None for pr in profile]),
-      "hour": (time // 3600) % 24 + 1,
-      "weekday": (time // 86400 + 3) % 7 + 1,  # 1970-01-01 was a Thursday; 1 = Monday .. 7 = Sunday
+    "label": (rating >= p.min_positive_rating).astype(np.uint8),
+    "item_id": _lookup(vocabs["item_id"], item.tolist()),
+    "item_cate": _lookup(vocabs["item_cate"], genre),
+    "user_id": _lookup(vocabs["user_id"], user.tolist()),
+    "age_bucket": np.asarray([pr[0] + 1 if pr else 0 for pr in profile], np.int64),
+    "gender": _lookup(vocabs["gender"], [pr[1] if pr else None for pr in profile]),
+    "occupation": _lookup(vocabs["occupation"], [pr[2] if pr else None for pr in profile]),
+    "zip_prefix": _lookup(vocabs["zip_prefix"], [pr[3] if pr else None for pr in profile]),
+    "hour": (time // 3600) % 24 + 1,
+    "weekday": (time // 86400 + 3) % 7 + 1,  # 1970-01-01 was a Thursday; 1 = Monday .. 7 = Sunday
   }
-  return {"cols": cols, "raw_item": item, "time": time, "user": user, "rating": rating, "hist_end": hist_end,
-          "hist_full": hist_full, "test": test, "valid": valid, "train": train, "vocabs": vocabs, "order": order}
+  return {
+    "cols": cols,
+    "raw_item": item,
+    "time": time,
+    "user": user,
+    "rating": rating,
+    "hist_end": hist_end,
+    "hist_full": hist_full,
+    "test": test,
+    "valid": valid,
+    "train": train,
+    "vocabs": vocabs,
+    "order": order,
+  }
 
 
 def history(s: dict[str, Any], rows: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
@@ -213,29 +251,31 @@ def history(s: dict[str, Any], rows: np.ndarray, max_len: int) -> dict[str, np.n
   index = np.where(valid, (end - length)[:, None] + pos, 0)
   days = (s["time"][rows][:, None] - s["time"][index]) // 86400
   age = np.minimum(np.floor(np.log2(np.maximum(days, 0) + 1)).astype(np.int64), HIST_AGE_BUCKETS - 1) + 1
-  return {"hist_item_id": np.where(valid, s["cols"]["item_id"][index], 0),
-          "hist_item_cate": np.where(valid, s["cols"]["item_cate"][index], 0),
-          "hist_age_days": np.where(valid, age, 0),
-          "hist_len": length,
-          "_hist_raw_item": np.where(valid, s["raw_item"][index], -1)}
+  return {
+    "hist_item_id": np.where(valid, s["cols"]["item_id"][index], 0),
+    "hist_item_cate": np.where(valid, s["cols"]["item_cate"][index], 0),
+    "hist_age_days": np.where(valid, age, 0),
+    "hist_len": length,
+    "_hist_raw_item": np.where(valid, s["raw_item"][index], -1),
+  }
 
 
 def make_schema(vocabs: dict[str, dict], max_len: int, embed_user_id: bool = False) -> FeatureSchema:
   f = Feature
   size = {k: len(v) + 1 for k, v in vocabs.items()}
   feats = [
-      f("item_id", "item", "categorical", size["item_id"], "item"),
-      f("item_cate", "item", "categorical", size["item_cate"], "cate"),
-      f("hist_item_id", "behaviour", "sequence", size["item_id"], "item"),
-      f("hist_item_cate", "behaviour", "sequence", size["item_cate"], "cate"),
-      f("hist_age_days", "behaviour", "sequence", HIST_AGE_BUCKETS + 1),
-      f("user_id", "user", "categorical", max(2, size["user_id"]), embed=embed_user_id),
-      f("age_bucket", "user", "categorical", AGE_BUCKETS + 1),
-      f("gender", "user", "categorical", max(2, size["gender"])),
-      f("occupation", "user", "categorical", max(2, size["occupation"])),
-      f("zip_prefix", "user", "categorical", max(2, size["zip_prefix"])),
-      f("hour", "context", "categorical", 25),
-      f("weekday", "context", "categorical", 8),
+    f("item_id", "item", "categorical", size["item_id"], "item"),
+    f("item_cate", "item", "categorical", size["item_cate"], "cate"),
+    f("hist_item_id", "behaviour", "sequence", size["item_id"], "item"),
+    f("hist_item_cate", "behaviour", "sequence", size["item_cate"], "cate"),
+    f("hist_age_days", "behaviour", "sequence", HIST_AGE_BUCKETS + 1),
+    f("user_id", "user", "categorical", max(2, size["user_id"]), embed=embed_user_id),
+    f("age_bucket", "user", "categorical", AGE_BUCKETS + 1),
+    f("gender", "user", "categorical", max(2, size["gender"])),
+    f("occupation", "user", "categorical", max(2, size["occupation"])),
+    f("zip_prefix", "user", "categorical", max(2, size["zip_prefix"])),
+    f("hour", "context", "categorical", 25),
+    f("weekday", "context", "categorical", 8),
   ]
   return FeatureSchema(tuple(feats), user_key="user_id", max_len=max_len)
 
@@ -251,13 +291,13 @@ def _write_shard(layout: str, files: tuple, p: Params, directory: Path, index: i
   rows = {split: np.flatnonzero(s[split]) for split in shards.SPLITS}
   rng = np.random.default_rng([p.seed, 2718])
   rows["train"] = rng.permutation(rows["train"])
-  rows["train"] = rows["train"][:len(rows["train"]) // p.block_size * p.block_size]  # whole blocks only
+  rows["train"] = rows["train"][: len(rows["train"]) // p.block_size * p.block_size]  # whole blocks only
   out: dict[str, Any] = {"blocks": {}, "rows": {}, "positives": {}, "unrelated": 0, "seen": 0}
   for split in shards.SPLITS:
     r = rows[split]
     blocks = []
     for start in range(0, len(r), p.block_size):
-      b = r[start:start + p.block_size]
+      b = r[start : start + p.block_size]
       hist = history(s, b, p.max_len)
       cols = {k: v[b] for k, v in s["cols"].items()}
       cols.update(hist)
@@ -273,24 +313,26 @@ def _write_shard(layout: str, files: tuple, p: Params, directory: Path, index: i
   hist_test = history(s, test, p.max_len)
   full = s["hist_full"]
   out["summary"] = {
-      "layout": layout,
-      "ratings": int(len(full)),
-      "rows": out["rows"],
-      "dropped_train_rows": int(s["train"].sum() - len(rows["train"])),
-      "users": len(s["vocabs"]["user_id"]),
-      "items": len(s["vocabs"]["item_id"]),
-      "genres": len(s["vocabs"]["item_cate"]),
-      "label_rate": {k: out["positives"][k] / max(1, out["rows"][k]) for k in shards.SPLITS},
-      "history_length_percentiles": {str(q): float(np.percentile(full, q)) for q in (50, 90, 99)},
-      "share_histories_longer_than_max_len": float(np.mean(full > p.max_len)),
-      # A user rates a movie once, so the candidate itself is (almost) never in its history; "unrelated"
-      # here means: no behaviour of the candidate's genre among the kept (most recent max_len) behaviours.
-      "share_candidates_unrelated_to_history": out["unrelated"] / max(1, sum(out["rows"].values())),
-      "share_candidate_movies_in_history": out["seen"] / max(1, sum(out["rows"].values())),
-      "oov": {"test_candidate_items": int((s["cols"]["item_id"][test] == 0).sum()),
-              "test_candidate_genres": int((s["cols"]["item_cate"][test] == 0).sum()),
-              "test_history_items": int(((hist_test["hist_item_id"] == 0) & (hist_test["_hist_raw_item"] >= 0)).sum()),
-              "test_users": int((s["cols"]["user_id"][test] == 0).sum())},
+    "layout": layout,
+    "ratings": int(len(full)),
+    "rows": out["rows"],
+    "dropped_train_rows": int(s["train"].sum() - len(rows["train"])),
+    "users": len(s["vocabs"]["user_id"]),
+    "items": len(s["vocabs"]["item_id"]),
+    "genres": len(s["vocabs"]["item_cate"]),
+    "label_rate": {k: out["positives"][k] / max(1, out["rows"][k]) for k in shards.SPLITS},
+    "history_length_percentiles": {str(q): float(np.percentile(full, q)) for q in (50, 90, 99)},
+    "share_histories_longer_than_max_len": float(np.mean(full > p.max_len)),
+    # A user rates a movie once, so the candidate itself is (almost) never in its history; "unrelated"
+    # here means: no behaviour of the candidate's genre among the kept (most recent max_len) behaviours.
+    "share_candidates_unrelated_to_history": out["unrelated"] / max(1, sum(out["rows"].values())),
+    "share_candidate_movies_in_history": out["seen"] / max(1, sum(out["rows"].values())),
+    "oov": {
+      "test_candidate_items": int((s["cols"]["item_id"][test] == 0).sum()),
+      "test_candidate_genres": int((s["cols"]["item_cate"][test] == 0).sum()),
+      "test_history_items": int(((hist_test["hist_item_id"] == 0) & (hist_test["_hist_raw_item"] >= 0)).sum()),
+      "test_users": int((s["cols"]["user_id"][test] == 0).sum()),
+    },
   }
   return out
 
@@ -311,8 +353,15 @@ def build(folder: str, p: Params, cache_root: str) -> tuple[Path, dict[str, Any]
     (directory / "vocab").mkdir(parents=True, exist_ok=True)
     for name, vocab in s["vocabs"].items():  # value k of the list has id k + 1, as tabular writes them
       shards.write_text(directory / "vocab" / f"{name}.json", json.dumps(sorted(vocab, key=vocab.get)))
-    meta = shards.build(directory, schema, params, 1, functools.partial(_write_shard, layout, key, p, directory),
-                        lambda stats: stats[0]["summary"], desc=f"converting MovieLens {layout} ({folder})")
+    meta = shards.build(
+      directory,
+      schema,
+      params,
+      1,
+      functools.partial(_write_shard, layout, key, p, directory),
+      lambda stats: stats[0]["summary"],
+      desc=f"converting MovieLens {layout} ({folder})",
+    )
   finally:
     _converted.cache_clear()  # the files may change before the next call: never reuse parsed data
   return directory, meta
@@ -344,15 +393,18 @@ def encode_records(trained: Path, folder: str, cache_root: str) -> tuple[Path, d
   directory.mkdir(parents=True, exist_ok=True)
   blocks = []
   for start in range(0, len(rows), p.block_size):
-    b = rows[start:start + p.block_size]
+    b = rows[start : start + p.block_size]
     cols = {k: v[b] for k, v in s["cols"].items()}
     cols.update(history(s, b, p.max_len))
     blocks.append(records.encode_block(schema, cols))
   shards.write_records(shards.shard_path(directory, "test", 0, 1), blocks)
-  meta = {"params": params, "schema": meta["schema"], "files": {"train": [], "test": [shards.shard_path(
-      directory, "test", 0, 1).name]}, "blocks": {"train": [], "test": [len(rows[i:i + p.block_size])
-                                                                    for i in range(0, len(rows), p.block_size)]},
-          "stats": {"rows": {"train": 0, "test": int(len(rows))}}}
+  meta = {
+    "params": params,
+    "schema": meta["schema"],
+    "files": {"train": [], "test": [shards.shard_path(directory, "test", 0, 1).name]},
+    "blocks": {"train": [], "test": [len(rows[i : i + p.block_size]) for i in range(0, len(rows), p.block_size)]},
+    "stats": {"rows": {"train": 0, "test": int(len(rows))}},
+  }
   meta = shards.seal(directory, meta)
   shards.write_text(directory / "meta.json", json.dumps(meta, indent=1))
   return directory, meta

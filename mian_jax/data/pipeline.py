@@ -45,6 +45,7 @@ from mian_jax.schema import FeatureSchema
 @dataclasses.dataclass(frozen=True)
 class Source:
   """A data set on disk as the pipelines need it: its directory, schema and block sizes."""
+
   directory: Path
   schema: FeatureSchema
   meta: dict[str, Any]
@@ -93,8 +94,10 @@ class _Located:
         counts.append(reader.num_records())
         reader.close()
       except Exception as e:
-        raise DataError(f"{path}: cannot be opened ({_first_line(e)}); the shard is truncated or corrupt: delete "
-                        f"{src.directory} and rerun to regenerate the data") from None
+        raise DataError(
+          f"{path}: cannot be opened ({_first_line(e)}); the shard is truncated or corrupt: delete "
+          f"{src.directory} and rerun to regenerate the data"
+        ) from None
     self.ends = np.cumsum(counts, dtype=np.int64)
     self.directory = src.directory
     self._readers: list[Any] = [None] * len(self.paths)
@@ -112,7 +115,8 @@ class _Located:
       with self._lock:
         if self._readers[f] is None:
           self._readers[f] = array_record_module.ArrayRecordReader(
-              self.paths[f], options="readahead_buffer_size:0", file_reader_buffer_size=32768)
+            self.paths[f], options="readahead_buffer_size:0", file_reader_buffer_size=32768
+          )
     return self._readers[f]
 
   def __len__(self) -> int:
@@ -125,8 +129,10 @@ class _Located:
 
   def _fail(self, index: int, e: Exception) -> DataError:
     path, record = self.where(index)
-    return DataError(f"{path} record {record}: cannot be read ({_first_line(e)}); the shard is truncated or corrupt: "
-                     f"delete {self.directory} and rerun to regenerate the data")
+    return DataError(
+      f"{path} record {record}: cannot be read ({_first_line(e)}); the shard is truncated or corrupt: "
+      f"delete {self.directory} and rerun to regenerate the data"
+    )
 
   def _read(self, indices: Sequence[int]) -> list[bytes]:
     """The records `indices` (global numbers), one read call per shard file they are in."""
@@ -164,6 +170,7 @@ def _first_line(e: Exception) -> str:
 class Counts:
   """How many values were read as 0 under data.oov=map, by kind: ids outside their feature's vocabulary
   and non-finite numeric values (this process's reads)."""
+
   oov_ids: int = 0
   nonfinite: int = 0
 
@@ -179,8 +186,9 @@ class Counts:
     return {name: getattr(self, field) for field, name in self.NAMES.items() if getattr(self, field)}
 
 
-def _decode_checked(schema: FeatureSchema, max_len: int | None, oov: str, located: _Located,
-                    item: tuple[int, bytes]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _decode_checked(
+  schema: FeatureSchema, max_len: int | None, oov: str, located: _Located, item: tuple[int, bytes]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """(block, [OOV ids, non-finite numeric values] in it): ids outside their vocabulary and non-finite
   numeric values become 0 and are counted (oov=map) or stop the run naming the shard file, record and
   feature (oov=error)."""
@@ -189,8 +197,10 @@ def _decode_checked(schema: FeatureSchema, max_len: int | None, oov: str, locate
     block = records.decode_block(schema, blob, max_len)
   except records.RecordError as e:
     path, record = located.where(index)
-    raise DataError(f"{path} record {record}: {e}; the shard does not match this data set's schema: delete "
-                    f"{located.directory} and rerun to regenerate the data") from None
+    raise DataError(
+      f"{path} record {record}: {e}; the shard does not match this data set's schema: delete "
+      f"{located.directory} and rerun to regenerate the data"
+    ) from None
   counts = np.zeros(2, np.int64)
   for f in schema.features:
     values = block[f.name]
@@ -200,17 +210,28 @@ def _decode_checked(schema: FeatureSchema, max_len: int | None, oov: str, locate
     if oov == "error":
       path, record = located.where(index)
       value = values[bad][0]
-      what = (f"the non-finite value {value}" if f.kind == "numeric"
-              else f"id {value} outside its vocabulary 0..{f.vocab_size - 1}")
-      raise DataError(f"{path} record {record}: feature {f.name} holds {what}; regenerate the data, or set "
-                      f"data.oov=map to read such values as OOV id 0 / 0.0 (counted)")
+      what = (
+        f"the non-finite value {value}"
+        if f.kind == "numeric"
+        else f"id {value} outside its vocabulary 0..{f.vocab_size - 1}"
+      )
+      raise DataError(
+        f"{path} record {record}: feature {f.name} holds {what}; regenerate the data, or set "
+        f"data.oov=map to read such values as OOV id 0 / 0.0 (counted)"
+      )
     block[f.name] = np.where(bad, 0, values).astype(values.dtype)
     counts[int(f.kind == "numeric")] += int(bad.sum())
   return block, counts
 
 
-def _checked(schema: FeatureSchema, max_len: int, oov: str, located: _Located, items: Sequence[tuple[int, bytes]],
-             batch: dict[str, np.ndarray]) -> np.ndarray:
+def _checked(
+  schema: FeatureSchema,
+  max_len: int,
+  oov: str,
+  located: _Located,
+  items: Sequence[tuple[int, bytes]],
+  batch: dict[str, np.ndarray],
+) -> np.ndarray:
   """[OOV ids, non-finite numeric values] in a decoded batch of the blocks `items`, set to 0 in `batch`
   (oov=map); with oov=error the first bad value stops the run, named by `_decode_checked` block by block
   (the same record, feature and value whatever the batch's row order)."""
@@ -233,8 +254,15 @@ def _checked(schema: FeatureSchema, max_len: int, oov: str, located: _Located, i
   return counts
 
 
-def _decode_batch(schema: FeatureSchema, max_len: int, oov: str, located: _Located, seed: int | None, index: int,
-                  items: Sequence[tuple[int, bytes]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _decode_batch(
+  schema: FeatureSchema,
+  max_len: int,
+  oov: str,
+  located: _Located,
+  seed: int | None,
+  index: int,
+  items: Sequence[tuple[int, bytes]],
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """The blocks `items` as one batch, as grain carries it: (the batch, its [OOV ids, non-finite values]
   counts). Training (`seed` given) takes the rows in the seeded permutation of global batch `index`
   (a shuffle buffer of k blocks), applied inside the decode's gathers rather than by a copy."""
@@ -243,13 +271,16 @@ def _decode_batch(schema: FeatureSchema, max_len: int, oov: str, located: _Locat
     batch = records.decode_blocks(schema, [blob for _, blob in items], max_len, order)
   except records.RecordError as e:
     path, record = located.where(items[getattr(e, "block", 0)][0])
-    raise DataError(f"{path} record {record}: {e}; the shard does not match this data set's schema: delete "
-                    f"{located.directory} and rerun to regenerate the data") from None
+    raise DataError(
+      f"{path} record {record}: {e}; the shard does not match this data set's schema: delete "
+      f"{located.directory} and rerun to regenerate the data"
+    ) from None
   return batch, _checked(schema, max_len, oov, located, items, batch)
 
 
-def _read_batch(schema: FeatureSchema, max_len: int, oov: str, located: _Located, seed: int | None, index: int,
-                indices: Sequence[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _read_batch(
+  schema: FeatureSchema, max_len: int, oov: str, located: _Located, seed: int | None, index: int, indices: Sequence[int]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """Reads the blocks `indices` in one call and decodes them as `_decode_batch` does."""
   return _decode_batch(schema, max_len, oov, located, seed, index, located.__getitems__([int(i) for i in indices]))
 
@@ -261,6 +292,7 @@ class BlockOrder:
   process's share per batch. The same order as grain's
   `MapDataset.range(n).shuffle(seed).repeat(None)[process_index::process_count].batch(k)` (a test holds
   them equal), computed directly: grain's per-element path cost ~25 us a block under the GIL."""
+
   records: int  # n
   seed: int
   k: int
@@ -276,8 +308,9 @@ class BlockOrder:
     return index_shuffle(i, self.records - 1, (self.seed + epoch) % 2**32, 4)  # positional: 1.4x faster
 
 
-def _train_batch(schema: FeatureSchema, max_len: int, oov: str, located: _Located, seed: int, order: BlockOrder,
-                 batch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _train_batch(
+  schema: FeatureSchema, max_len: int, oov: str, located: _Located, seed: int, order: BlockOrder, batch: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """Global training batch `batch` of this process: its blocks read and decoded, its rows in the batch's
   seeded order."""
   return _read_batch(schema, max_len, oov, located, seed, batch, order(batch))
@@ -295,13 +328,21 @@ class TrainIterator:
   asks for them, in a background thread; the position and the counts still count only the batches
   returned."""
 
-  def __init__(self, it: Iterator[tuple[dict[str, np.ndarray], np.ndarray]], start: int, blocks_per_batch: int,
-               place: Callable[[dict[str, np.ndarray]], Any] | None = None, ahead: int = 2):
+  def __init__(
+    self,
+    it: Iterator[tuple[dict[str, np.ndarray], np.ndarray]],
+    start: int,
+    blocks_per_batch: int,
+    place: Callable[[dict[str, np.ndarray]], Any] | None = None,
+    ahead: int = 2,
+  ):
     self.batches, self.blocks_per_batch = start, blocks_per_batch
     self.counts = Counts()
     self._ahead = None
     if place is not None and ahead > 0:
-      self._it = self._ahead = Ahead(((place(batch), counts) for batch, counts in it), ahead, "mian_jax-device-prefetch")
+      self._it = self._ahead = Ahead(
+        ((place(batch), counts) for batch, counts in it), ahead, "mian_jax-device-prefetch"
+      )
     elif place is not None:
       self._it = ((place(batch), counts) for batch, counts in it)
     else:
@@ -361,10 +402,11 @@ def resume_from(state: dict[str, Any] | None, blocks_per_batch: int, reset: bool
   consumed = state["batches"] * state["blocks_per_batch"]
   if consumed % blocks_per_batch:
     raise DataError(
-        f"the checkpoint's data position ({state['batches']} batches of {state['blocks_per_batch']} blocks) is not a "
-        f"whole number of this run's batches of {blocks_per_batch} blocks, so resuming would skip or repeat samples; "
-        f"use the checkpoint's train.batch_size and data.block_size, or --set train.reset_data_position=true "
-        f"to restart the data order")
+      f"the checkpoint's data position ({state['batches']} batches of {state['blocks_per_batch']} blocks) is not a "
+      f"whole number of this run's batches of {blocks_per_batch} blocks, so resuming would skip or repeat samples; "
+      f"use the checkpoint's train.batch_size and data.block_size, or --set train.reset_data_position=true "
+      f"to restart the data order"
+    )
   return consumed // blocks_per_batch
 
 
@@ -386,19 +428,35 @@ def blocks_per_process_batch(src: Source, batch_per_process: int, process_count:
   holds less than one global batch."""
   block = src.block_size()
   if batch_per_process % block:
-    raise DataError(f"per-process batch {batch_per_process} is not a multiple of the data's block size {block}; "
-                    f"set train.batch_size to a multiple of {block * process_count}")
+    raise DataError(
+      f"per-process batch {batch_per_process} is not a multiple of the data's block size {block}; "
+      f"set train.batch_size to a multiple of {block * process_count}"
+    )
   k = batch_per_process // block
   if len(src.blocks("train")) < k * process_count:
-    raise DataError(f"{src.directory} holds {src.rows('train')} training samples, fewer than one batch; "
-                    f"lower train.batch_size or raise data.scale")
+    raise DataError(
+      f"{src.directory} holds {src.rows('train')} training samples, fewer than one batch; "
+      f"lower train.batch_size or raise data.scale"
+    )
   return k
 
 
-def train_iterator(src: Source, *, batch_per_process: int, seed: int, max_len: int, process_index: int = 0,
-                   process_count: int = 1, workers: int = 0, threads: int = 0, prefetch: int = 4, start: int = 0,
-                   oov: str = "map", place: Callable[[dict[str, np.ndarray]], Any] | None = None,
-                   device_prefetch: int = 2) -> TrainIterator:
+def train_iterator(
+  src: Source,
+  *,
+  batch_per_process: int,
+  seed: int,
+  max_len: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  workers: int = 0,
+  threads: int = 0,
+  prefetch: int = 4,
+  start: int = 0,
+  oov: str = "map",
+  place: Callable[[dict[str, np.ndarray]], Any] | None = None,
+  device_prefetch: int = 2,
+) -> TrainIterator:
   """An endless iterator of per-process training batches (numpy dicts, or what `place` makes of them,
   `device_prefetch` batches ahead), from global batch `start`. Batches are decoded by `threads` threads
   (0 = default_threads()), or by `workers` processes when workers > 0."""
@@ -408,7 +466,8 @@ def train_iterator(src: Source, *, batch_per_process: int, seed: int, max_len: i
   order = BlockOrder(len(located), seed, k, process_index, process_count)
   # Element i: global batch start + i (endless), read with one call per shard file and decoded in one go.
   ds = grain.MapDataset.range(start, _ENDLESS).map(
-      functools.partial(_train_batch, src.schema, max_len, oov, located, seed, order))
+    functools.partial(_train_batch, src.schema, max_len, oov, located, seed, order)
+  )
   if workers > 0:
     _absl_flags_parsed()  # grain's worker processes read absl flags, which a plain script never parses
     it_ds = ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
@@ -450,10 +509,19 @@ class EvalIterator:
 EVAL_BLOCKS = 64  # blocks decoded together by one evaluation thread
 
 
-def eval_batches(src: Source, split: str, *, rows_per_process: int, max_len: int, process_index: int = 0,
-                 process_count: int = 1, oov: str = "map", threads: int = 0,
-                 place: Callable[[dict[str, np.ndarray]], Any] | None = None,
-                 device_prefetch: int = 2) -> tuple[int, EvalIterator]:
+def eval_batches(
+  src: Source,
+  split: str,
+  *,
+  rows_per_process: int,
+  max_len: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  oov: str = "map",
+  threads: int = 0,
+  place: Callable[[dict[str, np.ndarray]], Any] | None = None,
+  device_prefetch: int = 2,
+) -> tuple[int, EvalIterator]:
   """(number of batches, iterator) over every row of `split` held by this process, in order: numpy
   dicts, or what `place` makes of them, `device_prefetch` batches ahead.
 
@@ -467,7 +535,8 @@ def eval_batches(src: Source, split: str, *, rows_per_process: int, max_len: int
   counts = Counts()
   mine = range(process_index, len(source), process_count)
   chunks = grain.MapDataset.range(-(-len(mine) // EVAL_BLOCKS)).map(
-      lambda c: _read_batch(src.schema, max_len, oov, source, None, 0, mine[c * EVAL_BLOCKS:(c + 1) * EVAL_BLOCKS]))
+    lambda c: _read_batch(src.schema, max_len, oov, source, None, 0, mine[c * EVAL_BLOCKS : (c + 1) * EVAL_BLOCKS])
+  )
   threads = threads or default_threads()
   decoded = chunks.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads, 2)))
 
@@ -504,8 +573,9 @@ def eval_batch_count(src: Source, split: str, rows_per_process: int, process_cou
   return max(1, -(-max(per_process) // rows_per_process))
 
 
-def _split_rows(pieces: list[dict[str, np.ndarray]], rows: int
-                ) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
+def _split_rows(
+  pieces: list[dict[str, np.ndarray]], rows: int
+) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
   """(the first `rows` rows of the pieces together, the pieces left): views when one piece holds them."""
   first = pieces[0]
   if len(first["label"]) >= rows:

@@ -61,13 +61,15 @@ def encode_block(schema: FeatureSchema, columns: Mapping[str, np.ndarray]) -> by
   n = labels.shape[0]
   lengths = np.minimum(np.asarray(columns["hist_len"]), schema.max_len).astype(_len_dtype(schema))
   valid = np.arange(schema.max_len)[None, :] < lengths[:, None]  # [n, T]
-  parts = [np.array([(MAGIC, n, int(lengths.sum(dtype=np.int64)))], _HEADER).tobytes(),
-           labels.astype(np.uint8).tobytes()]
+  parts = [
+    np.array([(MAGIC, n, int(lengths.sum(dtype=np.int64)))], _HEADER).tobytes(),
+    labels.astype(np.uint8).tobytes(),
+  ]
   for f in _scalars(schema):
     parts.append(np.asarray(columns[f.name]).astype(f.dtype).tobytes())
   parts.append(lengths.tobytes())
   for f in _sequences(schema):
-    parts.append(np.asarray(columns[f.name])[:, :schema.max_len][valid].astype(f.dtype).tobytes())
+    parts.append(np.asarray(columns[f.name])[:, : schema.max_len][valid].astype(f.dtype).tobytes())
   return b"".join(parts)
 
 
@@ -118,7 +120,9 @@ def decode_block(schema: FeatureSchema, record: bytes, max_len: int | None = Non
 def _layout(schema: FeatureSchema) -> tuple[tuple, tuple, np.dtype, int, int]:
   """(scalar columns as (name, stored dtype, decoded dtype), behaviour columns as (name, stored dtype),
   lengths' dtype, bytes per row before the histories, bytes per stored behaviour)."""
-  scalars = tuple((f.name, f.dtype, np.dtype(np.float32 if f.kind == "numeric" else np.int32)) for f in _scalars(schema))
+  scalars = tuple(
+    (f.name, f.dtype, np.dtype(np.float32 if f.kind == "numeric" else np.int32)) for f in _scalars(schema)
+  )
   sequences = tuple((f.name, f.dtype) for f in _sequences(schema))
   ldt = _len_dtype(schema)
   per_row = 1 + sum(d.itemsize for _, d, _ in scalars) + ldt.itemsize
@@ -145,8 +149,11 @@ def stored_columns(schema: FeatureSchema, blobs: Sequence[bytes]) -> tuple[dict[
     _refuse(schema, blobs, int(bad[0]))
 
   def column(dtype: np.dtype, offsets: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.frombuffer(b, dtype, int(c), int(o)) for b, o, c in zip(blobs, offsets, counts)]
-                          ) if k else np.zeros(0, dtype)
+    return (
+      np.concatenate([np.frombuffer(b, dtype, int(c), int(o)) for b, o, c in zip(blobs, offsets, counts)])
+      if k
+      else np.zeros(0, dtype)
+    )
 
   # The columns before the histories: when every block holds the same number of rows (training batches),
   # they sit at the same offsets in every record, so one gather of those bytes from all k records and one
@@ -157,10 +164,11 @@ def stored_columns(schema: FeatureSchema, blobs: Sequence[bytes]) -> tuple[dict[
     m = int(n[0])
     head_bytes = _HEADER.itemsize + m * per_row
     prefix = np.frombuffer(b"".join(blobs), np.uint8)[
-        (np.cumsum(sizes) - sizes)[:, None] + np.arange(_HEADER.itemsize, head_bytes)]  # [k, m * per_row]
+      (np.cumsum(sizes) - sizes)[:, None] + np.arange(_HEADER.itemsize, head_bytes)
+    ]  # [k, m * per_row]
     at = 0
     for name, dtype in fixed:
-      out[name] = np.ascontiguousarray(prefix[:, at:at + m * dtype.itemsize]).view(dtype).reshape(-1)
+      out[name] = np.ascontiguousarray(prefix[:, at : at + m * dtype.itemsize]).view(dtype).reshape(-1)
       at += m * dtype.itemsize
     offset = np.full(k, head_bytes, np.int64)
   else:
@@ -180,8 +188,12 @@ def stored_columns(schema: FeatureSchema, blobs: Sequence[bytes]) -> tuple[dict[
   return out, n
 
 
-def decode_blocks(schema: FeatureSchema, blobs: Sequence[bytes], max_len: int | None = None,
-                  order: Callable[[int], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def decode_blocks(
+  schema: FeatureSchema,
+  blobs: Sequence[bytes],
+  max_len: int | None = None,
+  order: Callable[[int], np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
   """Decodes k block records as one batch, its rows taken in the order `order(rows)` returns (a
   permutation of the rows of the concatenated blocks; None = as stored). Equal to
   concat([decode_block(b) for b in blobs]) indexed by that permutation. A record that does not match the

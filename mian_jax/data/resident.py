@@ -35,9 +35,11 @@ from mian_jax.data.pipeline import EVAL_BLOCKS, BlockOrder, Counts, Source, _dec
 from mian_jax.errors import DataError
 from mian_jax.schema import FeatureSchema
 
+
 @dataclasses.dataclass
 class Held:
   """A process's blocks of one split as host columns (see the module docstring)."""
+
   split: str
   columns: dict[str, np.ndarray]
   block_start: np.ndarray  # [blocks of the split] first row of each held block, -1 where not held
@@ -55,8 +57,16 @@ class Held:
     return Counts(int(oov_ids), int(nonfinite))
 
 
-def _check(schema: FeatureSchema, max_len: int, oov: str, located: _Located, indices: Sequence[int],
-           blobs: Sequence[bytes], cols: dict[str, np.ndarray], n: np.ndarray) -> np.ndarray:
+def _check(
+  schema: FeatureSchema,
+  max_len: int,
+  oov: str,
+  located: _Located,
+  indices: Sequence[int],
+  blobs: Sequence[bytes],
+  cols: dict[str, np.ndarray],
+  n: np.ndarray,
+) -> np.ndarray:
   """[blocks, 2] counts of values read as 0 in the chunk (set to 0 in `cols`), or the host path's DataError
   (oov=error) for the first block that holds one."""
   counts = np.zeros((len(n), 2), np.int64)
@@ -74,7 +84,7 @@ def _check(schema: FeatureSchema, max_len: int, oov: str, located: _Located, ind
     if f.kind == "sequence":
       if kept_value is None:  # the most recent max_len behaviours of each row: what a decoded batch shows
         row_of_value = np.repeat(np.arange(len(lengths)), lengths)
-        from_end = (np.cumsum(lengths)[row_of_value] - np.arange(len(row_of_value)))  # 1 = the most recent
+        from_end = np.cumsum(lengths)[row_of_value] - np.arange(len(row_of_value))  # 1 = the most recent
         kept_value = from_end <= max_len
       counted, rows = bad & kept_value, row_of_value
     else:
@@ -97,8 +107,10 @@ def _chunk(schema: FeatureSchema, max_len: int, oov: str, located: _Located, ind
     cols, n = records.stored_columns(schema, blobs)
   except records.RecordError as e:
     path, record = located.where(indices[getattr(e, "block", 0)])
-    raise DataError(f"{path} record {record}: {e}; the shard does not match this data set's schema: delete "
-                    f"{located.directory} and rerun to regenerate the data") from None
+    raise DataError(
+      f"{path} record {record}: {e}; the shard does not match this data set's schema: delete "
+      f"{located.directory} and rerun to regenerate the data"
+    ) from None
   return cols, n, _check(schema, max_len, oov, located, indices, blobs, cols, n)
 
 
@@ -109,7 +121,7 @@ def load(src: Source, split: str, blocks: Sequence[int], *, max_len: int, oov: s
   located = _Located(src, split)
   sizes = np.asarray(src.blocks(split), np.int64)
   blocks = np.asarray(blocks, np.int64)
-  chunks = [blocks[i:i + EVAL_BLOCKS].tolist() for i in range(0, len(blocks), EVAL_BLOCKS)]
+  chunks = [blocks[i : i + EVAL_BLOCKS].tolist() for i in range(0, len(blocks), EVAL_BLOCKS)]
   with futures.ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="mian_jax-load") as pool:
     parts = list(pool.map(lambda c: _chunk(src.schema, max_len, oov, located, c), chunks))
   block_counts = np.zeros((len(sizes), 2), np.int64)
@@ -127,21 +139,28 @@ def load(src: Source, split: str, blocks: Sequence[int], *, max_len: int, oov: s
   lengths = columns["hist_len"].astype(np.int64)
   ends = np.cumsum(lengths)
   if ends.size and ends[-1] >= np.iinfo(np.int32).max:
-    raise DataError(f"{src.directory} {split}: {int(ends[-1]):,} behaviours are more than data.placement=device "
-                    f"indexes (2^31 per process); set data.placement=host")
+    raise DataError(
+      f"{src.directory} {split}: {int(ends[-1]):,} behaviours are more than data.placement=device "
+      f"indexes (2^31 per process); set data.placement=host"
+    )
   columns["start"] = (ends - lengths).astype(np.int32)
   return Held(split, columns, block_start, sizes, block_counts, int(n.sum()))
 
 
 def _empty_columns(schema: FeatureSchema) -> dict[str, np.ndarray]:
   scalars, sequences, ldt, _, _ = records._layout(schema)
-  out = {"label": np.zeros(0, np.uint8), **{name: np.zeros(0, d) for name, d, _ in scalars}, "hist_len": np.zeros(0, ldt)}
+  out = {
+    "label": np.zeros(0, np.uint8),
+    **{name: np.zeros(0, d) for name, d, _ in scalars},
+    "hist_len": np.zeros(0, ldt),
+  }
   return {**out, **{name: np.zeros(0, d) for name, d in sequences}}
 
 
 # ------------------------------------------------------------------ which blocks a process holds
-def train_blocks(src: Source, seed: int, k: int, start: int, end: int, process_index: int = 0,
-                 process_count: int = 1) -> list[int]:
+def train_blocks(
+  src: Source, seed: int, k: int, start: int, end: int, process_index: int = 0, process_count: int = 1
+) -> list[int]:
   """The training records process `process_index` reads in global batches [start, end), sorted (every
   record with one process)."""
   n = len(src.blocks("train"))
@@ -192,8 +211,16 @@ class RowIterator:
   indices of the next `steps` batches, [steps, B] placed on the devices (`place_rows`); rows are computed
   `ahead` batches ahead in a background thread. `get_state()` and `counts` count the batches taken."""
 
-  def __init__(self, held: Held, order: BlockOrder, seed: int, start: int, blocks_per_batch: int,
-               place_rows: Callable[[np.ndarray], Any], ahead: int = 2):
+  def __init__(
+    self,
+    held: Held,
+    order: BlockOrder,
+    seed: int,
+    start: int,
+    blocks_per_batch: int,
+    place_rows: Callable[[np.ndarray], Any],
+    ahead: int = 2,
+  ):
     self.batches, self.blocks_per_batch = start, blocks_per_batch
     self.counts = Counts()
     self._held, self._place = held, place_rows

@@ -69,8 +69,10 @@ def _atomic(path: Path):
     with contextlib.suppress(OSError):
       tmp.unlink()
     reason = getattr(e, "strerror", None) or str(e).split(";")[0].strip() or type(e).__name__
-    raise DataError(f"cannot write {path}: {reason}; free space in {path.parent.parent} (or choose another "
-                    f"data.dir), then rerun: finished shards are kept") from None
+    raise DataError(
+      f"cannot write {path}: {reason}; free space in {path.parent.parent} (or choose another "
+      f"data.dir), then rerun: finished shards are kept"
+    ) from None
 
 
 # One record per chunk (random access to any block), stored uncompressed: reading 64 random blocks took
@@ -98,13 +100,16 @@ def load_meta(directory: Path) -> dict[str, Any] | None:
   try:
     meta = files.read_json(path)
   except files.Damaged as e:
-    raise DataError(f"{e}; it is written last when a data set is complete, so remove {directory} to rebuild "
-                    f"the data set") from None
+    raise DataError(
+      f"{e}; it is written last when a data set is complete, so remove {directory} to rebuild the data set"
+    ) from None
   if not isinstance(meta, dict):
     raise DataError(f"{path} holds no data set description; remove {directory} to rebuild the data set")
   if "meta_sha256" in meta and _meta_digest(meta) != meta["meta_sha256"]:
-    raise DataError(f"{path} was changed after the data set was written (its digest does not match); remove "
-                    f"{directory} to rebuild the data set")
+    raise DataError(
+      f"{path} was changed after the data set was written (its digest does not match); remove "
+      f"{directory} to rebuild the data set"
+    )
   return meta
 
 
@@ -143,8 +148,10 @@ def verify(directory: Path, meta: dict[str, Any]) -> None:
     found = list(pool.map(lambda n: file_digest(directory / n), names))
   for name, got in zip(names, found):
     if got != digests[name]:
-      raise DataError(f"{directory / name}: its content does not match the digest written with the data set (the "
-                      f"file was changed or damaged); remove {directory} to rebuild the data set")
+      raise DataError(
+        f"{directory / name}: its content does not match the digest written with the data set (the "
+        f"file was changed or damaged); remove {directory} to rebuild the data set"
+      )
 
 
 def rows_digest(meta: dict[str, Any]) -> str | None:
@@ -173,15 +180,16 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], desc: str, unit
         out[i] = fn(x)
         bar.update()
       return out
-    pool = futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_ignore_sigint)
+    pool = futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint
+    )
     try:
       jobs = {pool.submit(fn, x): i for i, x in enumerate(items)}
       for job in futures.as_completed(jobs):
         out[jobs[job]] = job.result()
         bar.update()
     except BaseException:  # an error, SIGTERM or Ctrl-C: stop the workers now (their unfinished shards are
-      _stop(pool)          # temporary files, removed on the next start); finished shards stay
+      _stop(pool)  # temporary files, removed on the next start); finished shards stay
       raise
     pool.shutdown(wait=True)
   return out
@@ -227,9 +235,15 @@ def _remove_unfinished(directory: Path) -> None:
     leftover.unlink(missing_ok=True)
 
 
-def build(directory: Path, schema: FeatureSchema, params: dict[str, Any], num_shards: int,
-          shard_fn: Callable[[int], dict[str, Any]], finish: Callable[[list[dict]], dict[str, Any]],
-          desc: str) -> dict[str, Any]:
+def build(
+  directory: Path,
+  schema: FeatureSchema,
+  params: dict[str, Any],
+  num_shards: int,
+  shard_fn: Callable[[int], dict[str, Any]],
+  finish: Callable[[list[dict]], dict[str, Any]],
+  desc: str,
+) -> dict[str, Any]:
   """Builds the data set unless a complete one with the same parameters exists; returns its meta.
 
   `shard_fn(i)` writes shard i of every split (use `shard_path`) and returns picklable statistics,
@@ -242,8 +256,10 @@ def build(directory: Path, schema: FeatureSchema, params: dict[str, Any], num_sh
   if meta is not None:  # same hash, other parameters: never mix shards of two data sets
     had = meta.get("params") if isinstance(meta.get("params"), dict) else {}
     key = next((k for k in sorted(set(had) | set(params)) if had.get(k) != params.get(k)), "params")
-    raise DataError(f"{directory}/meta.json was written for other parameters ({key}: {had.get(key)!r} there, "
-                    f"{params.get(key)!r} here); remove {directory} to rebuild the data set")
+    raise DataError(
+      f"{directory}/meta.json was written for other parameters ({key}: {had.get(key)!r} there, "
+      f"{params.get(key)!r} here); remove {directory} to rebuild the data set"
+    )
   directory.mkdir(parents=True, exist_ok=True)
   _remove_unfinished(directory)
   try:
@@ -252,11 +268,14 @@ def build(directory: Path, schema: FeatureSchema, params: dict[str, Any], num_sh
     _remove_unfinished(directory)
     raise
   # A shard with no block of a split writes no file for it.
-  files = {s: [shard_path(directory, s, i, num_shards).name for i in range(num_shards) if stats[i]["blocks"][s]]
-           for s in SPLITS}
+  files = {
+    s: [shard_path(directory, s, i, num_shards).name for i in range(num_shards) if stats[i]["blocks"][s]]
+    for s in SPLITS
+  }
   blocks = {s: [n for st in stats for n in st["blocks"][s]] for s in SPLITS}
-  meta = seal(directory, {"params": params, "schema": schema.to_dict(), "files": files, "blocks": blocks,
-                          "stats": finish(stats)})
+  meta = seal(
+    directory, {"params": params, "schema": schema.to_dict(), "files": files, "blocks": blocks, "stats": finish(stats)}
+  )
   write_text(directory / "stats.json", json.dumps(meta["stats"], indent=1))
   write_text(directory / "meta.json", json.dumps(meta, indent=1))
   return meta

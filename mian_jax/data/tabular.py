@@ -58,6 +58,7 @@ LABEL_PATTERN = r"^\s*[01](\.0*)?\s*$"
 @dataclasses.dataclass(frozen=True)
 class Options:
   """The data.* settings every tabular converter takes."""
+
   max_len: int
   block_size: int
   seed: int
@@ -73,8 +74,16 @@ class Options:
       raise DataError(f"data.max_bad_rows={cfg.max_bad_rows} must be >= 0")
     if cfg.part_mb <= 0:
       raise DataError(f"data.part_mb={cfg.part_mb} must be > 0")
-    return cls(cfg.max_len, cfg.block_size, cfg.seed, cfg.max_bad_rows, max(1, int(cfg.part_mb * (1 << 20))),
-               cfg.embed_user_id, cfg.validation == "holdout", cfg.validation_fraction)
+    return cls(
+      cfg.max_len,
+      cfg.block_size,
+      cfg.seed,
+      cfg.max_bad_rows,
+      max(1, int(cfg.part_mb * (1 << 20))),
+      cfg.embed_user_id,
+      cfg.validation == "holdout",
+      cfg.validation_fraction,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,9 +134,14 @@ class Spec:
   def from_dict(cls, d: dict[str, Any]) -> "Spec":
     """The Spec a data set was built with, from its meta.json (`params.spec`)."""
     fmt = d.get("fmt")
-    return cls(**{**d, "columns": tuple(Column(**c) for c in d["columns"]),
-                  "fmt": delimited.TextFormat(**{**fmt, "names": tuple(fmt["names"])}) if fmt else None,
-                  "given_vocabs": tuple(tuple(v) for v in d.get("given_vocabs", ()))})
+    return cls(
+      **{
+        **d,
+        "columns": tuple(Column(**c) for c in d["columns"]),
+        "fmt": delimited.TextFormat(**{**fmt, "names": tuple(fmt["names"])}) if fmt else None,
+        "given_vocabs": tuple(tuple(v) for v in d.get("given_vocabs", ())),
+      }
+    )
 
 
 # ----------------------------------------------------------------------------------------------- rows
@@ -169,16 +183,25 @@ def _lengths(lists: pa.Array) -> np.ndarray:
 
 def _take(chunk: delimited.Chunk, keep: np.ndarray) -> delimited.Chunk:
   """The chunk's rows where `keep` is True."""
-  return chunk if keep.all() else delimited.Chunk(chunk.table.take(pa.array(np.flatnonzero(keep))),
-                                                  chunk.lines[keep], chunk.path)
+  return (
+    chunk
+    if keep.all()
+    else delimited.Chunk(chunk.table.take(pa.array(np.flatnonzero(keep))), chunk.lines[keep], chunk.path)
+  )
 
 
 def _scalar_type(t: pa.DataType) -> bool:
   """A Parquet type a label, categorical or numeric column may have: a number, a boolean or text."""
   if pa.types.is_dictionary(t):
     t = t.value_type
-  return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
-          or pa.types.is_string(t) or pa.types.is_large_string(t))
+  return (
+    pa.types.is_integer(t)
+    or pa.types.is_floating(t)
+    or pa.types.is_boolean(t)
+    or pa.types.is_decimal(t)
+    or pa.types.is_string(t)
+    or pa.types.is_large_string(t)
+  )
 
 
 def check_types(chunk: delimited.Chunk, spec: Spec) -> None:
@@ -193,11 +216,14 @@ def check_types(chunk: delimited.Chunk, spec: Spec) -> None:
     else:
       ok, t_inner = _scalar_type(t), None
     if not ok:
-      expected = ("a list of numbers or text, or text with separators" if c.kind == "sequence"
-                  else "numbers, booleans or text")
-      raise DataError(f"{Path(chunk.path).name} column {c.source!r}: {'values of ' if t_inner else ''}type "
-                      f"{t_inner or t} cannot be read as a {c.kind if c.kind != 'label' else 'label'} column (expected "
-                      f"{expected}); convert the column in the file or leave it out of the schema")
+      expected = (
+        "a list of numbers or text, or text with separators" if c.kind == "sequence" else "numbers, booleans or text"
+      )
+      raise DataError(
+        f"{Path(chunk.path).name} column {c.source!r}: {'values of ' if t_inner else ''}type "
+        f"{t_inner or t} cannot be read as a {c.kind if c.kind != 'label' else 'label'} column (expected "
+        f"{expected}); convert the column in the file or leave it out of the schema"
+      )
 
 
 def validate(chunk: delimited.Chunk, spec: Spec, bad: delimited.BadRows) -> delimited.Chunk:
@@ -229,16 +255,26 @@ def validate(chunk: delimited.Chunk, spec: Spec, bad: delimited.BadRows) -> deli
       for at in np.flatnonzero(missing):
         i = int(rows[at])
         if keep[i]:
-          bad.add(chunk.path, int(chunk.lines[i]), f"{c.source} holds a missing behaviour (entry {at - first[i]} is "
-                  f"empty); leave missing behaviours out of the history", unit)
+          bad.add(
+            chunk.path,
+            int(chunk.lines[i]),
+            f"{c.source} holds a missing behaviour (entry {at - first[i]} is "
+            f"empty); leave missing behaviours out of the history",
+            unit,
+          )
           keep[i] = False
   if len(seqs) > 1:
     lengths = {c.source: _lengths(_tokens(_column(chunk, c.source), c.separator)) for c in seqs}
     first = seqs[0].source
     for c in seqs[1:]:
       for i in np.flatnonzero(keep & (lengths[c.source] != lengths[first])):
-        bad.add(chunk.path, int(chunk.lines[i]), f"{c.source} has {lengths[c.source][i]} entries but {first} has "
-                f"{lengths[first][i]}; the behaviour sequences must line up", unit)
+        bad.add(
+          chunk.path,
+          int(chunk.lines[i]),
+          f"{c.source} has {lengths[c.source][i]} entries but {first} has "
+          f"{lengths[first][i]}; the behaviour sequences must line up",
+          unit,
+        )
       keep &= lengths[c.source] == lengths[first]
   return _take(chunk, keep)
 
@@ -275,8 +311,9 @@ def chunks(spec: Spec, part: delimited.Part, bad: delimited.BadRows) -> Iterable
   for chunk in delimited.read(part, spec.fmt, bad, needed):
     missing = [n for n in needed if n not in chunk.table.column_names]
     if missing:
-      raise DataError(f"{Path(part.path).name}: column {missing[0]!r} is missing; it has "
-                      f"{', '.join(chunk.table.column_names)}")
+      raise DataError(
+        f"{Path(part.path).name}: column {missing[0]!r} is missing; it has {', '.join(chunk.table.column_names)}"
+      )
     chunk = validate(chunk, spec, bad)
     keep = np.ones(chunk.table.num_rows, bool)
     for c in spec.features("numeric"):
@@ -291,6 +328,7 @@ def chunks(spec: Spec, part: delimited.Part, bad: delimited.BadRows) -> Iterable
 class Held:
   """Spec.holdout "last": the users whose last training sample(s) are held out, with that sample's
   (uncapped) history length; sorted by user."""
+
   users: tuple[str, ...] = ()
   lengths: tuple[int, ...] = ()
 
@@ -337,8 +375,13 @@ def merge_held(results: list[dict[str, tuple[int, int, int]]]) -> Held:
 
 def _share(keys: list[str], seed: int) -> np.ndarray:
   """A stable pseudo-random number in [0, 1) per key (seeded BLAKE2b), the same on every machine."""
-  return np.asarray([int.from_bytes(hashlib.blake2b(f"{seed}\x00{k}".encode(), digest_size=8).digest(), "little")
-                     for k in keys], np.float64) / 2.0 ** 64
+  return (
+    np.asarray(
+      [int.from_bytes(hashlib.blake2b(f"{seed}\x00{k}".encode(), digest_size=8).digest(), "little") for k in keys],
+      np.float64,
+    )
+    / 2.0**64
+  )
 
 
 def held_out(spec: Spec, chunk: delimited.Chunk, held: Held | None) -> np.ndarray:
@@ -351,7 +394,9 @@ def held_out(spec: Spec, chunk: delimited.Chunk, held: Held | None) -> np.ndarra
     return (index >= 0) & (_history_lengths(spec, chunk) == lengths[index])
   if spec.holdout == "users":
     if not spec.user_column.source:  # one user: hold out a share of the rows instead
-      return _share([f"{Path(chunk.path).name}:{line}" for line in chunk.lines.tolist()], spec.seed) < spec.holdout_fraction
+      return (
+        _share([f"{Path(chunk.path).name}:{line}" for line in chunk.lines.tolist()], spec.seed) < spec.holdout_fraction
+      )
     users = _strings(_column(chunk, spec.user_column.source))
     uniq = pc.unique(users)
     chosen = uniq.filter(pa.array(_share(uniq.to_pylist(), spec.seed) < spec.holdout_fraction))
@@ -380,7 +425,7 @@ def count_part(spec: Spec, part: delimited.Part, held: Held | None = None, full:
         values = _numeric(chunk, c, bad, unit)[0]
         finite = values[np.isfinite(values)]
         s = sums[c.feature]
-        s[0], s[1], s[2] = s[0] + len(finite), s[1] + float(finite.sum()), s[2] + float((finite ** 2).sum())
+        s[0], s[1], s[2] = s[0] + len(finite), s[1] + float(finite.sum()), s[2] + float((finite**2).sum())
         continue
       array = _column(chunk, c.source)
       values = pc.list_flatten(_tokens(array, c.separator)) if c.kind == "sequence" else _strings(array)
@@ -459,8 +504,13 @@ def find_groups(spec: Spec, parts: dict[str, list[delimited.Part]], directory: P
   """Writes `directory`/user_groups.json (the raw user keys missing from the user vocabulary, which
   vocab/ must already hold, in order of first appearance); returns how many."""
   scan = group_parts(spec, parts)
-  found = shards.parallel_map(functools.partial(unseen_users, spec, str(directory)), scan,
-                              desc=f"{desc}: users unseen in training") if scan else []
+  found = (
+    shards.parallel_map(
+      functools.partial(unseen_users, spec, str(directory)), scan, desc=f"{desc}: users unseen in training"
+    )
+    if scan
+    else []
+  )
   keys = list(dict.fromkeys(k for part in found for k in part))
   shards.write_text(directory / GROUPS_FILE, json.dumps(keys))
   _group_array.cache_clear()
@@ -488,9 +538,16 @@ def schema_of(spec: Spec, sizes: dict[str, int], embed_user_id: bool, unseen: in
   return FeatureSchema(tuple(feats), user_key=spec.user_key, max_len=spec.max_len)
 
 
-def _encode_chunk(spec: Spec, chunk: delimited.Chunk, vocabs: dict[str, pa.Array], numeric: dict[str, tuple],
-                  bad: delimited.BadRows, acc: dict[str, list], unseen: pa.Array,
-                  counted: dict[str, dict[str, int]]) -> None:
+def _encode_chunk(
+  spec: Spec,
+  chunk: delimited.Chunk,
+  vocabs: dict[str, pa.Array],
+  numeric: dict[str, tuple],
+  bad: delimited.BadRows,
+  acc: dict[str, list],
+  unseen: pa.Array,
+  counted: dict[str, dict[str, int]],
+) -> None:
   """Appends the chunk's columns to `acc`; adds its unseen values (per feature) to counted["oov"] and its
   missing or non-finite numbers to counted["nonfinite"]."""
   unit = "row" if spec.fmt is None else "line"
@@ -570,22 +627,40 @@ def _related(spec: Spec, cols: dict[str, np.ndarray]) -> tuple[int, int]:
   return int((~related).sum()), int(first.sum())
 
 
-def write_shard(spec: Spec, plan: list[dict[str, list[delimited.Part]]], directory: Path,
-                numeric: dict[str, tuple], index: int, held: Held | None = None) -> dict[str, Any]:
+def write_shard(
+  spec: Spec,
+  plan: list[dict[str, list[delimited.Part]]],
+  directory: Path,
+  numeric: dict[str, tuple],
+  index: int,
+  held: Held | None = None,
+) -> dict[str, Any]:
   """Shard `index`: its parts of every split -> ids -> blocks; returns the shard's statistics. With a
   holdout, the validation split is the held-out rows of the shard's training parts."""
   vocabs = _vocab_arrays(str(directory), tuple(spec.vocabs()))
   unseen = _group_array(str(directory))
   bad = delimited.BadRows(spec.max_bad_rows)
   schema = schema_of(spec, {k: len(v) for k, v in vocabs.items()}, True, len(unseen))
-  out: dict[str, Any] = {"blocks": {}, "rows": {}, "positives": {}, "oov": {}, "nonfinite": {}, "unrelated": 0,
-                         "candidate_in_history": 0, "dropped_train_rows": 0, "hist_hist": [0]}
+  out: dict[str, Any] = {
+    "blocks": {},
+    "rows": {},
+    "positives": {},
+    "oov": {},
+    "nonfinite": {},
+    "unrelated": 0,
+    "candidate_in_history": 0,
+    "dropped_train_rows": 0,
+    "hist_hist": [0],
+  }
   hist_counts = np.zeros(0, np.int64)
   for split in shards.SPLITS:
-    acc: dict[str, list] = {k: [] for k in ["label", "_hist_full", "_lines", group_field(spec)]
-                            + [c.feature for c in spec.features()]}
-    counted = {"oov": {c.feature: 0 for c in spec.features() if c.kind != "numeric"},
-               "nonfinite": {c.feature: 0 for c in spec.features("numeric")}}
+    acc: dict[str, list] = {
+      k: [] for k in ["label", "_hist_full", "_lines", group_field(spec)] + [c.feature for c in spec.features()]
+    }
+    counted = {
+      "oov": {c.feature: 0 for c in spec.features() if c.kind != "numeric"},
+      "nonfinite": {c.feature: 0 for c in spec.features("numeric")},
+    }
     carved = spec.holdout and split in ("train", "valid")
     for part in plan[index].get("train" if carved else split, []):
       # the training parts are read twice when carving: count their bad rows on the train pass only
@@ -600,10 +675,10 @@ def write_shard(spec: Spec, plan: list[dict[str, list[delimited.Part]]], directo
     if split == "train":
       order = np.random.default_rng([spec.seed, index, 314]).permutation(n)
       out["dropped_train_rows"] = n % spec.block_size
-      order = order[:n - n % spec.block_size]
+      order = order[: n - n % spec.block_size]
     blocks = []
     for start in range(0, len(order), spec.block_size):
-      rows = order[start:start + spec.block_size]
+      rows = order[start : start + spec.block_size]
       blocks.append(records.encode_block(schema, {k: v[rows] for k, v in cols.items() if not k.startswith("_")}))
     if blocks:
       shards.write_records(shards.shard_path(directory, split, index, len(plan)), blocks)
@@ -636,8 +711,9 @@ def _percentile(hist: np.ndarray, q: float) -> float:
   return float(np.searchsorted(cdf, q / 100.0))
 
 
-def summarize(spec: Spec, vocabs: dict[str, list[str]], numeric: dict[str, tuple], stats: list[dict],
-              unseen: int = 0) -> dict:
+def summarize(
+  spec: Spec, vocabs: dict[str, list[str]], numeric: dict[str, tuple], stats: list[dict], unseen: int = 0
+) -> dict:
   rows = {s: sum(st["rows"][s] for st in stats) for s in shards.SPLITS}
   positives = {s: sum(st["positives"][s] for st in stats) for s in shards.SPLITS}
   width = max(len(st["hist_hist"]) for st in stats)
@@ -645,24 +721,27 @@ def summarize(spec: Spec, vocabs: dict[str, list[str]], numeric: dict[str, tuple
   total = max(1, sum(rows.values()))
   bad_count = sum(st["bad_rows"]["count"] for st in stats)
   summary = {
-      "rows": rows,
-      "vocabularies": {v: len(values) for v, values in vocabs.items()},
-      "user_groups": user_groups(spec, unseen),
-      "label_rate": {s: positives[s] / max(1, rows[s]) for s in shards.SPLITS},
-      "history_length_percentiles": {str(q): _percentile(hist, q) for q in (50, 90, 99)},
-      "share_histories_longer_than_max_len": sum(st["longer"] for st in stats) / total,
-      "share_candidates_unrelated_to_history": sum(st["unrelated"] for st in stats) / total,
-      "share_candidates_in_history": sum(st["candidate_in_history"] for st in stats) / total,
-      "oov": {s: {k: sum(st["oov"][s][k] for st in stats) for k in stats[0]["oov"][s]} for s in shards.SPLITS},
-      "nonfinite_numeric": {s: {k: sum(st["nonfinite"][s][k] for st in stats) for k in stats[0]["nonfinite"][s]}
-                            for s in shards.SPLITS},
-      "numeric_standardisation": {k: {"mean": m, "std": sd} for k, (m, sd) in numeric.items()},
-      "dropped_train_rows": sum(st["dropped_train_rows"] for st in stats),
-      "bad_rows": {"count": bad_count, "examples": [e for st in stats for e in st["bad_rows"]["examples"]][:10]},
+    "rows": rows,
+    "vocabularies": {v: len(values) for v, values in vocabs.items()},
+    "user_groups": user_groups(spec, unseen),
+    "label_rate": {s: positives[s] / max(1, rows[s]) for s in shards.SPLITS},
+    "history_length_percentiles": {str(q): _percentile(hist, q) for q in (50, 90, 99)},
+    "share_histories_longer_than_max_len": sum(st["longer"] for st in stats) / total,
+    "share_candidates_unrelated_to_history": sum(st["unrelated"] for st in stats) / total,
+    "share_candidates_in_history": sum(st["candidate_in_history"] for st in stats) / total,
+    "oov": {s: {k: sum(st["oov"][s][k] for st in stats) for k in stats[0]["oov"][s]} for s in shards.SPLITS},
+    "nonfinite_numeric": {
+      s: {k: sum(st["nonfinite"][s][k] for st in stats) for k in stats[0]["nonfinite"][s]} for s in shards.SPLITS
+    },
+    "numeric_standardisation": {k: {"mean": m, "std": sd} for k, (m, sd) in numeric.items()},
+    "dropped_train_rows": sum(st["dropped_train_rows"] for st in stats),
+    "bad_rows": {"count": bad_count, "examples": [e for st in stats for e in st["bad_rows"]["examples"]][:10]},
   }
   if bad_count > spec.max_bad_rows:  # each worker allows max_bad_rows: the total decides
-    raise DataError(f"{bad_count} bad rows, more than data.max_bad_rows={spec.max_bad_rows}; first: "
-                    f"{summary['bad_rows']['examples'][0]}; {delimited.SKIP_HINT}")
+    raise DataError(
+      f"{bad_count} bad rows, more than data.max_bad_rows={spec.max_bad_rows}; first: "
+      f"{summary['bad_rows']['examples'][0]}; {delimited.SKIP_HINT}"
+    )
   return summary
 
 
@@ -683,32 +762,53 @@ def stamp(paths: Iterable[str | os.PathLike]) -> list[list]:
   return [[str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in paths]
 
 
-def build(spec: Spec, inputs: dict[str, list[str]], cache_root: str, part_bytes: int, embed_user_id: bool,
-          extra: dict[str, Any] | None = None, desc: str = "converting") -> tuple[Path, dict[str, Any]]:
+def build(
+  spec: Spec,
+  inputs: dict[str, list[str]],
+  cache_root: str,
+  part_bytes: int,
+  embed_user_id: bool,
+  extra: dict[str, Any] | None = None,
+  desc: str = "converting",
+) -> tuple[Path, dict[str, Any]]:
   """Converts (or reuses) `inputs` {split: [files]}; returns the data set directory and its meta."""
   if not inputs.get("train"):
     raise DataError(f"{spec.name}: no training files")
-  params = {"converter": VERSION, "spec": dataclasses.asdict(spec), "inputs": {s: stamp(inputs.get(s, []))
-                                                                              for s in shards.SPLITS},
-            "part_bytes": part_bytes, **(extra or {})}
+  params = {
+    "converter": VERSION,
+    "spec": dataclasses.asdict(spec),
+    "inputs": {s: stamp(inputs.get(s, [])) for s in shards.SPLITS},
+    "part_bytes": part_bytes,
+    **(extra or {}),
+  }
   params = json.loads(json.dumps(params))  # as meta.json will hold it (tuples become lists)
   directory = shards.dataset_dir(cache_root, spec.name, params)
   meta = shards.load_meta(directory)
   if meta is None or meta.get("params") != params:
-    parts = {s: [p for f in inputs.get(s, []) for p in
-                 (delimited.parquet_parts(f) if spec.fmt is None else delimited.text_parts(f, spec.fmt, part_bytes))]
-             for s in shards.SPLITS}
+    parts = {
+      s: [
+        p
+        for f in inputs.get(s, [])
+        for p in (delimited.parquet_parts(f) if spec.fmt is None else delimited.text_parts(f, spec.fmt, part_bytes))
+      ]
+      for s in shards.SPLITS
+    }
     if not parts["train"]:
       raise DataError(f"{', '.join(inputs['train'])}: no training rows")
     held = None
     if spec.holdout == "last":
-      held = merge_held(shards.parallel_map(functools.partial(last_counts, spec), parts["train"],
-                                            desc=f"{desc}: each user's last training sample"))
+      held = merge_held(
+        shards.parallel_map(
+          functools.partial(last_counts, spec), parts["train"], desc=f"{desc}: each user's last training sample"
+        )
+      )
     given = dict(spec.given_vocabs)
-    numeric_spec = dataclasses.replace(spec, columns=tuple(c for c in spec.columns
-                                                           if c.kind in ("label", "numeric") or c.vocab not in given))
-    counted = shards.parallel_map(functools.partial(count_part, numeric_spec, held=held, full=spec), parts["train"],
-                                  desc=f"{desc}: vocabularies")
+    numeric_spec = dataclasses.replace(
+      spec, columns=tuple(c for c in spec.columns if c.kind in ("label", "numeric") or c.vocab not in given)
+    )
+    counted = shards.parallel_map(
+      functools.partial(count_part, numeric_spec, held=held, full=spec), parts["train"], desc=f"{desc}: vocabularies"
+    )
     vocabs, numeric = merge_counts(counted, numeric_spec)
     for v, path in given.items():
       vocabs[v] = json.loads(Path(path).read_text())
@@ -721,9 +821,15 @@ def build(spec: Spec, inputs: dict[str, list[str]], cache_root: str, part_bytes:
     unseen = find_groups(spec, parts, directory, desc)
     schema = schema_of(spec, {k: len(v) for k, v in vocabs.items()}, True, unseen)
     plan = plan_shards(parts)
-    meta = shards.build(directory, schema, params, len(plan),
-                        functools.partial(write_shard, spec, plan, directory, numeric, held=held),
-                        lambda stats: summarize(spec, vocabs, numeric, stats, unseen), desc=f"{desc}: shards")
+    meta = shards.build(
+      directory,
+      schema,
+      params,
+      len(plan),
+      functools.partial(write_shard, spec, plan, directory, numeric, held=held),
+      lambda stats: summarize(spec, vocabs, numeric, stats, unseen),
+      desc=f"{desc}: shards",
+    )
   schema = schema_of(spec, meta["stats"]["vocabularies"], embed_user_id, meta["stats"]["user_groups"]["unseen_users"])
   return directory, {**meta, "schema": schema.to_dict()}
 
@@ -745,8 +851,11 @@ def encode_records(trained: Path, files: list[str], cache_root: str, part_bytes:
   done = shards.load_meta(directory)
   if done is not None and done.get("params") == params:
     return directory, done
-  parts = [p for f in files for p in
-           (delimited.parquet_parts(f) if spec.fmt is None else delimited.text_parts(f, spec.fmt, part_bytes))]
+  parts = [
+    p
+    for f in files
+    for p in (delimited.parquet_parts(f) if spec.fmt is None else delimited.text_parts(f, spec.fmt, part_bytes))
+  ]
   if not parts:
     raise DataError(f"{', '.join(files)}: no rows to score")
   (directory / "vocab").mkdir(parents=True, exist_ok=True)
@@ -756,9 +865,18 @@ def encode_records(trained: Path, files: list[str], cache_root: str, part_bytes:
   unseen = find_groups(spec, {"test": parts}, directory, "encoding records")
   schema = schema_of(spec, meta["stats"]["vocabularies"], True, unseen)
   plan = [{"train": [], "test": parts}]  # one shard: the rows stay in file order
-  meta = shards.build(directory, schema, params, 1, functools.partial(write_shard, spec, plan, directory, numeric),
-                      lambda stats: {"rows": {s: sum(st["rows"][s] for st in stats) for s in shards.SPLITS},
-                                     "oov": stats[0]["oov"], "nonfinite_numeric": stats[0]["nonfinite"],
-                                     "user_groups": user_groups(spec, unseen)},
-                      desc="encoding records")
+  meta = shards.build(
+    directory,
+    schema,
+    params,
+    1,
+    functools.partial(write_shard, spec, plan, directory, numeric),
+    lambda stats: {
+      "rows": {s: sum(st["rows"][s] for st in stats) for s in shards.SPLITS},
+      "oov": stats[0]["oov"],
+      "nonfinite_numeric": stats[0]["nonfinite"],
+      "user_groups": user_groups(spec, unseen),
+    },
+    desc="encoding records",
+  )
   return directory, meta

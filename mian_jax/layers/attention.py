@@ -30,6 +30,7 @@ def masked_softmax(scores: jax.Array, mask: jax.Array | None, sink: jax.Array | 
 class AdditivePool(nn.Module):
   """One shared (W [E], b): alpha_l = softmax_l(tanh(V_l . W + b)); returns (sum_l alpha_l V_l [B, E], alpha [B, L]).
   With `sink`, the softmax has a learned null position (masked_softmax; parameter `sink`, init 0)."""
+
   sink: bool = False
 
   @nn.compact

@@ -30,12 +30,14 @@ class AuxNet(nn.Module):
   @nn.compact
   def weights(self, h: int, di: int) -> list[dict[str, jax.Array]]:
     widths = (*AUX_MLP, 1)
-    return [DenseParams((w,), name=n)((f,)) for n, w, f in zip(("dense0", "dense1", "logit"), widths,
-                                                                  (h + di, *AUX_MLP))]
+    return [
+      DenseParams((w,), name=n)((f,)) for n, w, f in zip(("dense0", "dense1", "logit"), widths, (h + di, *AUX_MLP))
+    ]
 
 
-def aux_pair_loss(layers: list[dict[str, jax.Array]], h_bsh: jax.Array, pos_bsd: jax.Array,
-                  neg_bsd: jax.Array) -> jax.Array:
+def aux_pair_loss(
+  layers: list[dict[str, jax.Array]], h_bsh: jax.Array, pos_bsd: jax.Array, neg_bsd: jax.Array
+) -> jax.Array:
   """-log p(h_s, e_pos) - log(1 - p(h_s, e_neg)) [B, S]. The first layer on [h; e] is h W_h + e W_e: the
   state's part once for the positive and the negative; the two then run as one stacked batch."""
   w_h, w_e = jnp.split(layers[0]["kernel"], [h_bsh.shape[-1]], axis=0)
@@ -52,7 +54,10 @@ def auxiliary_loss(layers: list[dict[str, jax.Array]], h_bth: jax.Array, g: Grou
   row_bt, pos_bt, valid_bt = sample_negatives(key, g.behaviour_ids, g.mask)
   neg_btd = g.behaviour[row_bt, pos_bt]
   # s = t, paired with behaviour t + 1; computed in chunks as long as their histories (layers/chunks.py)
-  loss_bs = in_chunks(lambda h, pos, neg, m: aux_pair_loss(layers, h, pos, neg),
-                      (h_bth[:, :-1], g.behaviour[:, 1:], neg_btd[:, 1:], g.mask[:, 1:]), mask=g.mask[:, 1:])
+  loss_bs = in_chunks(
+    lambda h, pos, neg, m: aux_pair_loss(layers, h, pos, neg),
+    (h_bth[:, :-1], g.behaviour[:, 1:], neg_btd[:, 1:], g.mask[:, 1:]),
+    mask=g.mask[:, 1:],
+  )
   pair_bs = (g.mask[:, :-1] & g.mask[:, 1:] & valid_bt[:, 1:]).astype(jnp.float32)
   return jnp.sum(loss_bs * pair_bs) / jnp.maximum(pair_bs.sum(), 1.0)

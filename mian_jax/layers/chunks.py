@@ -34,6 +34,7 @@ MIN_POSITIONS = 8 * CHUNK_POSITIONS  # smaller batches (rows x T) run whole: the
 BUCKETS = (0.25, 0.5, 1.0)
 MIN_BUCKETED = 16  # shorter histories are not cut into lengths
 
+
 def chunk_count(rows: int, positions: int) -> int:
   """How many chunks to split `rows` rows of `positions` positions into: the divisor of rows closest (in
   ratio) to rows x positions / CHUNK_POSITIONS (1: no split)."""
@@ -72,8 +73,9 @@ def _permute_bwd(inverse, g):
 permute.defvjp(_permute_fwd, _permute_bwd)
 
 
-def in_chunks(fn: Callable, seqs: Sequence[jax.Array], rows: Sequence[jax.Array] = (),
-              mask: jax.Array | None = None) -> jax.Array:
+def in_chunks(
+  fn: Callable, seqs: Sequence[jax.Array], rows: Sequence[jax.Array] = (), mask: jax.Array | None = None
+) -> jax.Array:
   """fn(*seqs, *rows) (seqs [B, T, ...], rows [B, ...]; its output [B, T, ...]), computed chunk by chunk
   on CPU, each chunk on the positions its histories reach when `mask` [B, T] is given."""
   b, t = seqs[0].shape[:2]

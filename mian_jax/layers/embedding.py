@@ -44,8 +44,9 @@ class Groups:
   linear: jax.Array  # [B, F] (F = 0 without linear tables)
 
 
-def table_shapes(schema: FeatureSchema, dim: int, linear: bool = False, row_multiple: int = 1
-                 ) -> dict[str, tuple[int, int]]:
+def table_shapes(
+  schema: FeatureSchema, dim: int, linear: bool = False, row_multiple: int = 1
+) -> dict[str, tuple[int, int]]:
   """{table: (rows, width)}; rows rounded up to a multiple of `row_multiple` (tables split over a
   `model` mesh axis need it; the extra rows are never looked up)."""
   item_width = dim * len(schema.group("item"))
@@ -64,8 +65,9 @@ def table_shapes(schema: FeatureSchema, dim: int, linear: bool = False, row_mult
 SHARED_DRAW_ROWS = 65_536  # tables up to this many rows take their values from one shared random draw
 
 
-def init_tables(rng: jax.Array, schema: FeatureSchema, dim: int, linear: bool = False,
-                row_multiple: int = 1) -> dict[str, jax.Array]:
+def init_tables(
+  rng: jax.Array, schema: FeatureSchema, dim: int, linear: bool = False, row_multiple: int = 1
+) -> dict[str, jax.Array]:
   """Embeddings ~ N(0, INIT_STDDEV); first-order (linear:*) weights start at 0, as logistic regression does.
 
   The tables of up to SHARED_DRAW_ROWS rows are cut from one random draw: one random-number kernel for
@@ -84,21 +86,28 @@ def init_tables(rng: jax.Array, schema: FeatureSchema, dim: int, linear: bool = 
   tables.update({n: part.reshape(shapes[n]) for n, part in zip(shared, jnp.split(flat, np.cumsum(sizes)[:-1]))})
   pad = lambda rows: -(-rows // row_multiple) * row_multiple
   zeros = lambda rows, width: jnp.zeros((rows, width), jnp.float32)
-  return {n: zeros(pad(r), w) if n not in tables
-          else tables[n] if pad(r) == r else jnp.concatenate([tables[n], zeros(pad(r) - r, w)])
-          for n, (r, w) in shapes.items()}
+  return {
+    n: zeros(pad(r), w)
+    if n not in tables
+    else tables[n]
+    if pad(r) == r
+    else jnp.concatenate([tables[n], zeros(pad(r) - r, w)])
+    for n, (r, w) in shapes.items()
+  }
 
 
-def _field(tables: Mapping[str, jax.Array], schema: FeatureSchema, name: str, batch: Mapping[str, jax.Array],
-           prefix: str = "") -> jax.Array:
+def _field(
+  tables: Mapping[str, jax.Array], schema: FeatureSchema, name: str, batch: Mapping[str, jax.Array], prefix: str = ""
+) -> jax.Array:
   f = schema[name]
   if f.kind == "numeric":
     return batch[name][:, None] * tables[f"{prefix}numeric:{name}"][0]  # [B, D]
   return jnp.take(tables[prefix + f.table_name], batch[name], axis=0)
 
 
-def _linear(tables: Mapping[str, jax.Array], schema: FeatureSchema, batch: Mapping[str, jax.Array],
-            mask_bt: jax.Array) -> jax.Array:
+def _linear(
+  tables: Mapping[str, jax.Array], schema: FeatureSchema, batch: Mapping[str, jax.Array], mask_bt: jax.Array
+) -> jax.Array:
   """First-order weight per input field [B, F]; a sequence field's is its masked mean over the history."""
   cols = []
   for group in ("item", "behaviour", "user", "context"):
@@ -130,14 +139,25 @@ def embed(tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], schem
     return jnp.stack(fields, axis=1)
 
   first_behaviour = schema.aligned_behaviours()[0][1].name
-  linear = (_linear(tables, schema, batch, mask) if any(k.startswith("linear:") for k in tables)
-            else jnp.zeros(item.shape[:1] + (0,), item.dtype))
-  return Groups(item=item, behaviour=beh, mask=mask, user=stack("user"), context=stack("context"),
-                behaviour_ids=jnp.where(mask, batch[first_behaviour], 0), linear=linear)
+  linear = (
+    _linear(tables, schema, batch, mask)
+    if any(k.startswith("linear:") for k in tables)
+    else jnp.zeros(item.shape[:1] + (0,), item.dtype)
+  )
+  return Groups(
+    item=item,
+    behaviour=beh,
+    mask=mask,
+    user=stack("user"),
+    context=stack("context"),
+    behaviour_ids=jnp.where(mask, batch[first_behaviour], 0),
+    linear=linear,
+  )
 
 
-def unique_rows(tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], schema: FeatureSchema
-                ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
+def unique_rows(
+  tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], schema: FeatureSchema
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
   """(ids, rows, local batch): the rows of every table the batch touches, for row-sparse training.
 
   ids[k]   [N_k] the ids of table k the batch touches, each once, padded with the out-of-range id V_k:
@@ -167,7 +187,7 @@ def unique_rows(tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
     offset = 0
     for n in names:
       size = batch[n].size
-      local[n] = inverse.reshape(-1)[offset:offset + size].reshape(batch[n].shape).astype(jnp.int32)
+      local[n] = inverse.reshape(-1)[offset : offset + size].reshape(batch[n].shape).astype(jnp.int32)
       offset += size
   ids, rows = {}, {}
   for k, table in tables.items():

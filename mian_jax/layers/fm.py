@@ -13,5 +13,5 @@ import jax
 def fm_second_order(v_bfd: jax.Array) -> jax.Array:
   """[B, F, D] -> [B]: the sum of the inner products of every pair of distinct fields."""
   square_of_sum_bd = v_bfd.sum(1) ** 2
-  sum_of_square_bd = (v_bfd ** 2).sum(1)
+  sum_of_square_bd = (v_bfd**2).sum(1)
   return 0.5 * (square_of_sum_bd - sum_of_square_bd).sum(-1)

@@ -126,8 +126,12 @@ def _backward(x_btd, m_bt, a_bt, hs, dhs, w):
     dzg = jnp.concatenate([drh * h * r * (1.0 - r), -a * dhm * (c - h) * k * (1.0 - k)], -1)
     dxg, dhg = jnp.split(dzg @ w_g.T, [d], axis=-1)
     dh = jnp.where(m, dh * (1.0 - u), dh) + drh * r + dhg
-    dw = (dw[0] + jnp.concatenate([x, h], -1).T @ dzg, dw[1] + dzg.sum(0),
-          dw[2] + jnp.concatenate([x, r * h], -1).T @ dzc, dw[3] + dzc.sum(0))
+    dw = (
+      dw[0] + jnp.concatenate([x, h], -1).T @ dzg,
+      dw[1] + dzg.sum(0),
+      dw[2] + jnp.concatenate([x, r * h], -1).T @ dzc,
+      dw[3] + dzc.sum(0),
+    )
     return dh, _put(dx, t, dxc + dxg), _put(da, t, jnp.sum(dhm * (1.0 - k) * (c - h), -1)), dw
 
   init = (dh0, jnp.zeros_like(x_btd), jnp.zeros_like(a_bt), jax.tree.map(jnp.zeros_like, w))
@@ -167,17 +171,21 @@ _masked_gru.defvjp(_masked_gru_fwd, _masked_gru_bwd)
 
 class _Cell(nn.Module):
   """GRUCell's parameters: gates {kernel [D + H, 2H], bias (init 1)}, candidate {kernel [D + H, H], bias}."""
+
   features: int
 
   @nn.compact
   def __call__(self, fan_in: int) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    return (DenseParams((2 * self.features,), nn.initializers.ones, name="gates")((fan_in,)),
-            DenseParams((self.features,), name="candidate")((fan_in,)))
+    return (
+      DenseParams((2 * self.features,), nn.initializers.ones, name="gates")((fan_in,)),
+      DenseParams((self.features,), name="candidate")((fan_in,)),
+    )
 
 
 class _Scan(nn.Module):
   """The cell's parameters under `scan/cell/`, where the scan of Flax cells kept them (checkpoints of it
   restore)."""
+
   features: int
 
   @nn.compact
@@ -190,8 +198,9 @@ class MaskedRNN(nn.Module):
   attentional: bool = False  # AUGRU (needs att_bt) instead of GRU
 
   @nn.compact
-  def __call__(self, x_btd: jax.Array, mask_bt: jax.Array,
-               att_bt: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, x_btd: jax.Array, mask_bt: jax.Array, att_bt: jax.Array | None = None
+  ) -> tuple[jax.Array, jax.Array]:
     b, t, d = x_btd.shape
     h = self.features
     if att_bt is None or not self.attentional:

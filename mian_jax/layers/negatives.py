@@ -18,8 +18,9 @@ import jax.numpy as jnp
 CANDIDATES = 8
 
 
-def sample_negatives(key: jax.Array, ids_bt: jax.Array, mask_bt: jax.Array,
-                     candidates: int = CANDIDATES) -> tuple[jax.Array, jax.Array, jax.Array]:
+def sample_negatives(
+  key: jax.Array, ids_bt: jax.Array, mask_bt: jax.Array, candidates: int = CANDIDATES
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   b, t = ids_bt.shape
   mask_n = mask_bt.reshape(-1)
   real_n = jnp.argsort(~mask_n, stable=True)  # flat indices of the real behaviours first, in order

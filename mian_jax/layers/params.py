@@ -22,6 +22,7 @@ EPS = 1e-6  # nn.LayerNorm's epsilon
 class DenseParams(nn.Module):
   """{kernel: in_shape + out_shape, bias: out_shape} as nn.Dense (in_shape (D,), out_shape (F,)) or
   nn.DenseGeneral makes them: the kernel lecun-normal over fan-in prod(in_shape), the bias `bias_init`."""
+
   out_shape: tuple[int, ...]
   bias_init: Callable = nn.initializers.zeros
 
@@ -29,8 +30,10 @@ class DenseParams(nn.Module):
   def __call__(self, in_shape: tuple[int, ...]) -> dict[str, jax.Array]:
     flat = (math.prod(in_shape), math.prod(self.out_shape))
     init = lambda key, shape, dtype=jnp.float32: nn.linear.default_kernel_init(key, flat, dtype).reshape(shape)
-    return {"kernel": self.param("kernel", init, tuple(in_shape) + tuple(self.out_shape)),
-            "bias": self.param("bias", self.bias_init, tuple(self.out_shape))}
+    return {
+      "kernel": self.param("kernel", init, tuple(in_shape) + tuple(self.out_shape)),
+      "bias": self.param("bias", self.bias_init, tuple(self.out_shape)),
+    }
 
 
 class LayerNormParams(nn.Module):
@@ -38,8 +41,10 @@ class LayerNormParams(nn.Module):
 
   @nn.compact
   def __call__(self, width: int) -> dict[str, jax.Array]:
-    return {"scale": self.param("scale", nn.initializers.ones, (width,)),
-            "bias": self.param("bias", nn.initializers.zeros, (width,))}
+    return {
+      "scale": self.param("scale", nn.initializers.ones, (width,)),
+      "bias": self.param("bias", nn.initializers.zeros, (width,)),
+    }
 
 
 def layer_norm(x: jax.Array, p: dict[str, jax.Array]) -> jax.Array:

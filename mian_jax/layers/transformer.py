@@ -43,8 +43,7 @@ def causal_bias(t: int) -> jax.Array:
   return jnp.where(jnp.arange(t)[None, :] <= jnp.arange(t)[:, None], 0.0, NEG).astype(jnp.float32)
 
 
-def attention(p: dict[str, Any], h_bte: jax.Array, bias_bt: jax.Array, heads: int,
-              causal: bool = False) -> jax.Array:
+def attention(p: dict[str, Any], h_bte: jax.Array, bias_bt: jax.Array, heads: int, causal: bool = False) -> jax.Array:
   """Multi-head self-attention with Flax's MultiHeadDotProductAttention parameters `p` [B, T, E]; with
   `causal`, query t sees keys <= t only."""
   b, t, e = h_bte.shape
@@ -62,11 +61,19 @@ def attention(p: dict[str, Any], h_bte: jax.Array, bias_bt: jax.Array, heads: in
   return o_bte @ p["out"]["kernel"].reshape(e, e) + p["out"]["bias"]
 
 
-def block(p: dict[str, Any], x_bte: jax.Array, bias_bt: jax.Array, keep_bt1: jax.Array, heads: int,
-          pre_ln: bool, causal: bool = False) -> jax.Array:
+def block(
+  p: dict[str, Any],
+  x_bte: jax.Array,
+  bias_bt: jax.Array,
+  keep_bt1: jax.Array,
+  heads: int,
+  pre_ln: bool,
+  causal: bool = False,
+) -> jax.Array:
   """One encoder block (module docstring) with EncoderBlock's parameters `p`."""
-  ffn = lambda h: jax.nn.relu(h @ p["ffn_in"]["kernel"] + p["ffn_in"]["bias"]) @ p["ffn_out"]["kernel"] \
-      + p["ffn_out"]["bias"]
+  ffn = lambda h: (
+    jax.nn.relu(h @ p["ffn_in"]["kernel"] + p["ffn_in"]["bias"]) @ p["ffn_out"]["kernel"] + p["ffn_out"]["bias"]
+  )
   ln1, ln2 = (lambda h: layer_norm(h, p["ln_attn"])), (lambda h: layer_norm(h, p["ln_ffn"]))
   if pre_ln:
     x_bte = x_bte + attention(p["mha"], ln1(x_bte), bias_bt, heads, causal)
@@ -77,8 +84,15 @@ def block(p: dict[str, Any], x_bte: jax.Array, bias_bt: jax.Array, keep_bt1: jax
   return x_bte * keep_bt1
 
 
-def encode(blocks: list[dict[str, Any]], final: dict[str, jax.Array] | None, x_bte: jax.Array,
-           mask_bt: jax.Array, heads: int, pre_ln: bool, causal: bool = False) -> jax.Array:
+def encode(
+  blocks: list[dict[str, Any]],
+  final: dict[str, jax.Array] | None,
+  x_bte: jax.Array,
+  mask_bt: jax.Array,
+  heads: int,
+  pre_ln: bool,
+  causal: bool = False,
+) -> jax.Array:
   """The encoder stack (every block, then the final LayerNorm when given), zero at padding."""
   bias_bt, keep_bt1 = key_bias(mask_bt), mask_bt[..., None].astype(x_bte.dtype)
   for p in blocks:
@@ -91,6 +105,7 @@ def encode(blocks: list[dict[str, Any]], final: dict[str, jax.Array] | None, x_b
 class _AttentionParams(nn.Module):
   """MultiHeadDotProductAttention's parameters: query / key / value {kernel [E, H, Dh], bias [H, Dh]}, out
   {kernel [H, Dh, E], bias [E]}."""
+
   heads: int
 
   @nn.compact
@@ -108,10 +123,13 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def weights(self, e: int) -> dict[str, Any]:
     """The block's parameters (module docstring)."""
-    return {"mha": _AttentionParams(self.heads, name="mha")(e),
-            "ffn_in": DenseParams((self.ffn_mult * e,), name="ffn_in")((e,)),
-            "ffn_out": DenseParams((e,), name="ffn_out")((self.ffn_mult * e,)),
-            "ln_attn": LayerNormParams(name="ln_attn")(e), "ln_ffn": LayerNormParams(name="ln_ffn")(e)}
+    return {
+      "mha": _AttentionParams(self.heads, name="mha")(e),
+      "ffn_in": DenseParams((self.ffn_mult * e,), name="ffn_in")((e,)),
+      "ffn_out": DenseParams((e,), name="ffn_out")((self.ffn_mult * e,)),
+      "ln_attn": LayerNormParams(name="ln_attn")(e),
+      "ln_ffn": LayerNormParams(name="ln_ffn")(e),
+    }
 
   def __call__(self, x_bte: jax.Array, mask_bt: jax.Array) -> jax.Array:
     p = jax.tree.map(lambda w: w.astype(x_bte.dtype), self.weights(x_bte.shape[-1]))
@@ -128,9 +146,11 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x_bte: jax.Array, mask_bt: jax.Array) -> jax.Array:
     e = x_bte.shape[-1]
-    blocks = [EncoderBlock(self.heads, self.ffn_mult, self.pre_ln, name=f"block{i}").weights(e)
-              for i in range(self.layers)]
+    blocks = [
+      EncoderBlock(self.heads, self.ffn_mult, self.pre_ln, name=f"block{i}").weights(e) for i in range(self.layers)
+    ]
     final = LayerNormParams(name="ln_final")(e) if self.pre_ln and self.layers else None
     blocks, final = jax.tree.map(lambda w: w.astype(x_bte.dtype), (blocks, final))
-    return in_chunks(lambda x, m: encode(blocks, final, x, m, self.heads, self.pre_ln, self.causal), (x_bte, mask_bt),
-                     mask=mask_bt)
+    return in_chunks(
+      lambda x, m: encode(blocks, final, x, m, self.heads, self.pre_ln, self.causal), (x_bte, mask_bt), mask=mask_bt
+    )

@@ -37,46 +37,81 @@ class _Entry(NamedTuple):
 
 
 # MIAN's fields by the module reading them (an ablation leaves out what its missing module reads).
-_IBIM = ("ibim_position", "ibim_encoder", "ibim_layers", "ibim_heads", "ibim_ffn_mult", "ibim_attention", "ibim_sink",
-         "attention_mlp", "ibim_last_state", "ibim_candidate_token",
-         "ibim_aux_loss", "aux_loss_weight")  # attention_mlp: ibim_attention=target's unit
+_IBIM = (
+  "ibim_position",
+  "ibim_encoder",
+  "ibim_layers",
+  "ibim_heads",
+  "ibim_ffn_mult",
+  "ibim_attention",
+  "ibim_sink",
+  "attention_mlp",
+  "ibim_last_state",
+  "ibim_candidate_token",
+  "ibim_aux_loss",
+  "aux_loss_weight",
+)  # attention_mlp: ibim_attention=target's unit
 _GIM = ("gim_dim", "mlp_on_concat")  # without GIM the MLP always reads the concatenation
 _MIAN_TOWER = ("candidate_product", "behaviour_pool", "mlp", "mlp_activation", "dropout")
 _DIEN = ("embed_dim", "gru_dim", "attention_mlp", "mlp", "dropout", "aux_loss_weight")
 
 # The options mian_paper fixes: the paper's equations (models/mian.py), where the package's MIAN defaults to
 # the configuration chosen on validation (config.ModelConfig).
-PAPER: dict[str, Any] = {"ibim_encoder": "pre_ln", "ibim_attention": "additive", "ibim_position": "none",
-                         "ibim_aux_loss": False, "ibim_last_state": False, "ibim_candidate_token": False,
-                         "ibim_sink": False, "candidate_product": "none", "mlp_on_concat": False}
+PAPER: dict[str, Any] = {
+  "ibim_encoder": "pre_ln",
+  "ibim_attention": "additive",
+  "ibim_position": "none",
+  "ibim_aux_loss": False,
+  "ibim_last_state": False,
+  "ibim_candidate_token": False,
+  "ibim_sink": False,
+  "candidate_product": "none",
+  "mlp_on_concat": False,
+}
 
 _REGISTRY: dict[str, _Entry] = {
-    "lr": _Entry("lr", "LR", {}, ("embed_dim",)),  # reads no embedding, but the trainer builds the tables
-    "wdl": _Entry("wdl", "WideDeep", {}, ("embed_dim", "mlp", "dropout")),
-    "dcn": _Entry("dcn", "DCN", {}, ("embed_dim", "cross_layers", "mlp", "dropout")),
-    "deepfm": _Entry("deepfm", "DeepFM", {}, ("embed_dim", "mlp", "dropout")),
-    "xdeepfm": _Entry("xdeepfm", "XDeepFM", {}, ("embed_dim", "cin_layers", "mlp", "dropout")),
-    "din": _Entry("din", "DIN", {}, ("embed_dim", "mlp", "mlp_activation", "dropout", "attention_mlp", "din_inputs")),
-    "dien": _Entry("dien", "DIEN", {}, _DIEN),
-    # DIEN's parts taken away one at a time (models/dien.py)
-    "dien_no_product": _Entry("dien", "DIEN", {"history_sum": "sum"}, _DIEN),
-    "dien_state_only": _Entry("dien", "DIEN", {"history_sum": "none"}, _DIEN),
-    "dien_gru_attention": _Entry("dien", "DIEN", {"evolution": "attention_pool"}, _DIEN),
-    "dien_no_extractor": _Entry("dien", "DIEN", {"use_extractor": False},
-                                ("embed_dim", "attention_mlp", "mlp", "dropout")),
-    "mian": _Entry("mian", "MIAN", {}, ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
-    # The paper's model (Zhang et al. 2021) whatever the config's MIAN options: IBIM a Pre-LN Transformer
-    # pooled by the paper's additive score, no position, no auxiliary loss, no candidate product, the MLP on
-    # GIM's output R_g alone. What the paper leaves open (widths, pooling of e_b, MLP activation) is the config's.
-    "mian_paper": _Entry("mian", "MIAN", {}, ("embed_dim", "ibim_layers", "ibim_heads", "ibim_ffn_mult", "gim_dim",
-                                              "behaviour_pool", "mlp", "mlp_activation", "dropout"),
-                         sets=PAPER),
-    "mian_no_ibim": _Entry("mian", "MIAN", {"use_ibim": False}, ("embed_dim", *_GIM, *_MIAN_TOWER)),
-    "mian_no_iuim": _Entry("mian", "MIAN", {"use_iuim": False}, ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
-    "mian_no_icim": _Entry("mian", "MIAN", {"use_icim": False}, ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
-    "mian_no_iuim_icim": _Entry("mian", "MIAN", {"use_iuim": False, "use_icim": False},
-                                ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
-    "mian_no_gim": _Entry("mian", "MIAN", {"use_gim": False}, ("embed_dim", *_IBIM, *_MIAN_TOWER)),
+  "lr": _Entry("lr", "LR", {}, ("embed_dim",)),  # reads no embedding, but the trainer builds the tables
+  "wdl": _Entry("wdl", "WideDeep", {}, ("embed_dim", "mlp", "dropout")),
+  "dcn": _Entry("dcn", "DCN", {}, ("embed_dim", "cross_layers", "mlp", "dropout")),
+  "deepfm": _Entry("deepfm", "DeepFM", {}, ("embed_dim", "mlp", "dropout")),
+  "xdeepfm": _Entry("xdeepfm", "XDeepFM", {}, ("embed_dim", "cin_layers", "mlp", "dropout")),
+  "din": _Entry("din", "DIN", {}, ("embed_dim", "mlp", "mlp_activation", "dropout", "attention_mlp", "din_inputs")),
+  "dien": _Entry("dien", "DIEN", {}, _DIEN),
+  # DIEN's parts taken away one at a time (models/dien.py)
+  "dien_no_product": _Entry("dien", "DIEN", {"history_sum": "sum"}, _DIEN),
+  "dien_state_only": _Entry("dien", "DIEN", {"history_sum": "none"}, _DIEN),
+  "dien_gru_attention": _Entry("dien", "DIEN", {"evolution": "attention_pool"}, _DIEN),
+  "dien_no_extractor": _Entry(
+    "dien", "DIEN", {"use_extractor": False}, ("embed_dim", "attention_mlp", "mlp", "dropout")
+  ),
+  "mian": _Entry("mian", "MIAN", {}, ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
+  # The paper's model (Zhang et al. 2021) whatever the config's MIAN options: IBIM a Pre-LN Transformer
+  # pooled by the paper's additive score, no position, no auxiliary loss, no candidate product, the MLP on
+  # GIM's output R_g alone. What the paper leaves open (widths, pooling of e_b, MLP activation) is the config's.
+  "mian_paper": _Entry(
+    "mian",
+    "MIAN",
+    {},
+    (
+      "embed_dim",
+      "ibim_layers",
+      "ibim_heads",
+      "ibim_ffn_mult",
+      "gim_dim",
+      "behaviour_pool",
+      "mlp",
+      "mlp_activation",
+      "dropout",
+    ),
+    sets=PAPER,
+  ),
+  "mian_no_ibim": _Entry("mian", "MIAN", {"use_ibim": False}, ("embed_dim", *_GIM, *_MIAN_TOWER)),
+  "mian_no_iuim": _Entry("mian", "MIAN", {"use_iuim": False}, ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
+  "mian_no_icim": _Entry("mian", "MIAN", {"use_icim": False}, ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)),
+  "mian_no_iuim_icim": _Entry(
+    "mian", "MIAN", {"use_iuim": False, "use_icim": False}, ("embed_dim", *_IBIM, *_GIM, *_MIAN_TOWER)
+  ),
+  "mian_no_gim": _Entry("mian", "MIAN", {"use_gim": False}, ("embed_dim", *_IBIM, *_MIAN_TOWER)),
 }
 BASELINES = ("lr", "wdl", "dcn", "deepfm", "xdeepfm", "din", "dien")  # the paper's Table 2 order
 ABLATIONS = ("mian_no_iuim", "mian_no_icim", "mian_no_ibim", "mian_no_gim", "mian_no_iuim_icim")

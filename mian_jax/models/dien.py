@@ -39,6 +39,7 @@ from mian_jax.layers.embedding import Groups
 from mian_jax.layers.gru import MaskedRNN
 from mian_jax.layers.target_attention import TargetAttention
 
+
 class DIEN(nn.Module):
   cfg: ModelConfig
   use_extractor: bool = True
@@ -60,7 +61,8 @@ class DIEN(nn.Module):
     else:
       hidden, h_bth = g.behaviour.shape[-1], g.behaviour
     _, a_bt = TargetAttention(cfg.attention_mlp, normalise=True, project_query=True, name="attention")(
-        g.item, h_bth, g.mask)
+      g.item, h_bth, g.mask
+    )
     extras["attention"] = a_bt
     if self.evolution == "augru":
       _, final_bh = MaskedRNN(hidden, attentional=True, name="evolution")(h_bth, g.mask, a_bt.astype(h_bth.dtype))

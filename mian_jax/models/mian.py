@@ -82,10 +82,20 @@ def gim_inputs(model: "MIAN", user_fields: int, context_fields: int) -> tuple[st
   cfg, ibim = model.cfg, model.use_ibim
   iuim, icim = model.use_iuim and user_fields > 0, model.use_icim and context_fields > 0
   fields = cfg.candidate_product == "fields"
-  present = {"e_i": True, "e_b": True, "e_c": context_fields > 0, "e_u": user_fields > 0,
-             "R_ibim": ibim, "R_iuim": iuim, "R_icim": icim,
-             "h_last": ibim and cfg.ibim_last_state, "h_cand": ibim and cfg.ibim_candidate_token,
-             "p_ib": cfg.candidate_product != "none", "p_iu": fields and iuim, "p_ic": fields and icim}
+  present = {
+    "e_i": True,
+    "e_b": True,
+    "e_c": context_fields > 0,
+    "e_u": user_fields > 0,
+    "R_ibim": ibim,
+    "R_iuim": iuim,
+    "R_icim": icim,
+    "h_last": ibim and cfg.ibim_last_state,
+    "h_cand": ibim and cfg.ibim_candidate_token,
+    "p_ib": cfg.candidate_product != "none",
+    "p_iu": fields and iuim,
+    "p_ic": fields and icim,
+  }
   return tuple(n for n in GIM_INPUTS + OPTION_INPUTS if present[n])
 
 
@@ -116,6 +126,7 @@ MAX_RANK = 255  # the learned table's last row: behaviours of rank >= 255 share 
 class RecencyPosition(nn.Module):
   """P(rank_t) [B, T, E] for the real positions (0 at padding): a learned table [MAX_RANK + 1, E] or the
   sinusoid."""
+
   kind: str  # learned | sinusoidal
 
   @nn.compact
@@ -184,22 +195,26 @@ class MIAN(nn.Module):
       b = e_bi.shape[0]
       pieces += [(n, v) for n, v in r.items() if n not in ("e_u", "e_c")]
       pieces += [(n, x.reshape(b, -1)) for n, x in (("e_u", g.user), ("e_c", g.context)) if x.shape[1]]
-    self.sow("intermediates", "mlp_input_names", tuple(n for n, _ in pieces),
-             init_fn=tuple, reduce_fn=lambda _, names: names)
+    self.sow(
+      "intermediates", "mlp_input_names", tuple(n for n, _ in pieces), init_fn=tuple, reduce_fn=lambda _, names: names
+    )
     x = jnp.concatenate([v for _, v in pieces], axis=-1)
     self.sow("intermediates", "mlp_input", x)
     tower = DiceMLP if cfg.mlp_activation == "dice" else MLP
     return tower(cfg.mlp, cfg.dropout, name="mlp")(x, train), attn
 
-  def ibim(self, e_bi: jax.Array, e_bti: jax.Array,
-           mask_bt: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, jax.Array], jax.Array]:
+  def ibim(
+    self, e_bi: jax.Array, e_bti: jax.Array, mask_bt: jax.Array
+  ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array], jax.Array]:
     """(R_ibim [B, 2Di], alpha [B, T], {h_last, h_cand} as the options ask [B, Di], the states a_t the
     auxiliary loss reads [B, T, Di]) from the candidate and the behaviours (see the module docstring)."""
     cfg = self.cfg
     t = e_bti.shape[1]
     h_bte = e_bti
     if cfg.ibim_position != "none":
-      h_bte = h_bte + RecencyPosition(cfg.ibim_position, name="ibim_position")(mask_bt, h_bte.shape[-1]).astype(h_bte.dtype)
+      h_bte = h_bte + RecencyPosition(cfg.ibim_position, name="ibim_position")(mask_bt, h_bte.shape[-1]).astype(
+        h_bte.dtype
+      )
     seq_mask_bt = mask_bt
     if cfg.ibim_candidate_token:
       h_bte = jnp.concatenate([h_bte, e_bi[:, None, :].astype(h_bte.dtype)], axis=1)
@@ -216,7 +231,8 @@ class MIAN(nn.Module):
     if cfg.ibim_attention == "additive":
       return *AdditivePool(sink=cfg.ibim_sink, name="ibim_pool")(v_bte, mask_bt), states, a_bte
     _, alpha_bt = TargetAttention(cfg.attention_mlp, normalise=True, sink=cfg.ibim_sink, name="ibim_target")(
-        e_bi, h_bte, mask_bt)
+      e_bi, h_bte, mask_bt
+    )
     return jnp.einsum("bt,bte->be", alpha_bt.astype(v_bte.dtype), v_bte), alpha_bt, states, a_bte
 
   def encode(self, x_bte: jax.Array, mask_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -227,6 +243,12 @@ class MIAN(nn.Module):
       x_bte, _ = MaskedRNN(x_bte.shape[-1], name="ibim_gru")(x_bte, mask_bt)
     gru_bte = x_bte
     if kind in ("pre_ln", "post_ln", "causal", "gru_pre_ln"):
-      x_bte = Encoder(cfg.ibim_layers, cfg.ibim_heads, cfg.ibim_ffn_mult, kind != "post_ln", causal=kind == "causal",
-                      name="ibim_encoder")(x_bte, mask_bt)
+      x_bte = Encoder(
+        cfg.ibim_layers,
+        cfg.ibim_heads,
+        cfg.ibim_ffn_mult,
+        kind != "post_ln",
+        causal=kind == "causal",
+        name="ibim_encoder",
+      )(x_bte, mask_bt)
     return x_bte, (gru_bte if kind == "gru_pre_ln" else x_bte)

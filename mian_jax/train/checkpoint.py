@@ -127,8 +127,11 @@ def _sha256(path: Path) -> str:
 
 def write_manifest(step_dir: Path) -> None:
   """The manifest of a complete step folder (see MANIFEST)."""
-  entries = {str(p.relative_to(step_dir)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
+  entries = {
+    str(p.relative_to(step_dir)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+    for p in sorted(step_dir.rglob("*"))
+    if p.is_file() and p.name != MANIFEST
+  }
   files.write_json(step_dir / MANIFEST, {"format": 1, "files": entries})
 
 
@@ -153,7 +156,6 @@ def check_manifest(step_dir: Path) -> bool:
     if _sha256(f) != sha:
       raise CheckpointUnreadable(f"{name} does not match its checksum (the file was changed or damaged)")
   return True
-
 
 
 class CheckpointWriteError(RuntimeError):
@@ -181,20 +183,33 @@ class Checkpoints:
   writing (Orbax's start-up removes "stale" temporary step folders unless told not to)."""
 
   def __init__(self, directory: str | Path, keep: int = 3, read_only: bool = False):
-    policy = cm.AnyPreservationPolicy([
+    policy = cm.AnyPreservationPolicy(
+      [
         cm.LatestN(n=keep),
         cm.BestN(get_metric_fn=_auc, n=1, keep_checkpoints_without_metrics=False),
-    ])
+      ]
+    )
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, best_fn=_auc, best_mode="max", cleanup_tmp_directories=not read_only,
-        enable_async_checkpointing=False, read_only=read_only, create=not read_only,
-        save_root_metadata=not read_only)
+      preservation_policy=policy,
+      best_fn=_auc,
+      best_mode="max",
+      cleanup_tmp_directories=not read_only,
+      enable_async_checkpointing=False,
+      read_only=read_only,
+      create=not read_only,
+      save_root_metadata=not read_only,
+    )
     self.read_only = read_only
     self.unverified: set[int] = set()  # restored steps that have no manifest (written before manifests)
     self._manager = ocp.CheckpointManager(
-        Path(directory).absolute(), options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
-                       "config": ocp.JsonCheckpointHandler()})
+      Path(directory).absolute(),
+      options=options,
+      item_handlers={
+        "state": ocp.StandardCheckpointHandler(),
+        "data": ocp.JsonCheckpointHandler(),
+        "config": ocp.JsonCheckpointHandler(),
+      },
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -205,8 +220,14 @@ class Checkpoints:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, data_state: dict[str, Any], config: dict[str, Any],
-           metrics: dict[str, float] | None = None) -> None:
+  def save(
+    self,
+    step: int,
+    state: Any,
+    data_state: dict[str, Any],
+    config: dict[str, Any],
+    metrics: dict[str, float] | None = None,
+  ) -> None:
     if step in self._manager.all_steps():  # e.g. a final save right after a periodic one
       return
     # While Orbax writes, Python-level stderr goes to a buffer: a write that fails (a full disk) makes
@@ -217,9 +238,14 @@ class Checkpoints:
     sys.stderr = buffer
     logging.disable(logging.ERROR)  # handlers bound to the real stderr (e.g. basicConfig's) as well
     try:
-      self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config)),
-          metrics=metrics, force=True)
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config)
+        ),
+        metrics=metrics,
+        force=True,
+      )
       self._manager.wait_until_finished()
       if jax.process_index() == 0:
         write_manifest(Path(self._manager.directory) / str(step))
@@ -249,22 +275,33 @@ class Checkpoints:
     wanted = {_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
     missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
     if missing or extra:
-      raise CheckpointMismatch(f"checkpoint step {step} holds other arrays than this model: "
-                               + "; ".join(f"{what} {', '.join(names[:3])}" + (" ..." if len(names) > 3 else "")
-                                           for what, names in (("missing", missing), ("unexpected", extra)) if names))
+      raise CheckpointMismatch(
+        f"checkpoint step {step} holds other arrays than this model: "
+        + "; ".join(
+          f"{what} {', '.join(names[:3])}" + (" ..." if len(names) > 3 else "")
+          for what, names in (("missing", missing), ("unexpected", extra))
+          if names
+        )
+      )
     resized = {}
     for name, x in wanted.items():
       have = tuple(stored[name])
       if have == tuple(x.shape):
         continue
       if ".tables." not in f".{name}." or have[1:] != tuple(x.shape[1:]):
-        raise CheckpointMismatch(f"checkpoint step {step}: {name} has shape {have}, this model expects {tuple(x.shape)}")
+        raise CheckpointMismatch(
+          f"checkpoint step {step}: {name} has shape {have}, this model expects {tuple(x.shape)}"
+        )
       resized[name] = jax.ShapeDtypeStruct(have, x.dtype, sharding=NamedSharding(x.sharding.mesh, P()))
     target = jax.tree_util.tree_map_with_path(lambda p, x: resized.get(_name(p), x), abstract_state)
     with echoes_dropped(), interrupts.held():
       try:
-        out = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+        out = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()
+          ),
+        )
       except Exception as e:
         damaged = stored_array_problem(e)
         if damaged:
@@ -273,7 +310,8 @@ class Checkpoints:
     state = out.state
     if resized:
       state = jax.tree_util.tree_map_with_path(
-          lambda p, a, x: _resize_rows(a, x) if _name(p) in resized else a, state, abstract_state)
+        lambda p, a, x: _resize_rows(a, x) if _name(p) in resized else a, state, abstract_state
+      )
     return state, out.data, out.config
 
   def set_aside(self, step: int, reason: str) -> Path:

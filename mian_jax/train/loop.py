@@ -110,14 +110,18 @@ class _Trainer:
     if self.fresh and self.lead and moved:
       report.say(f"--fresh: the previous run's files are in {moved} (delete that folder when no longer needed)")
     if orphaned:
-      report.say(f"note: {workdir} holds no checkpoint, but its log reached step {orphaned[0]} (its checkpoints "
-                 f"folder was moved or deleted, or that run stopped before its first checkpoint); its files were "
-                 f"moved to {orphaned[1]} and training starts at step 0")
+      report.say(
+        f"note: {workdir} holds no checkpoint, but its log reached step {orphaned[0]} (its checkpoints "
+        f"folder was moved or deleted, or that run stopped before its first checkpoint); its files were "
+        f"moved to {orphaned[1]} and training starts at step 0"
+      )
     src, shapes = run.src, run.shapes.params
     counts = state_lib.num_params(shapes)
-    report.say(f"{config.model.name}: {counts['tables']:,} embedding + {counts['dense']:,} dense parameters; "
-               f"{src.rows('train'):,} train / {src.rows('valid'):,} validation / {src.rows('test'):,} test samples; "
-               f"{run.total_steps} steps of {config.train.batch_size} on {run.mesh.devices.size} device(s)")
+    report.say(
+      f"{config.model.name}: {counts['tables']:,} embedding + {counts['dense']:,} dense parameters; "
+      f"{src.rows('train'):,} train / {src.rows('valid'):,} validation / {src.rows('test'):,} test samples; "
+      f"{run.total_steps} steps of {config.train.batch_size} on {run.mesh.devices.size} device(s)"
+    )
 
     eval_every = config.train.eval_every or run.steps_per_epoch
     patience = config.train.early_stop_patience
@@ -135,18 +139,25 @@ class _Trainer:
         self.step += steps
         step = self.step
         if trace.after(step, step_metrics):
-          report.say(f"profile of steps {config.train.profile_steps}: {workdir / 'tensorboard'} (TensorBoard's "
-                     f"profile plugin)")
+          report.say(
+            f"profile of steps {config.train.profile_steps}: {workdir / 'tensorboard'} (TensorBoard's profile plugin)"
+          )
         evaluating = step % eval_every == 0 or step == run.total_steps
-        if step % config.train.log_every == 0 or evaluating or step % config.train.checkpoint_every == 0 \
-            or stop.signal is not None:
+        if (
+          step % config.train.log_every == 0
+          or evaluating
+          or step % config.train.checkpoint_every == 0
+          or stop.signal is not None
+        ):
           self._flush()  # before any save: a checkpoint is written only after its steps were checked
         if evaluating:
           self._evaluate_and_save()
           self.t_log = time.perf_counter()  # the next rate counts training steps only (result.json: wall_s)
           if patience and evals_since_best(report.events(), self.selected_on) >= patience and step < run.total_steps:
-            report.say(f"early stop at step {step}: {self.selected_on} auc has not improved for {patience} "
-                       f"evaluations (train.early_stop_patience)")
+            report.say(
+              f"early stop at step {step}: {self.selected_on} auc has not improved for {patience} "
+              f"evaluations (train.early_stop_patience)"
+            )
             break
         elif step % config.train.checkpoint_every == 0:
           self._save()
@@ -155,8 +166,10 @@ class _Trainer:
           self._save()
           self.ckpt.close()
           report.close_bar()
-          report.say(f"interrupted by {interrupts.Interrupted(stop.signal, '').name} at step {step} (training); "
-                     f"checkpoint saved in {workdir / 'checkpoints'}; run the same command again to resume")
+          report.say(
+            f"interrupted by {interrupts.Interrupted(stop.signal, '').name} at step {step} (training); "
+            f"checkpoint saved in {workdir / 'checkpoints'}; run the same command again to resume"
+          )
           raise SystemExit(EXIT_PREEMPTED)
     if trace.close(self.state):  # the run ended before the last traced step
       report.say(f"profile of steps {config.train.profile_steps} (up to step {self.step}): {workdir / 'tensorboard'}")
@@ -205,7 +218,8 @@ class _Trainer:
     try:
       with interrupts.phase("restoring the checkpoint"):
         state, data_state, start, lines = restore_first_readable(
-            self.ckpt, steps, self.run.abstract_state(), self.run.identity(), self.workdir, set_aside=True)
+          self.ckpt, steps, self.run.abstract_state(), self.run.identity(), self.workdir, set_aside=True
+        )
     except Exception:
       self.ckpt.close()  # a manager left open prints Orbax's traceback at exit, after the error line
       raise
@@ -227,25 +241,32 @@ class _Trainer:
       return None
     folder = self.workdir / "checkpoints"
     return CheckpointNotWritten(
-        f"could not write checkpoint step {self.step}: {folder} was moved or deleted while the run was writing it "
-        f"(it held the checkpoints up to step {self.saved_to[1]}); put it back and rerun to resume from them, or "
-        f"rerun to start over (the log is kept)")
+      f"could not write checkpoint step {self.step}: {folder} was moved or deleted while the run was writing it "
+      f"(it held the checkpoints up to step {self.saved_to[1]}); put it back and rerun to resume from them, or "
+      f"rerun to start over (the log is kept)"
+    )
 
   def _save(self, metrics: dict[str, float] | None = None) -> None:
     moved = self._moved_away()
     if moved:
       raise moved
     try:
-      self.ckpt.save(self.step, self.state, self.data_it.get_state(),
-                     {**self.config.to_dict(), "identity": self.run.identity()}, metrics)
+      self.ckpt.save(
+        self.step,
+        self.state,
+        self.data_it.get_state(),
+        {**self.config.to_dict(), "identity": self.run.identity()},
+        metrics,
+      )
     except CheckpointWriteError as e:  # a full disk, a lost mount, permissions: the complete checkpoints stay
       moved = self._moved_away()
       if moved:
         raise moved from None
       raise CheckpointNotWritten(
-          f"could not write checkpoint step {self.step} in {self.workdir / 'checkpoints'} ({_os_reason(e.cause)}); "
-          f"free space or fix the directory, then rerun: {self._kept()} and training resumes from it (the "
-          f"half-written one is removed)") from None
+        f"could not write checkpoint step {self.step} in {self.workdir / 'checkpoints'} ({_os_reason(e.cause)}); "
+        f"free space or fix the directory, then rerun: {self._kept()} and training resumes from it (the "
+        f"half-written one is removed)"
+      ) from None
     moved = self._moved_away()  # moved while this one was written: it went to a new folder
     if moved:
       raise moved
@@ -272,8 +293,9 @@ class _Trainer:
     params = self.state.params
     if best != self.step:
       try:
-        state, _, _, lines = restore_first_readable(self.ckpt, [best], self.run.abstract_state(), self.run.identity(),
-                                                    self.workdir, set_aside=False)
+        state, _, _, lines = restore_first_readable(
+          self.ckpt, [best], self.run.abstract_state(), self.run.identity(), self.workdir, set_aside=False
+        )
       except RunError as e:
         self.report.say(f"warning: no test predictions written: {e}")
         return
@@ -303,17 +325,23 @@ class _Trainer:
     if bad and self.config.train.on_nonfinite == "stop":
       self.report.close_bar()
       if self.resumed and bad[0] == self.start + 1:  # the restored state, not the data, is the likely cause
-        raise Diverged(f"non-finite loss or gradients at step {bad[0]}, the first step after resuming from checkpoint "
-                       f"step {self.start}: that checkpoint may be damaged; move "
-                       f"{self.workdir / 'checkpoints' / str(self.start)} out of the way and rerun to resume from "
-                       f"the one before it")
-      raise Diverged(f"non-finite loss or gradients at step {bad[0]} ({self._batch_position(bad[0])}); that update "
-                     f"was not applied and {self._kept()}; lower train.learning_rate, check that data, or set "
-                     f"train.on_nonfinite=skip_batch")
+        raise Diverged(
+          f"non-finite loss or gradients at step {bad[0]}, the first step after resuming from checkpoint "
+          f"step {self.start}: that checkpoint may be damaged; move "
+          f"{self.workdir / 'checkpoints' / str(self.start)} out of the way and rerun to resume from "
+          f"the one before it"
+        )
+      raise Diverged(
+        f"non-finite loss or gradients at step {bad[0]} ({self._batch_position(bad[0])}); that update "
+        f"was not applied and {self._kept()}; lower train.learning_rate, check that data, or set "
+        f"train.on_nonfinite=skip_batch"
+      )
     if bad:
       self.skipped.extend(bad)
-      self.report.say(f"skipped step(s) {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''}: non-finite "
-                      f"loss or gradients ({self._batch_position(bad[0])}); {len(self.skipped)} skipped so far")
+      self.report.say(
+        f"skipped step(s) {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''}: non-finite "
+        f"loss or gradients ({self._batch_position(bad[0])}); {len(self.skipped)} skipped so far"
+      )
     now = time.perf_counter()
     rate = len(fetched) * self.config.train.batch_size / (now - self.t_log)
     self.t_log = now
@@ -329,8 +357,17 @@ class _Trainer:
       previous = files.read_json(self.workdir / "result.json")
     except (OSError, files.Damaged):
       return None
-    needed = {"step", "auc", "gauc", "logloss", "best_step", "selected_on", "bayes_auc", "skipped_steps",
-              "mapped_values"}
+    needed = {
+      "step",
+      "auc",
+      "gauc",
+      "logloss",
+      "best_step",
+      "selected_on",
+      "bayes_auc",
+      "skipped_steps",
+      "mapped_values",
+    }
     if not isinstance(previous, dict) or not needed <= set(previous) or previous["step"] != self.step:
       return None
     return previous
@@ -343,14 +380,22 @@ class _Trainer:
       best = max(e["step"] for e in events if e["split"] == "test")
       at_best = {e["split"]: e for e in events if e["step"] == best and e["split"] in ("valid", "test")}
     per_epoch = self.run.steps_per_epoch
-    return {"step": self.step, "split": "test", **{k: at_best["test"][k] for k in METRICS}, "best_step": best,
-            "epoch": round(self.step / per_epoch, 2), "best_epoch": round(best / per_epoch, 2),
-            "selected_on": self.selected_on,
-            **({f"valid_{k}": at_best["valid"][k] for k in METRICS} if "valid" in at_best else {}),
-            "bayes_auc": self.run.src.meta["stats"].get("bayes_auc"),
-            "samples_per_s": float(np.median(self.rates)) if self.rates else None,
-            "wall_s": wall_s, "workdir": str(self.workdir), "skipped_steps": len(self.skipped),
-            "mapped_values": {"train": self.data_it.counts.as_dict(), "test": at_best["test"].get("mapped_values", {})}}
+    return {
+      "step": self.step,
+      "split": "test",
+      **{k: at_best["test"][k] for k in METRICS},
+      "best_step": best,
+      "epoch": round(self.step / per_epoch, 2),
+      "best_epoch": round(best / per_epoch, 2),
+      "selected_on": self.selected_on,
+      **({f"valid_{k}": at_best["valid"][k] for k in METRICS} if "valid" in at_best else {}),
+      "bayes_auc": self.run.src.meta["stats"].get("bayes_auc"),
+      "samples_per_s": float(np.median(self.rates)) if self.rates else None,
+      "wall_s": wall_s,
+      "workdir": str(self.workdir),
+      "skipped_steps": len(self.skipped),
+      "mapped_values": {"train": self.data_it.counts.as_dict(), "test": at_best["test"].get("mapped_values", {})},
+    }
 
 
 def _os_reason(e: Exception) -> str:

@@ -71,14 +71,16 @@ def place(held: Held, mesh: Mesh) -> dict[str, jax.Array]:
         padded = column[None]
       else:
         padded = np.zeros((1, max(1, size)), column.dtype)
-        padded[0, :len(column)] = column
+        padded[0, : len(column)] = column
       shards = [jax.device_put(padded, d) for d in local]
       out[name] = jax.make_array_from_single_device_arrays((mesh.devices.size, padded.shape[1]), sharding, shards)
   except Exception as e:
     if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
       raise
-    raise DataError(f"the {held.split} split ({held.nbytes() / 2**20:,.1f} MiB a device) does not fit in device "
-                    f"memory ({_first_line(e)}); set data.placement=host") from None
+    raise DataError(
+      f"the {held.split} split ({held.nbytes() / 2**20:,.1f} MiB a device) does not fit in device "
+      f"memory ({_first_line(e)}); set data.placement=host"
+    ) from None
   return out
 
 
@@ -87,8 +89,14 @@ def _first_line(e: Exception) -> str:
   return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-def gather(schema: FeatureSchema, max_len: int, mesh: Mesh, store: dict[str, jax.Array], rows: jax.Array,
-           valid: jax.Array | None = None) -> dict[str, jax.Array]:
+def gather(
+  schema: FeatureSchema,
+  max_len: int,
+  mesh: Mesh,
+  store: dict[str, jax.Array],
+  rows: jax.Array,
+  valid: jax.Array | None = None,
+) -> dict[str, jax.Array]:
   """The batch of `rows` ([B] int32, sharded like a batch: each device's rows index its process's store),
   as the host path decodes it; `valid` [B] bool (None = every row): False rows are all zero with weight 0.
   To be called inside jit."""

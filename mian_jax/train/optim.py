@@ -45,6 +45,7 @@ def _take(x: jax.Array, ids: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class RowOptimizer:
   """A row-sparse optimizer over a dict of tables: update(tables, state, ids, row_grads, lr, count)."""
+
   kind: str
   b1: float = 0.9
   b2: float = 0.999
@@ -57,8 +58,15 @@ class RowOptimizer:
       return {k: {"acc": jnp.full(t.shape[:1], ADAGRAD_INIT, t.dtype)} for k, t in tables.items()}
     return {k: {} for k in tables}
 
-  def update(self, tables: dict[str, jax.Array], state: dict[str, dict[str, jax.Array]], ids: dict[str, jax.Array],
-             grads: dict[str, jax.Array], lr: jax.Array, count: jax.Array):
+  def update(
+    self,
+    tables: dict[str, jax.Array],
+    state: dict[str, dict[str, jax.Array]],
+    ids: dict[str, jax.Array],
+    grads: dict[str, jax.Array],
+    lr: jax.Array,
+    count: jax.Array,
+  ):
     """New (tables, state): rows `ids[k]` (unique; padding = out of range) of table k get `grads[k]`."""
     new_tables, new_state = {}, {}
     for k, table in tables.items():
@@ -74,7 +82,7 @@ class RowOptimizer:
         t = (count + 1).astype(table.dtype)
         m = self.b1 * _take(s["m"], i) + (1 - self.b1) * g
         v = self.b2 * _take(s["v"], i) + (1 - self.b2) * g * g
-        m_hat, v_hat = m / (1 - self.b1 ** t), v / (1 - self.b2 ** t)
+        m_hat, v_hat = m / (1 - self.b1**t), v / (1 - self.b2**t)
         new_tables[k] = table.at[i].add(-lr * m_hat / (jnp.sqrt(v_hat) + self.eps), mode="drop")
         new_state[k] = {"m": s["m"].at[i].set(m, mode="drop"), "v": s["v"].at[i].set(v, mode="drop")}
     return new_tables, new_state
@@ -83,6 +91,7 @@ class RowOptimizer:
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
   """`dense` (optax) updates the dense network, and the tables too when `rows` is None (dense Adam)."""
+
   dense: optax.GradientTransformation
   rows: RowOptimizer | None
   lr: optax.Schedule
@@ -90,16 +99,21 @@ class Optimizer:
   def init(self, params: dict[str, Any]) -> Any:
     if self.rows is None:
       return self.dense.init(params)
-    return {"dense": self.dense.init(params["dense"]), "tables": self.rows.init(params["tables"]),
-            "count": jnp.zeros((), jnp.int32)}
+    return {
+      "dense": self.dense.init(params["dense"]),
+      "tables": self.rows.init(params["tables"]),
+      "count": jnp.zeros((), jnp.int32),
+    }
 
 
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> Optimizer:
   lr = schedule(cfg, total_steps)
   sparse = cfg.embedding_optimizer in SPARSE
   if cfg.weight_decay and not sparse:  # decay the dense network only, never the tables
-    mask = lambda params: {"tables": jax.tree.map(lambda _: False, params["tables"]),
-                           "dense": jax.tree.map(lambda _: True, params["dense"])}
+    mask = lambda params: {
+      "tables": jax.tree.map(lambda _: False, params["tables"]),
+      "dense": jax.tree.map(lambda _: True, params["dense"]),
+    }
     dense = optax.adamw(lr, weight_decay=cfg.weight_decay, mask=mask)
   elif cfg.weight_decay:
     dense = optax.adamw(lr, weight_decay=cfg.weight_decay)

@@ -26,12 +26,16 @@ def first_devices(n: int) -> list[jax.Device] | None:
   if n == 0:
     return None
   if n < 0 or jax.process_count() > 1:
-    raise ValueError(f"train.devices={n}: expected 0 (every device) or, in a one-process run, 1.."
-                     f"{jax.local_device_count()}" + (f" (this run has {jax.process_count()} processes: use 0)"
-                                                       if jax.process_count() > 1 else ""))
+    raise ValueError(
+      f"train.devices={n}: expected 0 (every device) or, in a one-process run, 1.."
+      f"{jax.local_device_count()}"
+      + (f" (this run has {jax.process_count()} processes: use 0)" if jax.process_count() > 1 else "")
+    )
   if n > jax.local_device_count():
-    raise ValueError(f"train.devices={n}, but this process has {jax.local_device_count()} devices; give at most "
-                     f"{jax.local_device_count()} (0 = every device)")
+    raise ValueError(
+      f"train.devices={n}, but this process has {jax.local_device_count()} devices; give at most "
+      f"{jax.local_device_count()} (0 = every device)"
+    )
   return jax.local_devices()[:n]
 
 

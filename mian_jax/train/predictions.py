@@ -35,8 +35,12 @@ class Predictions:
 
 def write(path: str | Path, step: int, labels_n: np.ndarray, probs_n: np.ndarray, groups_n: np.ndarray) -> None:
   """Atomically (a reader sees the old file or the new one)."""
-  arrays = {"step": np.int64(step), "label": np.asarray(labels_n, np.float32),
-            "prob": np.asarray(probs_n, np.float32), "group": np.asarray(groups_n, np.int64)}
+  arrays = {
+    "step": np.int64(step),
+    "label": np.asarray(labels_n, np.float32),
+    "prob": np.asarray(probs_n, np.float32),
+    "group": np.asarray(groups_n, np.int64),
+  }
   files.write_with(path, lambda f: np.savez(f, **arrays), binary=True)
 
 
@@ -49,8 +53,9 @@ def read(path: str | Path) -> Predictions:
   except FileNotFoundError:
     raise
   except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-    raise Unreadable(f"{path} is not a whole predictions file ({type(e).__name__}: {e}); rerun the run's command "
-                     f"to write it again") from None
+    raise Unreadable(
+      f"{path} is not a whole predictions file ({type(e).__name__}: {e}); rerun the run's command to write it again"
+    ) from None
   n = len(arrays["label"])
   if arrays["step"].shape != () or any(arrays[k].shape != (n,) for k in ("prob", "group")):
     raise Unreadable(f"{path}: its arrays do not have one value per row; rerun the run's command to write it again")

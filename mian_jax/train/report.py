@@ -30,8 +30,9 @@ def fmt(value: float | None) -> str:
 
 
 def metrics_line(evals: dict[str, dict[str, float]]) -> str:
-  return " | ".join(f"{split} auc={fmt(m['auc'])} gauc={fmt(m['gauc'])} logloss={fmt(m['logloss'])}"
-                    for split, m in evals.items())
+  return " | ".join(
+    f"{split} auc={fmt(m['auc'])} gauc={fmt(m['gauc'])} logloss={fmt(m['logloss'])}" for split, m in evals.items()
+  )
 
 
 def events(path: Path) -> list[dict[str, Any]]:
@@ -49,7 +50,9 @@ class Reporter:
       if self.path.exists():
         kept, torn = files.read_jsonl(self.path)
         if torn:
-          self.say(f"warning: dropped {torn} unreadable line(s) of {self.path} (a write cut short by a full disk or a kill)")
+          self.say(
+            f"warning: dropped {torn} unreadable line(s) of {self.path} (a write cut short by a full disk or a kill)"
+          )
         kept = [e for e in kept if isinstance(e.get("step"), int) and e["step"] <= resume_step]
         files.write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
       self._tb = summaries.Scalars(workdir / "tensorboard")
@@ -66,8 +69,16 @@ class Reporter:
       self._tb.write(event["step"], scalars)
       self._tb.flush()
 
-  def train(self, step: int, steps: int, rate: float, skipped: int, loss: float | None, grad_norm: float | None,
-            learning_rate: float) -> None:
+  def train(
+    self,
+    step: int,
+    steps: int,
+    rate: float,
+    skipped: int,
+    loss: float | None,
+    grad_norm: float | None,
+    learning_rate: float,
+  ) -> None:
     """The training metrics of the `steps` steps up to `step`."""
     event: dict[str, Any] = {"step": step, "split": "train", "samples_per_s": rate, "skipped": skipped}
     if loss is not None:
@@ -102,19 +113,26 @@ class Reporter:
       self.say(f"best checkpoint: step {best} in {self.workdir / 'checkpoints' / str(best)}")
       self.say(f"curves: {curves}; TensorBoard: tensorboard --logdir {self.workdir / 'tensorboard'}")
     if result["skipped_steps"]:
-      self.say(f"skipped {result['skipped_steps']} step(s) with a non-finite loss or gradients "
-               f"(train.on_nonfinite=skip_batch)")
-    for where, counts in (("training data", result["mapped_values"]["train"]),
-                          ("test data", result["mapped_values"]["test"])):
+      self.say(
+        f"skipped {result['skipped_steps']} step(s) with a non-finite loss or gradients (train.on_nonfinite=skip_batch)"
+      )
+    for where, counts in (
+      ("training data", result["mapped_values"]["train"]),
+      ("test data", result["mapped_values"]["test"]),
+    ):
       if counts:
-        self.say(f"read as OOV id 0 / 0.0 in the {where} (data.oov=map): "
-                 + ", ".join(f"{n:,} {what}" for what, n in sorted(counts.items())))
+        self.say(
+          f"read as OOV id 0 / 0.0 in the {where} (data.oov=map): "
+          + ", ".join(f"{n:,} {what}" for what, n in sorted(counts.items()))
+        )
     line = f"final test auc={fmt(result['auc'])} gauc={fmt(result['gauc'])} logloss={fmt(result['logloss'])}"
     on = result["selected_on"]
     if on is None:
       line += f" (latest evaluation, step {result['best_step']}; data.validation=none)"
     else:
-      line += f" (best {on} auc={fmt(result[f'{on}_auc'] if on == 'valid' else result['auc'])} at step {result['best_step']})"
+      line += (
+        f" (best {on} auc={fmt(result[f'{on}_auc'] if on == 'valid' else result['auc'])} at step {result['best_step']})"
+      )
     if result["bayes_auc"] is not None:
       line += f" (bayes auc={result['bayes_auc']:.4f})"
     self.say(line)

@@ -107,14 +107,20 @@ def check_devices(config: Config) -> Mesh:
 def check_splits(config: Config, src: pipeline.Source) -> None:
   """Empty splits are found out before anything is compiled or trained (a test file holding only a header)."""
   if src.rows("test") == 0:
-    raise RunError(f"{src.directory} has no test rows (the test files are empty or hold only a header); give test "
-                   f"data with at least one row of each label")
+    raise RunError(
+      f"{src.directory} has no test rows (the test files are empty or hold only a header); give test "
+      f"data with at least one row of each label"
+    )
   if src.rows("train") == 0:
-    raise RunError(f"{src.directory} has no training rows (each shard keeps whole blocks of data.block_size="
-                   f"{config.data.block_size} samples only); give more training data or lower data.block_size")
+    raise RunError(
+      f"{src.directory} has no training rows (each shard keeps whole blocks of data.block_size="
+      f"{config.data.block_size} samples only); give more training data or lower data.block_size"
+    )
   if config.data.validation == "holdout" and src.rows("valid") == 0:
-    raise RunError(f"data.validation=holdout, but {src.directory} has no validation rows (no user has a training "
-                   f"sample besides its last one); set data.validation=test or none")
+    raise RunError(
+      f"data.validation=holdout, but {src.directory} has no validation rows (no user has a training "
+      f"sample besides its last one); set data.validation=test or none"
+    )
 
 
 def choose_placement(config: Config, src: pipeline.Source, mesh: Mesh) -> tuple[str, str | None]:
@@ -130,20 +136,26 @@ def choose_placement(config: Config, src: pipeline.Source, mesh: Mesh) -> tuple[
   need = sum(resident.estimate_bytes(src, s, 1.0 if s == "train" else 1 / processes) for s in splits)
   free, copies = on_device.free_bytes(mesh)
   share = need * copies / max(free, 1)
-  sizes = (f"the splits take {need / 2**20:,.1f} MiB" + (f" x {copies} devices" if copies > 1 else "")
-           + f", {share:.1%} of {free / 2**30:,.1f} GiB free")
+  sizes = (
+    f"the splits take {need / 2**20:,.1f} MiB"
+    + (f" x {copies} devices" if copies > 1 else "")
+    + f", {share:.1%} of {free / 2**30:,.1f} GiB free"
+  )
   if wanted == "device":
     if share > 1:
-      raise DataError(f"data.placement=device: {sizes.replace('the splits take', 'the splits need')}, more than "
-                      f"the devices have; set data.placement=host")
+      raise DataError(
+        f"data.placement=device: {sizes.replace('the splits take', 'the splits need')}, more than "
+        f"the devices have; set data.placement=host"
+      )
     return "device", f"data.placement=device: {sizes}"
   fits = share <= on_device.DEVICE_SHARE
   if processes > 1:
     fits = bool(np.asarray(multihost_utils.process_allgather(np.array([fits]))).all())
   chosen = "device" if fits else "host"
-  return chosen, (f"data.placement=auto: {chosen} ({sizes}; device when at most "
-                  f"{on_device.DEVICE_SHARE:.0%}" + ("" if fits or share <= on_device.DEVICE_SHARE
-                                                    else " on every process") + ")")
+  return chosen, (
+    f"data.placement=auto: {chosen} ({sizes}; device when at most "
+    f"{on_device.DEVICE_SHARE:.0%}" + ("" if fits or share <= on_device.DEVICE_SHARE else " on every process") + ")"
+  )
 
 
 @dataclasses.dataclass
@@ -207,8 +219,9 @@ class Run:
           raise _no_checkpoint(workdir)
         try:
           with interrupts.phase("restoring the checkpoint"):
-            state, _, step, notes = restore_first_readable(ckpt, steps, run.abstract_state(), run.identity(), workdir,
-                                                           set_aside=False)
+            state, _, step, notes = restore_first_readable(
+              ckpt, steps, run.abstract_state(), run.identity(), workdir, set_aside=False
+            )
           break
         except _Removed:
           if attempt == READ_ATTEMPTS - 1:
@@ -236,8 +249,9 @@ class Run:
   @functools.cached_property
   def train_step(self) -> Callable:
     """(state, batch) -> (state, metrics), jitted with the state's shardings (the state is donated)."""
-    fn = step_lib.make_train_step(self.model, self.schema, self.tx, self.config.model.aux_loss_weight,
-                                  self.config.train.compute_dtype)
+    fn = step_lib.make_train_step(
+      self.model, self.schema, self.tx, self.config.model.aux_loss_weight, self.config.train.compute_dtype
+    )
     return partition.jit_train_step(fn, self.mesh, self.shardings)
 
   @functools.cached_property
@@ -255,9 +269,13 @@ class Run:
 
   def identity(self) -> dict[str, Any]:
     generated = data_lib.source_for(self.config.data).generated
-    return workdir_lib.identity(self.config, shards.content_id(self.src.directory, self.src.meta),
-                                 self.schema.fingerprint(), self.config.data.scale if generated else None,
-                                 shards.rows_digest(self.src.meta))
+    return workdir_lib.identity(
+      self.config,
+      shards.content_id(self.src.directory, self.src.meta),
+      self.schema.fingerprint(),
+      self.config.data.scale if generated else None,
+      shards.rows_digest(self.src.meta),
+    )
 
   def checkpoints(self, workdir: str | Path, read_only: bool = False) -> Checkpoints:
     return Checkpoints(Path(workdir) / "checkpoints", keep=self.config.train.keep_checkpoints, read_only=read_only)
@@ -268,8 +286,9 @@ class Run:
 
   @functools.cached_property
   def _train_call(self) -> Callable:
-    fn = step_lib.make_train_step(self.model, self.schema, self.tx, self.config.model.aux_loss_weight,
-                                  self.config.train.compute_dtype)
+    fn = step_lib.make_train_step(
+      self.model, self.schema, self.tx, self.config.model.aux_loss_weight, self.config.train.compute_dtype
+    )
     held = self.placement == "device"
     schema, max_len, mesh = self.schema, self.config.data.max_len, self.mesh
 
@@ -285,8 +304,9 @@ class Run:
     rep = partition.replicated(mesh)
     inputs = NamedSharding(mesh, P(None, mesh.axis_names)) if held else partition.batch_sharding(mesh)
     store = on_device.store_sharding(mesh) if held else rep
-    return jax.jit(call, in_shardings=(self.shardings, store, inputs), out_shardings=(self.shardings, rep),
-                   donate_argnums=0)
+    return jax.jit(
+      call, in_shardings=(self.shardings, store, inputs), out_shardings=(self.shardings, rep), donate_argnums=0
+    )
 
   def train_call(self, state: state_lib.TrainState, inputs: Any) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
     """(state, metrics [steps]) after the steps of `inputs` (what the training iterator's `take(steps)`
@@ -302,8 +322,9 @@ class Run:
       c = self.config
       if split == "train":
         k = pipeline.blocks_per_process_batch(self.src, self.batch_per_process, jax.process_count())
-        blocks = resident.train_blocks(self.src, c.train.seed, k, start, max(start + 1, self.total_steps),
-                                       jax.process_index(), jax.process_count())
+        blocks = resident.train_blocks(
+          self.src, c.train.seed, k, start, max(start + 1, self.total_steps), jax.process_index(), jax.process_count()
+        )
       else:
         blocks = resident.eval_blocks(self.src, split, jax.process_index(), jax.process_count())
       with interrupts.phase(f"loading the {split} split onto the devices"):
@@ -321,17 +342,34 @@ class Run:
     if on_devices and self.placement == "device":
       held, _ = self.resident("train", start)
       k = pipeline.blocks_per_process_batch(self.src, self.batch_per_process, jax.process_count())
-      order = pipeline.BlockOrder(len(self.src.blocks("train")), c.train.seed, k, jax.process_index(),
-                                  jax.process_count())
+      order = pipeline.BlockOrder(
+        len(self.src.blocks("train")), c.train.seed, k, jax.process_index(), jax.process_count()
+      )
       sharding = NamedSharding(self.mesh, P(None, self.mesh.axis_names))
-      return resident.RowIterator(held, order, c.train.seed, start, k * jax.process_count(),
-                                  lambda rows: jax.make_array_from_process_local_data(sharding, rows),
-                                  c.data.device_prefetch)
+      return resident.RowIterator(
+        held,
+        order,
+        c.train.seed,
+        start,
+        k * jax.process_count(),
+        lambda rows: jax.make_array_from_process_local_data(sharding, rows),
+        c.data.device_prefetch,
+      )
     return pipeline.train_iterator(
-        self.src, batch_per_process=self.batch_per_process, seed=c.train.seed, max_len=c.data.max_len,
-        process_index=jax.process_index(), process_count=jax.process_count(), workers=c.data.workers,
-        threads=c.data.threads, prefetch=c.data.prefetch, start=start, oov=c.data.oov,
-        place=self.place if on_devices else None, device_prefetch=c.data.device_prefetch)
+      self.src,
+      batch_per_process=self.batch_per_process,
+      seed=c.train.seed,
+      max_len=c.data.max_len,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      workers=c.data.workers,
+      threads=c.data.threads,
+      prefetch=c.data.prefetch,
+      start=start,
+      oov=c.data.oov,
+      place=self.place if on_devices else None,
+      device_prefetch=c.data.device_prefetch,
+    )
 
   # ---------------------------------------------------------------- evaluation
   def evaluate(self, params, split: str = "test", eval_step: Callable | None = None) -> dict[str, Any]:
@@ -341,18 +379,23 @@ class Run:
     try:
       out: dict[str, Any] = metrics_lib.evaluate(y, p, u)
     except metrics_lib.NaNScores as e:
-      raise Diverged(f"the model's {split} predictions are not finite: {e}; lower train.learning_rate or check the "
-                     f"data (the checkpoints written so far are kept)") from None
+      raise Diverged(
+        f"the model's {split} predictions are not finite: {e}; lower train.learning_rate or check the "
+        f"data (the checkpoints written so far are kept)"
+      ) from None
     if np.isnan(out["auc"]):
       labels = set(np.unique(y).tolist())
-      progress.say(f"warning: the {split} split has {'no rows' if not labels else f'one class only (every label {labels.pop():g})'}"
-          f": its AUC and gAUC are undefined, and model selection ignores them")
+      progress.say(
+        f"warning: the {split} split has {'no rows' if not labels else f'one class only (every label {labels.pop():g})'}"
+        f": its AUC and gAUC are undefined, and model selection ignores them"
+      )
     if mapped:  # this process's count (data.oov=map)
       out["mapped_values"] = mapped
     return out
 
-  def scores(self, params, split: str = "test", eval_step: Callable | None = None
-             ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], dict[str, int]]:
+  def scores(
+    self, params, split: str = "test", eval_step: Callable | None = None
+  ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], dict[str, int]]:
     """((labels, probabilities, groups) of every real row of `split`, in the split's order; the OOV counts)."""
     c = self.config
     rows = partition.per_process_batch(c.train.eval_batch_size, self.mesh, "train.eval_batch_size")
@@ -376,8 +419,9 @@ class Run:
       return fn(params, batch), batch["label"], batch[group], batch["weight"]
 
     data = partition.batch_sharding(mesh)
-    return jax.jit(call, in_shardings=(self.shardings.params, on_device.store_sharding(mesh), data, data),
-                   out_shardings=data)
+    return jax.jit(
+      call, in_shardings=(self.shardings.params, on_device.store_sharding(mesh), data, data), out_shardings=data
+    )
 
   def _evaluate_on_devices(self, params, split: str, rows: int) -> tuple[list[dict[str, jax.Array]], dict[str, int]]:
     """The eval pass over the split held on the devices: the host sends each batch's row numbers only."""
@@ -385,8 +429,9 @@ class Run:
     count = pipeline.eval_batch_count(self.src, split, rows, jax.process_count())
     data = partition.batch_sharding(self.mesh)
     outs = []
-    with progress.Progress(count, "batch", f"eval {split}", every=count,
-                           fields=(f"{self.src.rows(split):,} rows",), leave=False) as bar:
+    with progress.Progress(
+      count, "batch", f"eval {split}", every=count, fields=(f"{self.src.rows(split):,} rows",), leave=False
+    ) as bar:
       for b in range(count):
         local = np.arange(b * rows, (b + 1) * rows, dtype=np.int32)
         valid = local < held.rows
@@ -396,20 +441,30 @@ class Run:
         bar.update()
     return outs, held.counts().as_dict()
 
-  def _evaluate_from_host(self, params, split: str, rows: int, eval_step: Callable
-                          ) -> tuple[list[dict[str, jax.Array]], dict[str, int]]:
+  def _evaluate_from_host(
+    self, params, split: str, rows: int, eval_step: Callable
+  ) -> tuple[list[dict[str, jax.Array]], dict[str, int]]:
     c = self.config
-    count, batches = pipeline.eval_batches(self.src, split, rows_per_process=rows, max_len=c.data.max_len,
-                                           process_index=jax.process_index(), process_count=jax.process_count(),
-                                           oov=c.data.oov, threads=c.data.threads, place=self.place,
-                                           device_prefetch=c.data.device_prefetch)
+    count, batches = pipeline.eval_batches(
+      self.src,
+      split,
+      rows_per_process=rows,
+      max_len=c.data.max_len,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      oov=c.data.oov,
+      threads=c.data.threads,
+      place=self.place,
+      device_prefetch=c.data.device_prefetch,
+    )
     group = self.src.group_key  # the raw user key's group
     outs = []
     # In a log file one line per pass (when it is done); on a terminal a bar that goes away.
     # The scores stay on the devices until the pass ends: one fetch, no wait on the device per batch.
     try:
-      with progress.Progress(count, "batch", f"eval {split}", every=count,
-                             fields=(f"{self.src.rows(split):,} rows",), leave=False) as bar:
+      with progress.Progress(
+        count, "batch", f"eval {split}", every=count, fields=(f"{self.src.rows(split):,} rows",), leave=False
+      ) as bar:
         for batch in batches:
           probs = eval_step(params, batch)
           outs.append({"p": probs, "y": batch["label"], "u": batch[group], "w": batch["weight"]})
@@ -459,8 +514,9 @@ def _no_checkpoint(workdir: Path) -> RunError:
   return RunError(f"{where}; train first (the same command without this flag), or give the trained run's --workdir")
 
 
-def restore_first_readable(ckpt: Checkpoints, steps: list[int], target, identity: dict[str, Any], workdir: Path,
-                           set_aside: bool) -> tuple[Any, dict[str, Any] | None, int, list[str]]:
+def restore_first_readable(
+  ckpt: Checkpoints, steps: list[int], target, identity: dict[str, Any], workdir: Path, set_aside: bool
+) -> tuple[Any, dict[str, Any] | None, int, list[str]]:
   """(state, data position, step, lines to print) of the first of `steps` that can be read. A checkpoint
   made for another model or data set is refused (RunError); one that cannot be read (missing or truncated
   files, non-finite values) is reported and the next is tried; with `set_aside` (training, one process) it
@@ -474,6 +530,7 @@ def restore_first_readable(ckpt: Checkpoints, steps: list[int], target, identity
 class _Attempt:
   """One checkpoint step tried: restored (state, data position), removed meanwhile (by the run writing it),
   or failed (why, in one line). A checkpoint of another run raises instead: no older step can be right."""
+
   step: int
   outcome: Literal["restored", "removed", "failed"]
   why: str = ""
@@ -482,8 +539,10 @@ class _Attempt:
 
 
 def _other_run(workdir: Path, what: str) -> RunError:
-  return RunError(f"{workdir} holds checkpoints of another run ({what}); use another --workdir, or --fresh to move "
-                  f"them aside and start over")
+  return RunError(
+    f"{workdir} holds checkpoints of another run ({what}); use another --workdir, or --fresh to move "
+    f"them aside and start over"
+  )
 
 
 def _attempt(ckpt: Checkpoints, step: int, target, identity: dict[str, Any], workdir: Path) -> _Attempt:
@@ -516,11 +575,16 @@ def _restore_first_readable(ckpt, steps, target, identity, workdir, set_aside):
       removed.append(step)
     elif attempt.outcome == "restored":
       if failed:
-        lines.append(f"using checkpoint step {step} (" + "; ".join(
-            f"step {a.step} could not be read: {a.why}" for a in failed) + ")")
+        lines.append(
+          f"using checkpoint step {step} ("
+          + "; ".join(f"step {a.step} could not be read: {a.why}" for a in failed)
+          + ")"
+        )
       if step in ckpt.unverified:
-        lines.append(f"note: checkpoint step {step} was written without a manifest of checksums (by an earlier "
-                     f"version, or its run is writing it now), so its files could not be verified")
+        lines.append(
+          f"note: checkpoint step {step} was written without a manifest of checksums (by an earlier "
+          f"version, or its run is writing it now), so its files could not be verified"
+        )
       return attempt.state, attempt.data_state, step, lines
     else:
       failed.append(attempt)
@@ -531,10 +595,15 @@ def _restore_first_readable(ckpt, steps, target, identity, workdir, set_aside):
     raise _Removed(f"checkpoint steps {removed} in {workdir / 'checkpoints'} were removed while being read")
   for line in lines:
     progress.say(line)
-  raise RunError(f"no checkpoint in {workdir / 'checkpoints'} can be read ("
-                 + "; ".join(f"step {a.step}: {a.why}" for a in failed)
-                 + (f"); they were moved to {workdir / 'checkpoints.damaged'}: rerun to start over" if moving
-                    else "); --fresh moves them aside and starts over"))
+  raise RunError(
+    f"no checkpoint in {workdir / 'checkpoints'} can be read ("
+    + "; ".join(f"step {a.step}: {a.why}" for a in failed)
+    + (
+      f"); they were moved to {workdir / 'checkpoints.damaged'}: rerun to start over"
+      if moving
+      else "); --fresh moves them aside and starts over"
+    )
+  )
 
 
 def _first_line(e: Exception) -> str:

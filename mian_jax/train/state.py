@@ -30,8 +30,11 @@ class TrainState:
 
 
 def dummy_batch(schema: FeatureSchema, rows: int = 2) -> dict[str, np.ndarray]:
-  batch: dict[str, np.ndarray] = {"label": np.zeros(rows, np.float32), "weight": np.ones(rows, np.float32),
-                                  "hist_len": np.ones(rows, np.int32)}
+  batch: dict[str, np.ndarray] = {
+    "label": np.zeros(rows, np.float32),
+    "weight": np.ones(rows, np.float32),
+    "hist_len": np.ones(rows, np.int32),
+  }
   for f in schema.features:
     if f.kind == "sequence":
       batch[f.name] = np.zeros((rows, schema.max_len), np.int32)
@@ -46,8 +49,9 @@ def make_init(model: nn.Module, schema: FeatureSchema, embed_dim: int, tx, row_m
 
   def init(key: jax.Array) -> TrainState:
     k_tables, k_dense, k_run = jax.random.split(key, 3)
-    tables = embedding.init_tables(k_tables, schema, embed_dim, linear=getattr(model, "linear_terms", False),
-                                   row_multiple=row_multiple)
+    tables = embedding.init_tables(
+      k_tables, schema, embed_dim, linear=getattr(model, "linear_terms", False), row_multiple=row_multiple
+    )
     groups = embedding.embed(tables, dummy_batch(schema), schema)
     variables = model.init({"params": k_dense}, groups, False)
     params = {"tables": tables, "dense": variables["params"]}

@@ -20,9 +20,15 @@ from mian_jax.train import state as state_lib
 from mian_jax.train.state import TrainState
 
 
-def forward(model: nn.Module, schema: FeatureSchema, params: dict[str, Any], batch: dict[str, jax.Array],
-            train: bool, rng: jax.Array | None = None, compute_dtype: str = "float32"
-            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def forward(
+  model: nn.Module,
+  schema: FeatureSchema,
+  params: dict[str, Any],
+  batch: dict[str, jax.Array],
+  train: bool,
+  rng: jax.Array | None = None,
+  compute_dtype: str = "float32",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(logit [B], extras) for a batch; extras may hold an `aux_loss` (DIEN) and attention weights, and in
   training, for models with running statistics (params['batch_stats']), their updated values under
   `batch_stats`. With compute_dtype bfloat16 the embeddings and the dense parameters are cast to bf16 for the pass
@@ -51,8 +57,9 @@ def weighted_bce(logit: jax.Array, label: jax.Array, weight: jax.Array) -> jax.A
   return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def make_train_step(model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux_weight: float = 1.0,
-                    compute_dtype: str = "float32") -> Callable:
+def make_train_step(
+  model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux_weight: float = 1.0, compute_dtype: str = "float32"
+) -> Callable:
   """(state, batch) -> (state, {loss, grad_norm, finite}). With a row-sparse table optimizer (`opt.rows`) the
   loss is differentiated with respect to the unique rows the batch looks up, and only those rows (and
   their optimizer slots) are written; otherwise one optax update covers every parameter."""
@@ -88,7 +95,8 @@ def make_train_step(model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux
     ids, rows, local = embedding.unique_rows(state.params["tables"], batch, schema)
     dense, stats = state.params["dense"], state.params.get("batch_stats")
     (loss, new_stats), (g_dense, g_rows) = jax.value_and_grad(
-        lambda d, r: loss_of({"tables": r, "dense": d}, stats, local, rng), argnums=(0, 1), has_aux=True)(dense, rows)
+      lambda d, r: loss_of({"tables": r, "dense": d}, stats, local, rng), argnums=(0, 1), has_aux=True
+    )(dense, rows)
     norm = optax.global_norm((g_dense, g_rows))
     finite = finite_of(loss, norm)
     updates, dense_state = opt.dense.update(g_dense, state.opt_state["dense"], dense)
@@ -96,13 +104,17 @@ def make_train_step(model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux
     # Not finite: every row id becomes the out-of-range padding id, so every scatter is dropped and
     # the tables and their slots stay exactly as they were (no pass over the whole tables).
     ids = {k: jnp.where(finite, i, state.params["tables"][k].shape[0]) for k, i in ids.items()}
-    tables, table_state = opt.rows.update(state.params["tables"], state.opt_state["tables"], ids, g_rows,
-                                          opt.lr(count), count)
+    tables, table_state = opt.rows.update(
+      state.params["tables"], state.opt_state["tables"], ids, g_rows, opt.lr(count), count
+    )
     params = {"tables": tables, "dense": keep_if(finite, optax.apply_updates(dense, updates), dense)}
     if stats is not None:
       params["batch_stats"] = keep_if(finite, new_stats, stats)
-    opt_state = {"dense": keep_if(finite, dense_state, state.opt_state["dense"]), "tables": table_state,
-                 "count": jnp.where(finite, count + 1, count)}
+    opt_state = {
+      "dense": keep_if(finite, dense_state, state.opt_state["dense"]),
+      "tables": table_state,
+      "count": jnp.where(finite, count + 1, count),
+    }
     return params, opt_state, loss, norm, finite
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:

@@ -29,9 +29,17 @@ from mian_jax.config import Config
 from mian_jax.errors import RunError
 
 RUN_MARKERS = (".lock", "trial.json", "metrics.jsonl", "checkpoints")  # what only a run (or the sweep
-                                                                       # starting it) writes in its workdir
-RUN_FILES = ("checkpoints", "checkpoints.damaged", "metrics.jsonl", "result.json", "config.json", "curves.png",
-             "tensorboard", "gim_attention.png")  # what a run writes there (moved aside by --fresh)
+# starting it) writes in its workdir
+RUN_FILES = (
+  "checkpoints",
+  "checkpoints.damaged",
+  "metrics.jsonl",
+  "result.json",
+  "config.json",
+  "curves.png",
+  "tensorboard",
+  "gim_attention.png",
+)  # what a run writes there (moved aside by --fresh)
 
 
 def default(config: Config) -> Path:
@@ -95,8 +103,11 @@ class Lock:
       return self
     claim(self.path.parent)
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    held = files.Exclusive(self.path, f"{self.path.parent} is in use by another run ({{owner}}); wait for it to "
-                                      f"finish, stop it, or use another --workdir")
+    held = files.Exclusive(
+      self.path,
+      f"{self.path.parent} is in use by another run ({{owner}}); wait for it to "
+      f"finish, stop it, or use another --workdir",
+    )
     try:
       self._held = held.__enter__()
     except files.Busy as e:
@@ -109,8 +120,9 @@ class Lock:
       self._held = None
 
 
-def identity(config: Config, data_id: str, schema_fingerprint: str, scale: float | None = None,
-             rows: str | None = None) -> dict[str, Any]:
+def identity(
+  config: Config, data_id: str, schema_fingerprint: str, scale: float | None = None, rows: str | None = None
+) -> dict[str, Any]:
   """What a checkpoint records of its run and a resuming run must match (see `differences`). "model" holds
   the model's name and only the model.* fields that model reads (models.fields): a change of another
   model's field (e.g. model.cin_layers under MIAN) does not refuse a resume. "data" is the data set's
@@ -126,8 +138,14 @@ def identity(config: Config, data_id: str, schema_fingerprint: str, scale: float
   model = {"name": every["name"], **{f: every[f] for f in models.fields(config.model.name)}}
   scaled = {} if scale is None else {"data.scale": scale}
   rows_id = {} if rows is None else {"data rows": rows}
-  return {"model": model, "train.embedding_optimizer": config.train.embedding_optimizer,
-          **scaled, "data": data_id, **rows_id, "feature schema": schema_fingerprint}
+  return {
+    "model": model,
+    "train.embedding_optimizer": config.train.embedding_optimizer,
+    **scaled,
+    "data": data_id,
+    **rows_id,
+    "feature schema": schema_fingerprint,
+  }
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -140,8 +158,9 @@ def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     if key == "model":
       for field, value in current["model"].items():
         was = saved.get("model", {}).get(field, value)
-        if was != value and not (isinstance(value, (list, tuple)) and isinstance(was, (list, tuple))
-                                 and list(was) == list(value)):
+        if was != value and not (
+          isinstance(value, (list, tuple)) and isinstance(was, (list, tuple)) and list(was) == list(value)
+        ):
           out.append(f"model.{field}: checkpoint {was}, this run {value}")
     elif key in saved and saved[key] != current[key]:
       out.append(f"{key}: checkpoint {saved[key]}, this run {current[key]}")
