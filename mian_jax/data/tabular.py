@@ -627,6 +627,86 @@ def _related(spec: Spec, cols: dict[str, np.ndarray]) -> tuple[int, int]:
   return int((~related).sum()), int(first.sum())
 
 
+@dataclasses.dataclass
+class ShardStats:
+  """What a shard's rows hold, per split where keyed by split; `merge` adds two shards' statistics (a
+  data set's are every shard's merged). Stored as JSON by `shards.build` (`to_dict` / `from_dict`)."""
+
+  blocks: dict[str, list[int]]  # split -> samples per block, in file order
+  rows: dict[str, int]
+  positives: dict[str, int]
+  oov: dict[str, dict[str, int]]  # split -> feature -> values unseen in training (empty values not counted)
+  nonfinite: dict[str, dict[str, int]]  # split -> numeric feature -> missing, NaN or infinite values
+  unrelated: int = 0  # rows whose candidate shares no value with its kept history
+  candidate_in_history: int = 0  # rows whose item id is in its history
+  longer: int = 0  # rows whose history is longer than max_len
+  dropped_train_rows: int = 0  # the training remainder under one block
+  hist_hist: list[int] = dataclasses.field(default_factory=lambda: [0])  # rows per full history length
+  bad_rows: dict[str, Any] = dataclasses.field(default_factory=lambda: {"count": 0, "examples": []})
+
+  @classmethod
+  def empty(cls, spec: Spec) -> "ShardStats":
+    return cls(
+      blocks={s: [] for s in shards.SPLITS},
+      rows={s: 0 for s in shards.SPLITS},
+      positives={s: 0 for s in shards.SPLITS},
+      oov={s: {c.feature: 0 for c in spec.features() if c.kind != "numeric"} for s in shards.SPLITS},
+      nonfinite={s: {c.feature: 0 for c in spec.features("numeric")} for s in shards.SPLITS},
+    )
+
+  def merge(self, other: "ShardStats") -> "ShardStats":
+    def add(a: dict, b: dict) -> dict:
+      return {k: add(a[k], b[k]) if isinstance(a[k], dict) else a[k] + b[k] for k in a}
+
+    width = max(len(self.hist_hist), len(other.hist_hist))
+    hist = [
+      (self.hist_hist[i] if i < len(self.hist_hist) else 0) + (other.hist_hist[i] if i < len(other.hist_hist) else 0)
+      for i in range(width)
+    ]
+    return ShardStats(
+      blocks=add(self.blocks, other.blocks),  # list + list: the blocks in shard order
+      rows=add(self.rows, other.rows),
+      positives=add(self.positives, other.positives),
+      oov=add(self.oov, other.oov),
+      nonfinite=add(self.nonfinite, other.nonfinite),
+      unrelated=self.unrelated + other.unrelated,
+      candidate_in_history=self.candidate_in_history + other.candidate_in_history,
+      longer=self.longer + other.longer,
+      dropped_train_rows=self.dropped_train_rows + other.dropped_train_rows,
+      hist_hist=hist,
+      bad_rows={
+        "count": self.bad_rows["count"] + other.bad_rows["count"],
+        "examples": (self.bad_rows["examples"] + other.bad_rows["examples"])[:10],
+      },
+    )
+
+  def add_split(self, spec: Spec, split: str, cols: dict[str, np.ndarray], counted: dict[str, dict[str, int]]) -> None:
+    """Counts the rows `cols` a split of the shard keeps (in their stored order)."""
+    n = len(cols["label"])
+    self.blocks[split] = [min(spec.block_size, n - s) for s in range(0, n, spec.block_size)]
+    self.rows[split] = n
+    self.positives[split] = int(cols["label"].sum())
+    self.oov[split], self.nonfinite[split] = counted["oov"], counted["nonfinite"]
+    unrelated, inside = _related(spec, cols)
+    self.unrelated += unrelated
+    self.candidate_in_history += inside
+    full = cols["_hist_full"]
+    counts = np.bincount(full, minlength=len(self.hist_hist)).tolist()
+    self.hist_hist = [a + b for a, b in zip(self.hist_hist + [0] * (len(counts) - len(self.hist_hist)), counts)]
+    self.longer += int((full > spec.max_len).sum())
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "ShardStats":
+    return cls(**d)
+
+  @classmethod
+  def merged(cls, dicts: list[dict[str, Any]]) -> "ShardStats":
+    return functools.reduce(cls.merge, map(cls.from_dict, dicts))
+
+
 def write_shard(
   spec: Spec,
   plan: list[dict[str, list[delimited.Part]]],
@@ -635,32 +715,18 @@ def write_shard(
   index: int,
   held: Held | None = None,
 ) -> dict[str, Any]:
-  """Shard `index`: its parts of every split -> ids -> blocks; returns the shard's statistics. With a
-  holdout, the validation split is the held-out rows of the shard's training parts."""
+  """Shard `index`: its parts of every split -> ids -> blocks; returns the shard's `ShardStats` as a
+  dict. With a holdout, the validation split is the held-out rows of the shard's training parts."""
   vocabs = _vocab_arrays(str(directory), tuple(spec.vocabs()))
   unseen = _group_array(str(directory))
   bad = delimited.BadRows(spec.max_bad_rows)
   schema = schema_of(spec, {k: len(v) for k, v in vocabs.items()}, True, len(unseen))
-  out: dict[str, Any] = {
-    "blocks": {},
-    "rows": {},
-    "positives": {},
-    "oov": {},
-    "nonfinite": {},
-    "unrelated": 0,
-    "candidate_in_history": 0,
-    "dropped_train_rows": 0,
-    "hist_hist": [0],
-  }
-  hist_counts = np.zeros(0, np.int64)
+  stats = ShardStats.empty(spec)
   for split in shards.SPLITS:
     acc: dict[str, list] = {
       k: [] for k in ["label", "_hist_full", "_lines", group_field(spec)] + [c.feature for c in spec.features()]
     }
-    counted = {
-      "oov": {c.feature: 0 for c in spec.features() if c.kind != "numeric"},
-      "nonfinite": {c.feature: 0 for c in spec.features("numeric")},
-    }
+    counted = {"oov": dict(stats.oov[split]), "nonfinite": dict(stats.nonfinite[split])}
     carved = spec.holdout and split in ("train", "valid")
     for part in plan[index].get("train" if carved else split, []):
       # the training parts are read twice when carving: count their bad rows on the train pass only
@@ -674,7 +740,7 @@ def write_shard(
     order = np.arange(n)
     if split == "train":
       order = np.random.default_rng([spec.seed, index, 314]).permutation(n)
-      out["dropped_train_rows"] = n % spec.block_size
+      stats.dropped_train_rows = n % spec.block_size
       order = order[: n - n % spec.block_size]
     blocks = []
     for start in range(0, len(order), spec.block_size):
@@ -682,20 +748,9 @@ def write_shard(
       blocks.append(records.encode_block(schema, {k: v[rows] for k, v in cols.items() if not k.startswith("_")}))
     if blocks:
       shards.write_records(shards.shard_path(directory, split, index, len(plan)), blocks)
-    out["blocks"][split] = [min(spec.block_size, len(order) - s) for s in range(0, len(order), spec.block_size)]
-    out["rows"][split] = int(len(order))
-    out["positives"][split] = int(cols["label"][order].sum())
-    out["oov"][split], out["nonfinite"][split] = counted["oov"], counted["nonfinite"]
-    unrelated, inside = _related(spec, {k: v[order] for k, v in cols.items()})
-    out["unrelated"] += unrelated
-    out["candidate_in_history"] += inside
-    full = cols["_hist_full"][order]
-    counts = np.bincount(full, minlength=len(hist_counts))
-    hist_counts = np.pad(hist_counts, (0, len(counts) - len(hist_counts))) + counts
-    out["longer"] = out.get("longer", 0) + int((full > spec.max_len).sum())
-  out["hist_hist"] = hist_counts.tolist()
-  out["bad_rows"] = {"count": bad.count, "examples": bad.examples}
-  return out
+    stats.add_split(spec, split, {k: v[order] for k, v in cols.items()}, counted)
+  stats.bad_rows = {"count": bad.count, "examples": bad.examples}
+  return stats.to_dict()
 
 
 def user_groups(spec: Spec, unseen: int) -> dict[str, Any]:
@@ -704,43 +759,37 @@ def user_groups(spec: Spec, unseen: int) -> dict[str, Any]:
   return {"field": group_field(spec), "unseen_users": unseen}
 
 
-def _percentile(hist: np.ndarray, q: float) -> float:
-  if hist.sum() == 0:
+def _percentile(hist: list[int], q: float) -> float:
+  counts = np.asarray(hist, np.float64)
+  if counts.sum() == 0:
     return 0.0
-  cdf = np.cumsum(hist) / hist.sum()
-  return float(np.searchsorted(cdf, q / 100.0))
+  return float(np.searchsorted(np.cumsum(counts) / counts.sum(), q / 100.0))
 
 
 def summarize(
-  spec: Spec, vocabs: dict[str, list[str]], numeric: dict[str, tuple], stats: list[dict], unseen: int = 0
+  spec: Spec, vocabs: dict[str, list[str]], numeric: dict[str, tuple], shard_stats: list[dict], unseen: int = 0
 ) -> dict:
-  rows = {s: sum(st["rows"][s] for st in stats) for s in shards.SPLITS}
-  positives = {s: sum(st["positives"][s] for st in stats) for s in shards.SPLITS}
-  width = max(len(st["hist_hist"]) for st in stats)
-  hist = sum(np.pad(np.asarray(st["hist_hist"], np.int64), (0, width - len(st["hist_hist"]))) for st in stats)
-  total = max(1, sum(rows.values()))
-  bad_count = sum(st["bad_rows"]["count"] for st in stats)
+  st = ShardStats.merged(shard_stats)
+  total = max(1, sum(st.rows.values()))
   summary = {
-    "rows": rows,
+    "rows": st.rows,
     "vocabularies": {v: len(values) for v, values in vocabs.items()},
     "user_groups": user_groups(spec, unseen),
-    "label_rate": {s: positives[s] / max(1, rows[s]) for s in shards.SPLITS},
-    "history_length_percentiles": {str(q): _percentile(hist, q) for q in (50, 90, 99)},
-    "share_histories_longer_than_max_len": sum(st["longer"] for st in stats) / total,
-    "share_candidates_unrelated_to_history": sum(st["unrelated"] for st in stats) / total,
-    "share_candidates_in_history": sum(st["candidate_in_history"] for st in stats) / total,
-    "oov": {s: {k: sum(st["oov"][s][k] for st in stats) for k in stats[0]["oov"][s]} for s in shards.SPLITS},
-    "nonfinite_numeric": {
-      s: {k: sum(st["nonfinite"][s][k] for st in stats) for k in stats[0]["nonfinite"][s]} for s in shards.SPLITS
-    },
+    "label_rate": {s: st.positives[s] / max(1, st.rows[s]) for s in shards.SPLITS},
+    "history_length_percentiles": {str(q): _percentile(st.hist_hist, q) for q in (50, 90, 99)},
+    "share_histories_longer_than_max_len": st.longer / total,
+    "share_candidates_unrelated_to_history": st.unrelated / total,
+    "share_candidates_in_history": st.candidate_in_history / total,
+    "oov": st.oov,
+    "nonfinite_numeric": st.nonfinite,
     "numeric_standardisation": {k: {"mean": m, "std": sd} for k, (m, sd) in numeric.items()},
-    "dropped_train_rows": sum(st["dropped_train_rows"] for st in stats),
-    "bad_rows": {"count": bad_count, "examples": [e for st in stats for e in st["bad_rows"]["examples"]][:10]},
+    "dropped_train_rows": st.dropped_train_rows,
+    "bad_rows": st.bad_rows,
   }
-  if bad_count > spec.max_bad_rows:  # each worker allows max_bad_rows: the total decides
+  if st.bad_rows["count"] > spec.max_bad_rows:  # each worker allows max_bad_rows: the total decides
     raise DataError(
-      f"{bad_count} bad rows, more than data.max_bad_rows={spec.max_bad_rows}; first: "
-      f"{summary['bad_rows']['examples'][0]}; {delimited.SKIP_HINT}"
+      f"{st.bad_rows['count']} bad rows, more than data.max_bad_rows={spec.max_bad_rows}; first: "
+      f"{st.bad_rows['examples'][0]}; {delimited.SKIP_HINT}"
     )
   return summary
 
@@ -871,10 +920,10 @@ def encode_records(trained: Path, files: list[str], cache_root: str, part_bytes:
     params,
     1,
     functools.partial(write_shard, spec, plan, directory, numeric),
-    lambda stats: {
-      "rows": {s: sum(st["rows"][s] for st in stats) for s in shards.SPLITS},
-      "oov": stats[0]["oov"],
-      "nonfinite_numeric": stats[0]["nonfinite"],
+    lambda shard_stats: {
+      "rows": (st := ShardStats.merged(shard_stats)).rows,
+      "oov": st.oov,
+      "nonfinite_numeric": st.nonfinite,
       "user_groups": user_groups(spec, unseen),
     },
     desc="encoding records",
