@@ -96,29 +96,10 @@ def table_from(source: Path) -> str:
   """The table of one sweep: a row per setting (mean ± std over its seeds; the best of each column in bold),
   with each setting's test AUC minus the best one's and its 95% interval when the sweep measured them."""
   groups = sweep.groups_over_seeds(_trials(source))
-  scored = [g for g in groups if g["n"]]
-  cols = [("auc", max), ("gauc", max), ("logloss", min), ("valid_auc", max)]
-  best = {k: pick(g[k][0] for g in scored if g[k][0] is not None) for k, pick in cols if scored}
-  cell = lambda g, k: (
-    ("**" + sweep._cell(g[k]) + "**") if g[k][0] is not None and g[k][0] == best.get(k) else sweep._cell(g[k])
-  )
-  intervals = _intervals(source.with_name("settings.csv"))
   epochs = any(r.get("best_epoch") is not None for g in groups for r in g["ok"])
-  head = (
-    ["setting", "n", "test AUC"]
-    + (["AUC − best [95% CI]"] if intervals else [])
-    + ["test gAUC", "test logloss", "validation AUC"]
-    + (["best / stopped epoch"] if epochs else [])
-  )
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for g in groups:
-    label = g["label"].removeprefix("name=") if set(g["overrides"]) == {"model.name"} else g["label"]
-    row = [label, str(g["n"]), cell(g, "auc")]
-    if intervals:
-      row.append("best" if g["n"] and g["auc"][0] == best.get("auc") else intervals.get(g["label"], "-"))
-    row += [cell(g, "gauc"), cell(g, "logloss"), cell(g, "valid_auc")] + ([_epochs(g)] if epochs else [])
-    lines.append("| " + " | ".join(row) + " |")
-  return "\n".join(lines) + "\n"
+  extra = {"best / stopped epoch": _epochs} if epochs else {}
+  intervals = _intervals(source.with_name("settings.csv")) or None
+  return "\n".join(sweep.settings_table(groups, intervals, extra, short_labels=True)) + "\n"
 
 
 def with_tables(text: str) -> str:

@@ -48,14 +48,17 @@ class Interrupted(BaseException):
     return "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
 
 
+# The file descriptor of the process's real stderr: 2, or its copy while checkpoint.stderr_held holds fd 2.
+error_fd = [2]
+
+
 def _killed() -> None:
   sys.stdout.flush()
-  print(
+  line = (
     "error: stopped at once by a second Ctrl-C; the last complete checkpoint and finished data shards are "
-    "kept, rerun to resume",
-    file=sys.__stderr__,
-    flush=True,
+    "kept, rerun to resume\n"
   )
+  os.write(error_fd[-1], line.encode())
   os._exit(EXIT_KILLED)
 
 

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -349,30 +349,45 @@ def differences(root: Path, groups: list[dict[str, Any]]) -> dict[str, significa
   }
 
 
+def settings_table(
+  groups: list[dict[str, Any]],
+  intervals: dict[str, str] | None = None,
+  extra: dict[str, Callable[[dict[str, Any]], str]] | None = None,
+  short_labels: bool = False,
+) -> list[str]:
+  """The markdown rows of a sweep's settings (`groups_over_seeds`): mean ± std over seeds of the
+  validation and test AUC, test gAUC and logloss (the best of each column in bold), with `intervals`
+  ({setting: its "AUC − best [95% CI]" cell}) that column, then the `extra` columns ({head: cell of a
+  group}). `short_labels`: a setting that only names the model is shown by the model's name."""
+  scored = [g for g in groups if g["n"]]
+  cols = [("valid_auc", max), ("auc", max), ("gauc", max), ("logloss", min)]
+  best = {k: pick(g[k][0] for g in scored if g[k][0] is not None) for k, pick in cols if scored}
+  cell = lambda g, k: f"**{_cell(g[k])}**" if g[k][0] is not None and g[k][0] == best.get(k) else _cell(g[k])
+  top, extra = best_group(groups), extra or {}
+  head = ["setting", "n", "valid AUC", "test AUC"] + (["AUC − best [95% CI]"] if intervals is not None else [])
+  head += ["test gAUC", "test logloss", *extra]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for g in groups:
+    label = g["label"].removeprefix("name=") if short_labels and set(g["overrides"]) == {"model.name"} else g["label"]
+    row = [label, str(g["n"]), cell(g, "valid_auc"), cell(g, "auc")]
+    if intervals is not None:
+      row.append("best" if g is top else intervals.get(g["label"], "-"))
+    row += [cell(g, "gauc"), cell(g, "logloss")] + [fn(g) for fn in extra.values()]
+    lines.append("| " + " | ".join(row) + " |")
+  return lines
+
+
 def results_markdown(
   rows: list[dict[str, Any]], reference: str = "mian", diffs: dict[str, significance.Difference] | None = None
 ) -> str:
-  """Settings (mean ± std over seeds; best AUC, gAUC and logloss in bold; with `diffs`, each setting's AUC
-  difference to the best one and its 95% interval), the reference model's gain over the best other model
-  when the settings differ by model only, then every trial's status."""
+  """Settings (`settings_table`; with `diffs`, each setting's AUC difference to the best one and its 95%
+  interval), the reference model's gain over the best other model when the settings differ by model only,
+  then every trial's status."""
   groups = groups_over_seeds(rows)
   scored = [g for g in groups if g["n"]]
-  best = (
-    {k: (max if k != "logloss" else min)(g[k][0] for g in scored) for k in ("auc", "gauc", "logloss")} if scored else {}
-  )
-  bold = lambda g, k: f"**{_cell(g[k])}**" if g["n"] and g[k][0] == best[k] else _cell(g[k])
-  diffs = diffs or {}
-  top = best_group(groups)
-  diff_cell = lambda g: ("best" if g is top else diffs[g["label"]].cell()) if g["label"] in diffs else "-"
-  lines = [
-    "| setting | n | valid AUC | AUC | AUC − best [95% CI] | gAUC | logloss | samples/s | failed |",
-    "|---|---|---|---|---|---|---|---|---|",
-  ]
-  lines += [
-    f"| {g['label']} | {g['n']} | {_cell(g['valid_auc'])} | {bold(g, 'auc')} | {diff_cell(g)} | "
-    f"{bold(g, 'gauc')} | {bold(g, 'logloss')} | {_cell(g['samples_per_s'], 0)} | {g['failed']} |"
-    for g in groups
-  ]
+  intervals = {label: d.cell() for label, d in (diffs or {}).items()}
+  extra = {"samples/s": lambda g: _cell(g["samples_per_s"], 0), "failed": lambda g: str(g["failed"])}
+  lines = settings_table(groups, intervals, extra)
   by_model = [g for g in scored if set(g["overrides"]) == {"model.name"}]
   ref = [g for g in by_model if g["overrides"]["model.name"] == reference]
   others = [g for g in by_model if g["overrides"]["model.name"] != reference]

@@ -80,6 +80,24 @@ def test_tiny_run_trains_evaluates_and_checkpoints(tmp_path, data_root):
   assert fresh.returncode == 0 and "resumed" not in fresh.stdout
 
 
+def test_predictions_of_the_last_step_reuse_its_evaluation(tmp_path, data_root, monkeypatch):
+  """One evaluation, at the last step: the test split is scored once, for the metrics and the saved predictions."""
+  from mian_jax import metrics
+  from mian_jax.train import predictions
+  from mian_jax.train.run import Run
+
+  scored, real = [], Run.scores
+  monkeypatch.setattr(
+    Run, "scores", lambda self, params, split="test", *a: scored.append(split) or real(self, params, split, *a)
+  )
+  run = _run(tmp_path / "w", data_root, "--set", "train.steps=8", "--set", "train.eval_every=8")
+  assert run.returncode == 0, run.stderr
+  result = json.loads((tmp_path / "w" / "result.json").read_text())
+  p = predictions.read(tmp_path / "w" / predictions.FILE)
+  assert p.step == result["best_step"] == 8 and scored.count("test") == 1
+  assert metrics.auc(p.label_n, p.prob_n) == result["auc"]
+
+
 def test_test_predictions_come_from_the_reported_checkpoint(tmp_path, data_root):
   from mian_jax import metrics
   from mian_jax.train import predictions

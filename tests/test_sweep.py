@@ -89,7 +89,7 @@ def test_results_markdown_groups_seeds_and_compares_models():
   rows.append({"trial": "name=lr,seed=0", "model.name": "lr", "train.seed": "0", "status": "failed: error: boom"})
   text = sweep.results_markdown(rows)
   assert "| name=din | 2 | 0.7200 ± 0.0141 | 0.7100 ± 0.0141 | - |" in text  # no predictions: no interval
-  assert "| name=mian | 2 | 0.7600 ± 0.0141 | **0.7500 ± 0.0141** | - |" in text
+  assert "| name=mian | 2 | **0.7600 ± 0.0141** | **0.7500 ± 0.0141** | best |" in text
   assert "| name=lr | 0 | - | - |" in text and "| name=lr,seed=0 | failed: error: boom |" in text
   assert "| name=mian,seed=1 | ok | 0.7700 | 0.7600 | 10 | 2 | 4 | 1 |" in text  # best and stopping epochs
   assert "mian vs the best other model (name=din): AUC +0.0400 (RelaImpr +19.05%)" in text

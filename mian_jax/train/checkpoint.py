@@ -69,20 +69,21 @@ def stored_array_problem(e: BaseException) -> str | None:
   return None
 
 
-_HOLDING = {"depth": 0, "damaged": False}  # echoes_dropped contexts open; a stored array found damaged in them
+_HOLDING = {"depth": 0, "dropped": False}  # stderr_held contexts open; whether one of them ended in `drop`
 
 
 @contextlib.contextmanager
-def echoes_dropped():
-  """Orbax reads a checkpoint's arrays in coroutines: when one read fails, the others fail too once its
-  event loop is closed, and each is printed as an ignored exception ("Event loop is closed", or a
-  TensorStore spec of 60 lines apiece: thousands of lines, from several threads at once, for one damaged
-  file). The first failure is raised, in one line; its echoes are dropped. Most reach sys.unraisablehook
-  (a garbage collection on the way out lets the late ones arrive); TensorStore's callbacks print the rest
-  straight to file descriptor 2, which is held in a temporary file meanwhile: written back as it is when
-  the restore succeeds or fails otherwise, dropped when a stored array was damaged, in this restore or
-  an earlier one inside the same outermost context (whose late echoes land in the next: the project
-  itself prints nothing during a restore)."""
+def stderr_held(drop: tuple[type[BaseException], ...], mute_after: bool = False):
+  """Holds what is printed to stderr while Orbax works: Python's sys.stderr (and the logging handlers
+  bound to it) goes to a buffer, file descriptor 2 (TensorStore's callbacks print straight to it) to a
+  temporary file, and the ignored exceptions of Orbax's coroutines ("Event loop is closed", TensorStore
+  specs of 60 lines apiece) are dropped. When the block ends, or fails with another exception, the
+  held text is written out as it is; when it fails with one of `drop`, the held text is that failure's
+  echoes (thousands of lines, from several threads at once, where the caller reports one) and is
+  dropped, here and in every enclosing `stderr_held` (the late echoes of a failed restore land in the
+  next one; the project itself prints nothing inside). With `mute_after`, stderr and logging stay
+  silenced after such a failure: a failed write's threads go on printing, and the run, about to stop,
+  reports on sys.__stderr__. A garbage collection on the way out lets late echoes arrive in time."""
   previous = sys.unraisablehook
 
   def hook(unraisable):
@@ -91,30 +92,42 @@ def echoes_dropped():
       previous(unraisable)
 
   sys.stderr.flush()
+  buffer, stderr = io.StringIO(), sys.stderr
   held, saved = tempfile.TemporaryFile(), os.dup(2)
   os.dup2(held.fileno(), 2)
-  sys.unraisablehook = hook
+  interrupts.error_fd.append(saved)  # a second Ctrl-C's line still reaches the terminal
+  sys.stderr, sys.unraisablehook = buffer, hook
   if _HOLDING["depth"] == 0:
-    _HOLDING["damaged"] = False
+    _HOLDING["dropped"] = False
   _HOLDING["depth"] += 1
+  dropped = False
   try:
     yield
-  except CheckpointUnreadable:
-    _HOLDING["damaged"] = True
+  except drop:
+    _HOLDING["dropped"] = dropped = True
     raise
   finally:
     _HOLDING["depth"] -= 1
     gc.collect()
-    sys.unraisablehook = previous
-    sys.stderr.flush()
+    sys.unraisablehook, sys.stderr = previous, stderr
     os.dup2(saved, 2)
+    interrupts.error_fd.remove(saved)
     os.close(saved)
     held.seek(0)
-    text = held.read().decode(errors="replace")
+    text = buffer.getvalue() + held.read().decode(errors="replace")
     held.close()
-    if text and not _HOLDING["damaged"]:
+    if dropped and mute_after:
+      sys.stderr = open(os.devnull, "w")
+      logging.disable(logging.CRITICAL)
+      absl_logging.set_verbosity(absl_logging.FATAL)
+    elif text and not _HOLDING["dropped"]:
       sys.stderr.write(text)
       sys.stderr.flush()
+
+
+def echoes_dropped():
+  """A restore's stderr held (`stderr_held`): dropped when a stored array was damaged."""
+  return stderr_held(drop=(CheckpointUnreadable,))
 
 
 def _sha256(path: Path) -> str:
@@ -230,36 +243,24 @@ class Checkpoints:
   ) -> None:
     if step in self._manager.all_steps():  # e.g. a final save right after a periodic one
       return
-    # While Orbax writes, Python-level stderr goes to a buffer: a write that fails (a full disk) makes
-    # its threads and futures print hundreds of tracebacks, which the caller replaces with one line. On
-    # success the buffer (normally empty) is passed on; after a failure stderr and logging stay silenced,
-    # as the run is about to stop and reports the failure on sys.__stderr__.
-    buffer, stderr = io.StringIO(), sys.stderr
-    sys.stderr = buffer
-    logging.disable(logging.ERROR)  # handlers bound to the real stderr (e.g. basicConfig's) as well
-    try:
-      self._manager.save(
-        step,
-        args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config)
-        ),
-        metrics=metrics,
-        force=True,
-      )
-      self._manager.wait_until_finished()
-      if jax.process_index() == 0:
-        write_manifest(Path(self._manager.directory) / str(step))
-    except Exception as e:
-      sys.stderr = open(os.devnull, "w")
-      logging.disable(logging.CRITICAL)
-      absl_logging.set_verbosity(absl_logging.FATAL)
-      with contextlib.suppress(Exception):  # the writer's own failure, already caught above
+    # a failed write (a full disk) prints hundreds of tracebacks from its threads: the caller reports one line
+    with stderr_held(drop=(CheckpointWriteError,), mute_after=True):
+      try:
+        self._manager.save(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config)
+          ),
+          metrics=metrics,
+          force=True,
+        )
         self._manager.wait_until_finished()
-      raise CheckpointWriteError(step, e) from e
-    sys.stderr = stderr
-    logging.disable(logging.NOTSET)
-    if buffer.getvalue():
-      stderr.write(buffer.getvalue())
+        if jax.process_index() == 0:
+          write_manifest(Path(self._manager.directory) / str(step))
+      except Exception as e:
+        with contextlib.suppress(Exception):  # the writer's own failure, already caught above
+          self._manager.wait_until_finished()
+        raise CheckpointWriteError(step, e) from e
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Restores `step` into the shapes and shardings of `abstract_state` (jax.ShapeDtypeStruct tree)."""

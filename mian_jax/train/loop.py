@@ -78,6 +78,7 @@ class _Trainer:
     self.rates: list[float] = []
     self.skipped: list[int] = []
     self.saved_to: tuple[tuple[int, int] | None, int] | None = None  # (checkpoints/'s id, its latest step)
+    self.scored: tuple[int, tuple[np.ndarray, ...]] | None = None  # (step, its test rows) of the latest evaluation
 
   # ---------------------------------------------------------------- the loop
   def train(self) -> dict[str, Any]:
@@ -278,7 +279,8 @@ class _Trainer:
 
   def _evaluate_and_save(self) -> None:
     """Evaluates the validation and test splits, logs them and saves a checkpoint carrying them."""
-    evals, select = self.run.evaluate_splits(self.state.params, self.step)
+    evals, select, test_rows = self.run.evaluate_splits(self.state.params, self.step)
+    self.scored = (self.step, test_rows)  # test_predictions.npz when this step is the one reported
     self.report.evaluation(self.step, evals)
     self._save({"select": select, **{f"{split}_{k}": evals[split][k] for split in evals for k in METRICS}})
 
@@ -290,6 +292,19 @@ class _Trainer:
       needed = bool(np.asarray(multihost_utils.process_allgather(np.array([needed]))).any())
     if not needed:
       return
+    if self.scored is not None and self.scored[0] == best:
+      labels, probs, groups = self.scored[1]
+    else:
+      labels, probs, groups = self._score_test(best)
+      if labels is None:
+        return
+    if self.lead:
+      predictions.write(path, best, labels, probs, groups)
+      self.report.say(f"test predictions of checkpoint step {best}: {path}")
+
+  def _score_test(self, best: int) -> tuple[np.ndarray | None, ...]:
+    """The test split's (labels, probabilities, groups) by checkpoint `best` (restored unless it is the state
+    held), or Nones (with a warning) when it cannot be read."""
     params = self.state.params
     if best != self.step:
       try:
@@ -298,14 +313,11 @@ class _Trainer:
         )
       except RunError as e:
         self.report.say(f"warning: no test predictions written: {e}")
-        return
+        return None, None, None
       for line in lines:
         self.report.say(line)
       params = state.params
-    (labels, probs, groups), _ = self.run.scores(params, "test")
-    if self.lead:
-      predictions.write(path, best, labels, probs, groups)
-      self.report.say(f"test predictions of checkpoint step {best}: {path}")
+    return self.run.scores(params, "test")[0]
 
   def _batch_position(self, at_step: int) -> str:
     """Where the batch of training step `at_step` (1-based) comes from."""

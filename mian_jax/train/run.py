@@ -375,7 +375,11 @@ class Run:
   def evaluate(self, params, split: str = "test", eval_step: Callable | None = None) -> dict[str, Any]:
     """Exact AUC / gAUC / logloss over a whole split (every row once, padding rows dropped); with
     `mapped_values` when data.oov=map read values as 0. `eval_step`: another (params, batch) -> probs."""
-    (y, p, u), mapped = self.scores(params, split, eval_step)
+    return self.metrics(split, *self.scores(params, split, eval_step))
+
+  def metrics(self, split: str, rows: tuple[np.ndarray, np.ndarray, np.ndarray], mapped: dict[str, int]) -> dict:
+    """`evaluate`'s metrics of the scored `rows` (labels, probabilities, groups) of `split`."""
+    y, p, u = rows
     try:
       out: dict[str, Any] = metrics_lib.evaluate(y, p, u)
     except metrics_lib.NaNScores as e:
@@ -477,16 +481,20 @@ class Run:
     """The splits each evaluation of a training run scores: validation (data.validation=holdout) and test."""
     return ("valid", "test") if SELECTED_ON[self.config.data.validation] == "valid" else ("test",)
 
-  def evaluate_splits(self, params, step: int) -> tuple[dict[str, dict[str, Any]], float]:
+  def evaluate_splits(self, params, step: int) -> tuple[dict[str, dict[str, Any]], float, tuple[np.ndarray, ...]]:
     """({split: metrics} for the validation split (data.validation=holdout) and the test split, the value
-    the best checkpoint is chosen by): the validation AUC, the test AUC (validation=test) or the step
-    (validation=none: the latest evaluation is the one reported). An undefined AUC selects nothing: -1."""
+    the best checkpoint is chosen by, the test split's scored rows (labels, probabilities, groups)). The
+    value: the validation AUC, the test AUC (validation=test) or the step (validation=none: the latest
+    evaluation is the one reported). An undefined AUC selects nothing: -1."""
     on = SELECTED_ON[self.config.data.validation]
-    evals = {split: self.evaluate(params, split) for split in self.evaluated_splits()}
+    evals, scored = {}, {}
+    for split in self.evaluated_splits():
+      scored[split], mapped = self.scores(params, split)
+      evals[split] = self.metrics(split, scored[split], mapped)
     if on is None:
-      return evals, float(step)
+      return evals, float(step), scored["test"]
     value = evals[on]["auc"]
-    return evals, -1.0 if np.isnan(value) else value
+    return evals, -1.0 if np.isnan(value) else value, scored["test"]
 
 
 READ_ATTEMPTS = 20  # Run.restore lists the steps again this often when the ones it tried were removed meanwhile
