@@ -102,6 +102,11 @@ class ModelConfig:
   ibim_layers: int = 1  # Pre-LN Transformer blocks over the behaviours
   ibim_heads: int = 2  # attention heads; the behaviour width must divide by it
   ibim_ffn_mult: int = 2  # FFN hidden width = mult x behaviour width
+  # How the Transformer's attention is computed (the same outputs every way): einsum = two einsums and a
+  # float32 softmax (the CPU's fastest); xla = jax.nn.dot_product_attention; cudnn = its cuDNN kernel (GPU,
+  # bfloat16 / float16 only), each head zero-padded to a multiple of 8 wide; auto = einsum on CPU, xla
+  # elsewhere (cudnn is chosen by name until a GPU has measured it).
+  ibim_attention_kernel: Literal["auto", "einsum", "xla", "cudnn"] = "auto"
   # IBIM sequence encoder: pre_ln / post_ln Transformer; causal = Pre-LN, each behaviour attending to itself
   # and earlier ones only; gru = DIEN's GRU (state width = behaviour width); gru_pre_ln = the GRU, then the
   # Pre-LN Transformer over its states; none = the behaviours themselves. The default's auxiliary loss needs

@@ -48,6 +48,8 @@ def test_a_table_follows_its_source(tmp_path):
   page = f"x\n<!-- table: {source} -->\n| stale |\n<!-- end table -->\ny\n"
   fresh = generate.with_tables(page)
   assert (
-    "| stale |" not in fresh and "| dcn | 3 | **0.7258 ± 0.0005** | 0.7330 ± 0.0032 |" in fresh and fresh.endswith("<!-- end table -->\ny\n")
+    "| stale |" not in fresh
+    and "| dcn | 3 | **0.7258 ± 0.0005** | 0.7330 ± 0.0032 |" in fresh
+    and fresh.endswith("<!-- end table -->\ny\n")
   )
   assert generate.with_tables(fresh) == fresh

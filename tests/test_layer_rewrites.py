@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mian_jax.layers import chunks, gru
+from mian_jax.layers import chunks, gru, transformer
 from mian_jax.layers.gru import AUGRUCell, GRUCell, MaskedRNN
 from mian_jax.layers.target_attention import TargetAttention
 from mian_jax.layers.transformer import Encoder
@@ -108,6 +108,35 @@ def test_encoder_equals_flax_attention_and_layer_norms(pre_ln, layers):
     x,
     skip=("['key']['bias']",),
   )
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_kernels_agree(causal):
+  """jax.nn.dot_product_attention (xla), unpadded and with every head zero-padded to 8 wide (the cuDNN
+  layout; E = 6 in 2 heads of 3), gives the einsum kernel's outputs and gradients; and so does the whole
+  encoder under each kernel."""
+  q, k, v = (_rand(20 + i, B, T, 2, 3) for i in range(3))
+  bias = transformer.key_bias(MASK)
+  keep = MASK[:, :, None, None]  # rows with no real key (an empty history) are zeroed by the block
+  ref = lambda q, k, v: transformer.scores_and_mix(q, k, v, bias, causal, "einsum") * keep
+  for multiple in (1, 8):
+    fast = lambda q, k, v: transformer.scores_and_mix(q, k, v, bias, causal, "xla", head_multiple=multiple) * keep
+    _same_function(lambda _, *x: fast(*x), lambda _, *x: ref(*x), {}, q, k, v)
+  x = _rand(2, B, T, E)
+  einsum = Encoder(2, 2, 2, causal=causal, kernel="einsum")
+  params = einsum.init(jax.random.key(0), x, MASK)["params"]
+  _same_function(
+    lambda p, x: Encoder(2, 2, 2, causal=causal, kernel="xla").apply({"params": p}, x, MASK),
+    lambda p, x: einsum.apply({"params": p}, x, MASK),
+    params,
+    x,
+  )
+
+
+def test_an_unknown_attention_kernel_is_refused():
+  assert transformer.resolve_kernel("auto") == "einsum"  # on CPU
+  with pytest.raises(ValueError, match="attention kernel 'flash': choose auto or one of einsum, xla, cudnn"):
+    transformer.resolve_kernel("flash")
 
 
 def _reference_activation(p, q, k, mask, normalise):

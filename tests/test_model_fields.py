@@ -55,7 +55,10 @@ OTHER = {
   "gru_dim": (6,),
   "aux_loss_weight": (0.5,),
 }
-FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "name")
+# How a model is computed, not what: the same outputs every way (each has its own equality test, e.g.
+# test_layer_rewrites.test_attention_kernels_agree), so no model declares it and a resume may change it.
+EXECUTION = ("ibim_attention_kernel",)
+FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("name", *EXECUTION))
 TRAINER_ONLY = ("aux_loss_weight",)  # read by step.py for the model's aux_loss, not by the model
 
 

@@ -81,11 +81,20 @@ def _groups(b) -> list[slice]:
   return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
-def _gates(x, h, a, w):
-  """One step's (r, k, c, u) for inputs x [R, D], state h [R, H], attention a [R, 1]."""
+def _inputs(x_btd, w):
+  """The input parts of every step's gate and candidate pre-activations, as two matmuls over all T steps:
+  (x W_g[:D] + b_g [R, T, 2H], x W_c[:D] + b_c [R, T, H])."""
   w_g, b_g, w_c, b_c = w
-  r, k = jnp.split(jax.nn.sigmoid(jnp.concatenate([x, h], -1) @ w_g + b_g), 2, axis=-1)
-  c = jnp.tanh(jnp.concatenate([x, r * h], -1) @ w_c + b_c)
+  d = x_btd.shape[-1]
+  return x_btd @ w_g[:d] + b_g, x_btd @ w_c[:d] + b_c
+
+
+def _gates(xg, xc, h, a, w):
+  """One step's (r, k, c, u) from its input parts xg [R, 2H], xc [R, H], state h [R, H], attention a [R, 1]."""
+  w_g, _, w_c, _ = w
+  h_dim = h.shape[-1]
+  r, k = jnp.split(jax.nn.sigmoid(xg + h @ w_g[-h_dim:]), 2, axis=-1)
+  c = jnp.tanh(xc + (r * h) @ w_c[-h_dim:])
   return r, k, c, a * (1.0 - k)
 
 
@@ -93,10 +102,11 @@ def _forward(x_btd, m_bt, a_bt, w):
   """One group's loop over t < n (its rows' last real step): h [R, T, H] (h_{n-1} after step n - 1)."""
   t_len, h_dim = x_btd.shape[1], w[2].shape[1]
   n = jnp.max(last_real(m_bt))
+  xg, xc = _inputs(x_btd, w)
 
   def step(t, carry):
     h, hs = carry
-    _, _, c, u = _gates(_at(x_btd, t), h, _at(a_bt, t)[:, None], w)
+    _, _, c, u = _gates(_at(xg, t), _at(xc, t), h, _at(a_bt, t)[:, None], w)
     h = jnp.where(_at(m_bt, t)[:, None], h + u * (c - h), h)
     return h, _put(hs, t, h)
 
@@ -106,36 +116,42 @@ def _forward(x_btd, m_bt, a_bt, w):
 
 
 def _backward(x_btd, m_bt, a_bt, hs, dhs, w):
-  """One group's reverse loop (the gates recomputed from x_t and h_{t-1}, not stored): dx [R, T, D],
-  da [R, T] and the parameters' gradients, accumulated per step."""
+  """One group's reverse loop (the gates recomputed from the input parts and h_{t-1}, not stored) keeps
+  only the recurrence: each step's pre-activation gradients are stored, and dx [R, T, D] and the
+  parameters' gradients are matmuls over all T steps after it. Also returns da [R, T]."""
   w_g, _, w_c, _ = w
   t_len, d = x_btd.shape[1], x_btd.shape[2]
+  h_dim = w_c.shape[1]
   n = jnp.max(last_real(m_bt))
   dh0 = jnp.sum(jnp.where((jnp.arange(t_len) >= n)[None, :, None], dhs, 0.0), 1)  # states past n - 1 are h_{n-1}
+  xg, xc = _inputs(x_btd, w)
+  h_prev = jnp.pad(hs[:, :-1], ((0, 0), (1, 0), (0, 0)))  # h_{t-1}, 0 before the first step
 
   def step(i, carry):
-    dh, dx, da, dw = carry
+    dh, dzg_all, dzc_all, rh_all, da = carry
     t = n - 1 - i
-    x, m, a = _at(x_btd, t), _at(m_bt, t)[:, None], _at(a_bt, t)[:, None]
-    h = jnp.where(t > 0, _at(hs, jnp.maximum(t - 1, 0)), 0.0)
-    r, k, c, u = _gates(x, h, a, w)
+    m, a, h = _at(m_bt, t)[:, None], _at(a_bt, t)[:, None], _at(h_prev, t)
+    r, k, c, u = _gates(_at(xg, t), _at(xc, t), h, a, w)
     dh = dh + _at(dhs, t)
     dhm = jnp.where(m, dh, 0.0)  # padding: h_t = h_{t-1}, nothing below it is reached
     dzc = dhm * u * (1.0 - c * c)
-    dxc, drh = jnp.split(dzc @ w_c.T, [d], axis=-1)
+    drh = dzc @ w_c[d:].T
     dzg = jnp.concatenate([drh * h * r * (1.0 - r), -a * dhm * (c - h) * k * (1.0 - k)], -1)
-    dxg, dhg = jnp.split(dzg @ w_g.T, [d], axis=-1)
-    dh = jnp.where(m, dh * (1.0 - u), dh) + drh * r + dhg
-    dw = (
-      dw[0] + jnp.concatenate([x, h], -1).T @ dzg,
-      dw[1] + dzg.sum(0),
-      dw[2] + jnp.concatenate([x, r * h], -1).T @ dzc,
-      dw[3] + dzc.sum(0),
-    )
-    return dh, _put(dx, t, dxc + dxg), _put(da, t, jnp.sum(dhm * (1.0 - k) * (c - h), -1)), dw
+    dh = jnp.where(m, dh * (1.0 - u), dh) + drh * r + dzg @ w_g[d:].T
+    da = _put(da, t, jnp.sum(dhm * (1.0 - k) * (c - h), -1))
+    return dh, _put(dzg_all, t, dzg), _put(dzc_all, t, dzc), _put(rh_all, t, r * h), da
 
-  init = (dh0, jnp.zeros_like(x_btd), jnp.zeros_like(a_bt), jax.tree.map(jnp.zeros_like, w))
-  _, dx, da, dw = jax.lax.fori_loop(0, n, step, init)
+  zeros = lambda width: jnp.zeros(x_btd.shape[:2] + (width,), x_btd.dtype)
+  init = (dh0, zeros(2 * h_dim), zeros(h_dim), zeros(h_dim), jnp.zeros_like(a_bt))
+  _, dzg, dzc, rh, da = jax.lax.fori_loop(0, n, step, init)  # steps from n on stay 0: never run
+  dx = dzg @ w_g[:d].T + dzc @ w_c[:d].T
+  outer = lambda a_btx, b_bty: jnp.einsum("btx,bty->xy", a_btx, b_bty)
+  dw = (
+    jnp.concatenate([outer(x_btd, dzg), outer(h_prev, dzg)]),
+    dzg.sum((0, 1)),
+    jnp.concatenate([outer(x_btd, dzc), outer(rh, dzc)]),
+    dzc.sum((0, 1)),
+  )
   return dx, da, dw
 
 

@@ -43,9 +43,46 @@ def causal_bias(t: int) -> jax.Array:
   return jnp.where(jnp.arange(t)[None, :] <= jnp.arange(t)[:, None], 0.0, NEG).astype(jnp.float32)
 
 
-def attention(p: dict[str, Any], h_bte: jax.Array, bias_bt: jax.Array, heads: int, causal: bool = False) -> jax.Array:
+KERNELS = ("einsum", "xla", "cudnn")
+
+
+def resolve_kernel(kernel: str) -> str:
+  """model.ibim_attention_kernel: auto = einsum on CPU, xla on GPU / TPU."""
+  if kernel == "auto":
+    return "einsum" if jax.default_backend() == "cpu" else "xla"
+  if kernel not in KERNELS:
+    raise ValueError(f"attention kernel {kernel!r}: choose auto or one of {', '.join(KERNELS)}")
+  return kernel
+
+
+def scores_and_mix(
+  q: jax.Array, k: jax.Array, v: jax.Array, bias_bt: jax.Array, causal: bool, kernel: str, head_multiple: int = 1
+) -> jax.Array:
+  """softmax(q k^T + bias) v per head for q, k, v [B, T, H, Dh] (the 1/sqrt(Dh) already in q), the scores
+  and softmax in float32 -> [B, T, H, Dh]. `kernel` einsum: two einsums; xla / cudnn:
+  jax.nn.dot_product_attention with that implementation. Heads are zero-padded to a multiple of
+  `head_multiple` wide (8 for cudnn): zero columns add nothing to q k^T, and the output's padded columns
+  (the zero columns of v mixed) are cut off, so the result is the unpadded one."""
+  dh = q.shape[-1]
+  if kernel == "einsum":
+    s_bhqk = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias_bt[:, None, None, :]
+    if causal:
+      s_bhqk = s_bhqk + causal_bias(q.shape[1])
+    a_bhqk = jax.nn.softmax(s_bhqk, axis=-1).astype(q.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", a_bhqk, v)
+  pad = (-dh) % max(head_multiple, 8 if kernel == "cudnn" else 1)
+  if pad:
+    q, k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, pad))) for x in (q, k, v))
+  bias = bias_bt[:, None, None, :].astype(jnp.float32 if kernel == "xla" else q.dtype)
+  out = jax.nn.dot_product_attention(q, k, v, bias=bias, scale=1.0, is_causal=causal, implementation=kernel)
+  return out[..., :dh]
+
+
+def attention(
+  p: dict[str, Any], h_bte: jax.Array, bias_bt: jax.Array, heads: int, causal: bool = False, kernel: str = "einsum"
+) -> jax.Array:
   """Multi-head self-attention with Flax's MultiHeadDotProductAttention parameters `p` [B, T, E]; with
-  `causal`, query t sees keys <= t only."""
+  `causal`, query t sees keys <= t only; `kernel`: `scores_and_mix`."""
   b, t, e = h_bte.shape
   dh = e // heads
   scale = np.asarray([1.0 / np.sqrt(dh), 1.0, 1.0], np.float32)
@@ -53,11 +90,7 @@ def attention(p: dict[str, Any], h_bte: jax.Array, bias_bt: jax.Array, heads: in
   b_qkv = jnp.concatenate([p[n]["bias"].reshape(e) * s for n, s in zip(("query", "key", "value"), scale)])
   qkv = h_bte @ w_qkv.astype(h_bte.dtype) + b_qkv.astype(h_bte.dtype)
   q, k, v = (x.reshape(b, t, heads, dh) for x in jnp.split(qkv, 3, axis=-1))  # its gradient: one concatenation
-  s_bhqk = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias_bt[:, None, None, :]
-  if causal:
-    s_bhqk = s_bhqk + causal_bias(t)
-  a_bhqk = jax.nn.softmax(s_bhqk, axis=-1).astype(h_bte.dtype)
-  o_bte = jnp.einsum("bhqk,bkhd->bqhd", a_bhqk, v).reshape(b, t, e)
+  o_bte = scores_and_mix(q, k, v, bias_bt, causal, kernel).reshape(b, t, e)
   return o_bte @ p["out"]["kernel"].reshape(e, e) + p["out"]["bias"]
 
 
@@ -69,6 +102,7 @@ def block(
   heads: int,
   pre_ln: bool,
   causal: bool = False,
+  kernel: str = "einsum",
 ) -> jax.Array:
   """One encoder block (module docstring) with EncoderBlock's parameters `p`."""
   ffn = lambda h: (
@@ -76,10 +110,10 @@ def block(
   )
   ln1, ln2 = (lambda h: layer_norm(h, p["ln_attn"])), (lambda h: layer_norm(h, p["ln_ffn"]))
   if pre_ln:
-    x_bte = x_bte + attention(p["mha"], ln1(x_bte), bias_bt, heads, causal)
+    x_bte = x_bte + attention(p["mha"], ln1(x_bte), bias_bt, heads, causal, kernel)
     x_bte = x_bte + ffn(ln2(x_bte))
   else:
-    x_bte = ln1(x_bte + attention(p["mha"], x_bte, bias_bt, heads, causal))
+    x_bte = ln1(x_bte + attention(p["mha"], x_bte, bias_bt, heads, causal, kernel))
     x_bte = ln2(x_bte + ffn(x_bte))
   return x_bte * keep_bt1
 
@@ -92,11 +126,12 @@ def encode(
   heads: int,
   pre_ln: bool,
   causal: bool = False,
+  kernel: str = "einsum",
 ) -> jax.Array:
   """The encoder stack (every block, then the final LayerNorm when given), zero at padding."""
   bias_bt, keep_bt1 = key_bias(mask_bt), mask_bt[..., None].astype(x_bte.dtype)
   for p in blocks:
-    x_bte = block(p, x_bte, bias_bt, keep_bt1, heads, pre_ln, causal)
+    x_bte = block(p, x_bte, bias_bt, keep_bt1, heads, pre_ln, causal, kernel)
   if final is not None:
     x_bte = layer_norm(x_bte, final) * keep_bt1
   return x_bte
@@ -142,6 +177,7 @@ class Encoder(nn.Module):
   ffn_mult: int = 2
   pre_ln: bool = True
   causal: bool = False
+  kernel: str = "auto"  # model.ibim_attention_kernel
 
   @nn.compact
   def __call__(self, x_bte: jax.Array, mask_bt: jax.Array) -> jax.Array:
@@ -151,6 +187,9 @@ class Encoder(nn.Module):
     ]
     final = LayerNormParams(name="ln_final")(e) if self.pre_ln and self.layers else None
     blocks, final = jax.tree.map(lambda w: w.astype(x_bte.dtype), (blocks, final))
+    kernel = resolve_kernel(self.kernel)
     return in_chunks(
-      lambda x, m: encode(blocks, final, x, m, self.heads, self.pre_ln, self.causal), (x_bte, mask_bt), mask=mask_bt
+      lambda x, m: encode(blocks, final, x, m, self.heads, self.pre_ln, self.causal, kernel),
+      (x_bte, mask_bt),
+      mask=mask_bt,
     )

@@ -249,6 +249,7 @@ class MIAN(nn.Module):
         cfg.ibim_ffn_mult,
         kind != "post_ln",
         causal=kind == "causal",
+        kernel=cfg.ibim_attention_kernel,
         name="ibim_encoder",
       )(x_bte, mask_bt)
     return x_bte, (gru_bte if kind == "gru_pre_ln" else x_bte)
