@@ -6,8 +6,10 @@
 #
 # Phases, each under its own time limit (the LIMITS array below; they add up to at most 480 s):
 #   devices     what JAX sees (devices.json); stops unless the backend is gpu or tpu;
-#   step        the train step alone of mian, din, dien, deepfm at batch 8192 (benchmarks/step_throughput.py);
-#   step_bf16   the same for mian and dien in bfloat16;
+#   step        the train step alone of mian, mian_paper, din, dien, deepfm at batch 8192
+#               (benchmarks/step_throughput.py);
+#   step_bf16   the same for mian, mian_paper (its attention by XLA, then by cuDNN: mian_paper:cudnn) and dien
+#               in bfloat16;
 #   pipeline    the input path alone (train input at 1-16 threads, eval input) and input + step for mian,
 #               din, deepfm with data.placement host and device at 16 steps per call, and evaluation
 #               (benchmarks/pipeline.py, 10% data scale, batch 8192);
@@ -72,8 +74,8 @@ if [ "$mode" = smoke ]; then
   pipeline_args=(--scale 0.001 --batch 256 --batches 5 --threads 1,2 --models mian --per-call 1,4 --steps 8)
   run_args=(--experiment commercial:tiny --set train.steps=20)
 else
-  step_args=(--models mian,din,dien,deepfm --batch 8192 --repeats 20)
-  bf16_args=(--models mian,dien --batch 8192 --repeats 20 --dtype bfloat16)
+  step_args=(--models mian,mian_paper,din,dien,deepfm --batch 8192 --repeats 20)
+  bf16_args=(--models mian,mian_paper,mian_paper:cudnn,dien --batch 8192 --repeats 20 --dtype bfloat16)
   pipeline_args=(--scale 0.1 --batch 8192 --threads 1,2,4,8,16 --models mian,din,deepfm --per-call 16 --steps 200)
   run_args=(--experiment commercial --set data.scale=1.0 --set train.steps=1500)
 fi

@@ -19,8 +19,8 @@ from typing import Any
 
 # The phases' models when summary.json cannot say (the accelerator run's defaults).
 DEFAULT_MODELS = {
-  "step": ["mian", "din", "dien", "deepfm"],
-  "step_bf16": ["mian", "dien"],
+  "step": ["mian", "mian_paper", "din", "dien", "deepfm"],
+  "step_bf16": ["mian", "mian_paper", "mian_paper:cudnn", "dien"],
   "pipeline": ["mian", "din", "deepfm"],
 }
 SAMPLED = ("step", "step_bf16", "pipeline", "end_to_end")

@@ -70,11 +70,12 @@ def train_step(
   embed_dim: int = 18,
   compute_dtype: str = "float32",
   devices=None,
+  attention_kernel: str = "auto",
 ):
   """(jitted step, state, mesh) for one model, built by the trainer's own Run (without data)."""
   mesh = partition.make_mesh(devices or jax.devices()[:1])
   config = Config(
-    model=ModelConfig(name=model_name, embed_dim=embed_dim),
+    model=ModelConfig(name=model_name, embed_dim=embed_dim, ibim_attention_kernel=attention_kernel),
     train=TrainConfig(embedding_optimizer=embedding_optimizer, learning_rate=1e-3, compute_dtype=compute_dtype),
   )
   run = Run.assemble(config, s, mesh, total_steps=1000)

@@ -4,6 +4,8 @@ synthetic batches, one device) and each step's share of this machine's matmul ro
     python -m benchmarks.step_throughput [--models mian,din] [--batch 1024] [--dtype bfloat16]
                                          [--lengths uniform | commercial]
 
+A model may name IBIM's attention kernel after a colon (model.ibim_attention_kernel): `mian_paper:cudnn`.
+
 History lengths (--lengths): uniform in [T/2, T] by default; `commercial` draws them as the commercial
 data set does (mean 22 of 50): the sequence layers skip padding on CPU, so their speed depends on it.
 """
@@ -38,7 +40,8 @@ def main(argv=None):
   s = schema(history=args.history)
   rows = []
   for name in args.models.split(","):
-    step, state, mesh = train_step(name, s, compute_dtype=args.dtype)
+    model, _, kernel = name.partition(":")
+    step, state, mesh = train_step(model, s, compute_dtype=args.dtype, attention_kernel=kernel or "auto")
     batches = [partition.to_global(batch(s, args.batch, seed=i, lengths=args.lengths), mesh) for i in range(4)]
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     t, state = time_step(step, state, batches, repeats=args.repeats)  # first: its first call measures compilation

@@ -29,10 +29,10 @@ def test_the_script_parses_and_a_dry_run_lists_the_phases_in_order_without_insta
   assert list(phases) == PHASES
   commands = {name: p["command"] for name, p in phases.items()}
   step = commands["step"]
-  assert "benchmarks.step_throughput --models mian,din,dien,deepfm --batch 8192 --repeats 20" in step
+  assert "benchmarks.step_throughput --models mian,mian_paper,din,dien,deepfm --batch 8192 --repeats 20" in step
   assert f"MIAN_JAX_BENCH_RESULTS={tmp_path}/step " in step
   bf16 = commands["step_bf16"]
-  assert "benchmarks.step_throughput --models mian,dien" in bf16 and "--dtype bfloat16" in bf16
+  assert "benchmarks.step_throughput --models mian,mian_paper,mian_paper:cudnn,dien" in bf16 and "--dtype bfloat16" in bf16
   assert "--batch 8192" in bf16
   assert (
     "benchmarks.pipeline --scale 0.1 --batch 8192 --threads 1,2,4,8,16 --models mian,din,deepfm" in commands["pipeline"]
@@ -175,5 +175,5 @@ def test_the_table_of_an_empty_folder_says_every_phase_failed(tmp_path):
   rows = (tmp_path / "table.md").read_text().splitlines()[2:]
   values = [row.rsplit("|", 2)[1].strip() for row in rows]
   assert values and all(v in ("missing (phase failed)", "n/a") for v in values)
-  assert sum("step alone" in row for row in rows) == 6  # the accelerator run's models: 4 float32, 2 bfloat16
+  assert sum("step alone" in row for row in rows) == 9  # the accelerator run's models: 5 float32, 4 bfloat16
   assert accelerator_table.main([str(tmp_path / "absent")]) == 2
