@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mian_jax import config_fields, sweep
+from mian_jax import config_fields, selection, sweep
 from mian_jax.config import Config
 
 
@@ -92,9 +92,21 @@ def _epochs(group: dict[str, Any]) -> str:
   return f"{pairs[0]} (all)" if len(set(pairs)) == 1 and len(pairs) > 1 else ", ".join(pairs)
 
 
+def _selection_table(source: Path) -> str:
+  """The table `python -m mian_jax.selection` wrote beside its results.csv (one row per trial of every data
+  set: data_set, configuration, seed, valid_auc), rebuilt from that file by the same rule."""
+  with open(source, newline="") as f:
+    rows = [{**r, "seed": int(r["seed"]), "valid_auc": float(r["valid_auc"])} for r in csv.DictReader(f)]
+  return selection.markdown(*selection.choose(rows))
+
+
 def table_from(source: Path) -> str:
-  """The table of one sweep: a row per setting (mean ± std over its seeds; the best of each column in bold),
+  """The table of a source: a selection's results.csv (its header starts with data_set, configuration) as
+  `mian_jax.selection` lays it out, else one sweep's: a row per setting (mean ± std over its seeds; the best of each column in bold),
   with each setting's test AUC minus the best one's and its 95% interval when the sweep measured them."""
+  with open(source, newline="") as f:
+    if next(csv.reader(f), [])[:2] == ["data_set", "configuration"]:
+      return _selection_table(source)
   groups = sweep.groups_over_seeds(_trials(source))
   epochs = any(r.get("best_epoch") is not None for g in groups for r in g["ok"])
   extra = {"best / stopped epoch": _epochs} if epochs else {}

@@ -53,3 +53,18 @@ def test_a_table_follows_its_source(tmp_path):
     and fresh.endswith("<!-- end table -->\ny\n")
   )
   assert generate.with_tables(fresh) == fresh
+
+
+def test_a_selection_table_is_rebuilt_by_its_rule(tmp_path):
+  """A selection's results.csv (one row per trial) gives the table `mian_jax.selection` writes: mean ± std per
+  data set, the score against the previous default, the highest score chosen."""
+  source = tmp_path / "results.csv"
+  rows = ["data_set,configuration,seed,valid_auc,auc,source,trial"]
+  for d, base in (("a", 0.70), ("b", 0.80)):
+    for seed in range(3):
+      rows.append(f"{d},previous default,{seed},{base + 0.001 * seed},0,x,t")
+      rows.append(f"{d},other,{seed},{base + 0.002 + 0.001 * seed},0,x,t")
+  source.write_text("\n".join(rows) + "\n")
+  table = generate.table_from(source)
+  assert "| previous default | 0.7010 ± 0.0010 | 0.8010 ± 0.0010 | +0.0000 |" in table
+  assert "| other | 0.7030 ± 0.0010 | 0.8030 ± 0.0010 | +0.0020 | 1.00 | **chosen** |" in table
