@@ -318,10 +318,13 @@ def best_group(groups: list[dict[str, Any]]) -> dict[str, Any] | None:
   return max(scored, key=lambda g: g["auc"][0]) if scored else None
 
 
-def differences(root: Path, groups: list[dict[str, Any]]) -> dict[str, significance.Difference]:
-  """{setting: its mean test AUC minus the best setting's, with DeLong's 95% interval}, from the trials'
-  test_predictions.npz (settings missing a trial's predictions, or scored on other rows, are left out)."""
-  top = best_group(groups)
+def differences(
+  root: Path, groups: list[dict[str, Any]], against: dict[str, Any] | None = None
+) -> dict[str, significance.Difference]:
+  """{setting: its mean test AUC minus the best setting's (or `against`'s), with DeLong's 95% interval}, from
+  the trials' test_predictions.npz (settings missing a trial's predictions, or scored on other rows, are
+  left out)."""
+  top = against or best_group(groups)
   if top is None:
     return {}
   loaded: dict[str, list[np.ndarray] | None] = {}
@@ -377,27 +380,43 @@ def settings_table(
   return lines
 
 
+def reference_and_rival(
+  groups: list[dict[str, Any]], reference: str = "mian"
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+  """(the reference model's setting, the best other model's by mean test AUC) among settings that set the
+  model only; the other models exclude the reference's variants (mian_paper, its ablations). None when
+  either is missing."""
+  by_model = [g for g in groups if g["n"] and set(g["overrides"]) == {"model.name"}]
+  ref = [g for g in by_model if g["overrides"]["model.name"] == reference]
+  variant = lambda name: name == reference or name.startswith(f"{reference}_")
+  others = [g for g in by_model if not variant(g["overrides"]["model.name"])]
+  if not ref or not others:
+    return None
+  return ref[0], max(others, key=lambda g: g["auc"][0])
+
+
 def results_markdown(
-  rows: list[dict[str, Any]], reference: str = "mian", diffs: dict[str, significance.Difference] | None = None
+  rows: list[dict[str, Any]],
+  reference: str = "mian",
+  diffs: dict[str, significance.Difference] | None = None,
+  vs_rival: significance.Difference | None = None,
 ) -> str:
   """Settings (`settings_table`; with `diffs`, each setting's AUC difference to the best one and its 95%
-  interval), the reference model's gain over the best other model when the settings differ by model only,
-  then every trial's status."""
+  interval), the reference model's gain over the best other model when the settings differ by model only
+  (with `vs_rival`, its 95% interval), then every trial's status."""
   groups = groups_over_seeds(rows)
-  scored = [g for g in groups if g["n"]]
   intervals = {label: d.cell() for label, d in (diffs or {}).items()}
   extra = {"samples/s": lambda g: _cell(g["samples_per_s"], 0), "failed": lambda g: str(g["failed"])}
   lines = settings_table(groups, intervals, extra)
-  by_model = [g for g in scored if set(g["overrides"]) == {"model.name"}]
-  ref = [g for g in by_model if g["overrides"]["model.name"] == reference]
-  others = [g for g in by_model if g["overrides"]["model.name"] != reference]
-  if ref and others:
-    top = max(others, key=lambda g: g["auc"][0])
+  pair = reference_and_rival(groups, reference)
+  if pair:
+    ref, top = pair
+    interval = f", 95% CI [{vs_rival.low:+.4f}, {vs_rival.high:+.4f}] (DeLong)" if vs_rival else ""
     lines += [
       "",
-      f"{reference} vs the best other model ({top['label']}): AUC {ref[0]['auc'][0] - top['auc'][0]:+.4f} "
-      f"(RelaImpr {rela_impr(ref[0]['auc'][0], top['auc'][0]):+.2f}%), logloss "
-      f"{ref[0]['logloss'][0] - top['logloss'][0]:+.4f}",
+      f"{reference} vs the best other model ({top['label']}): AUC {ref['auc'][0] - top['auc'][0]:+.4f}{interval} "
+      f"(RelaImpr {rela_impr(ref['auc'][0], top['auc'][0]):+.2f}%), logloss "
+      f"{ref['logloss'][0] - top['logloss'][0]:+.4f}",
     ]
   lines += [
     "",
@@ -431,7 +450,9 @@ def summarize(root: Path, rows: list[dict[str, Any]]) -> str:
   groups = groups_over_seeds(rows)
   diffs = differences(root, groups)
   _write_csv(root / "settings.csv", [_setting_row(g, diffs.get(g["label"])) for g in groups])
-  text = results_markdown(rows, diffs=diffs)
+  pair = reference_and_rival(groups)
+  vs_rival = differences(root, list(pair), against=pair[1]).get(pair[0]["label"]) if pair else None
+  text = results_markdown(rows, diffs=diffs, vs_rival=vs_rival)
   files.write_text(root / "results.md", text)
   plots.sweep_auc(groups, root / "results.png", title=root.name)
   return text

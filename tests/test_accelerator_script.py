@@ -32,7 +32,9 @@ def test_the_script_parses_and_a_dry_run_lists_the_phases_in_order_without_insta
   assert "benchmarks.step_throughput --models mian,mian_paper,din,dien,deepfm --batch 8192 --repeats 20" in step
   assert f"MIAN_JAX_BENCH_RESULTS={tmp_path}/step " in step
   bf16 = commands["step_bf16"]
-  assert "benchmarks.step_throughput --models mian,mian_paper,mian_paper:cudnn,dien" in bf16 and "--dtype bfloat16" in bf16
+  assert (
+    "benchmarks.step_throughput --models mian,mian_paper,mian_paper:cudnn,dien" in bf16 and "--dtype bfloat16" in bf16
+  )
   assert "--batch 8192" in bf16
   assert (
     "benchmarks.pipeline --scale 0.1 --batch 8192 --threads 1,2,4,8,16 --models mian,din,deepfm" in commands["pipeline"]

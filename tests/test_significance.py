@@ -150,3 +150,18 @@ def test_predictions_file_damaged_or_missing(tmp_path):
   with pytest.raises(predictions.Unreadable, match="not a whole predictions file"):
     predictions.read(path)
   assert predictions.step_of(path) is None
+
+
+def test_mian_against_the_best_baseline_has_its_interval(tmp_path):
+  """results.md's line "mian vs the best other model" carries DeLong's interval of that difference (not the
+  one against the table's best, which may be a MIAN variant)."""
+  rng = np.random.default_rng(5)
+  y, a, b = _binormal(rng, 800, 1.0, 0.7, 0.5)
+  rows = [{**_trial(tmp_path, f"name=mian,seed={s}", y, p), "model.name": "mian"} for s, p in enumerate((a, a * 1.1))]
+  rows += [{**_trial(tmp_path, f"name=din,seed={s}", y, p), "model.name": "din"} for s, p in enumerate((b, b * 0.9))]
+  rows += [{**_trial(tmp_path, "name=mian_paper,seed=0", y, a + 0.5 * y), "model.name": "mian_paper"}]
+  text = sweep.summarize(tmp_path, rows)
+  expected = significance.mean_difference(y, np.stack([a, a * 1.1]), np.stack([b, b * 0.9]))
+  assert "| name=mian_paper | 1 |" in text and "| best |" in text  # the table's best: a MIAN variant
+  assert f"mian vs the best other model (name=din): AUC {expected.estimate:+.4f}, 95% CI [{expected.low:+.4f}, " in text
+  assert expected.low > 0

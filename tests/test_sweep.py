@@ -84,7 +84,7 @@ def test_results_markdown_groups_seeds_and_compares_models():
       "best_epoch": 2.0,
       "epoch": 4.0,
     }
-    for m, s, auc in (("din", 0, 0.70), ("din", 1, 0.72), ("mian", 0, 0.74), ("mian", 1, 0.76))
+    for m, s, auc in (("din", 0, 0.70), ("din", 1, 0.72), ("mian", 0, 0.74), ("mian", 1, 0.76), ("mian_paper", 0, 0.73))
   ]
   rows.append({"trial": "name=lr,seed=0", "model.name": "lr", "train.seed": "0", "status": "failed: error: boom"})
   text = sweep.results_markdown(rows)
@@ -92,6 +92,7 @@ def test_results_markdown_groups_seeds_and_compares_models():
   assert "| name=mian | 2 | **0.7600 ± 0.0141** | **0.7500 ± 0.0141** | best |" in text
   assert "| name=lr | 0 | - | - |" in text and "| name=lr,seed=0 | failed: error: boom |" in text
   assert "| name=mian,seed=1 | ok | 0.7700 | 0.7600 | 10 | 2 | 4 | 1 |" in text  # best and stopping epochs
+  # the best other model is a baseline's, not a variant of MIAN's (mian_paper, 0.73, is above DIN)
   assert "mian vs the best other model (name=din): AUC +0.0400 (RelaImpr +19.05%)" in text
 
 
