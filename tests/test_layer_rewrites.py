@@ -167,8 +167,10 @@ def test_activation_unit_regrouped_first_layer_equals_the_concatenation(normalis
   )
 
 
+@pytest.mark.parametrize("hoist", [False, True])
 @pytest.mark.parametrize("attentional", [False, True])
-def test_masked_rnn_equals_the_scan_of_cells(attentional):
+def test_masked_rnn_equals_the_scan_of_cells(attentional, hoist, monkeypatch):
+  monkeypatch.setattr(gru, "HOIST", hoist)  # input projections inside each step (CPU) or before the loop
   x, a = _rand(6, B, T, E), jnp.asarray(np.random.default_rng(7).uniform(size=(B, T)), jnp.float32)
   rnn = MaskedRNN(5, attentional=attentional)
   params = rnn.init(jax.random.key(2), x, MASK, a)["params"]
