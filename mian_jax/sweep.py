@@ -364,7 +364,7 @@ def settings_table(
   group}). `short_labels`: a setting that only names the model is shown by the model's name."""
   scored = [g for g in groups if g["n"]]
   cols = [("valid_auc", max), ("auc", max), ("gauc", max), ("logloss", min)]
-  best = {k: pick(g[k][0] for g in scored if g[k][0] is not None) for k, pick in cols if scored}
+  best = {k: pick((g[k][0] for g in scored if g[k][0] is not None), default=None) for k, pick in cols}
   cell = lambda g, k: f"**{_cell(g[k])}**" if g[k][0] is not None and g[k][0] == best.get(k) else _cell(g[k])
   top, extra = best_group(groups), extra or {}
   head = ["setting", "n", "valid AUC", "test AUC"] + (["AUC − best [95% CI]"] if intervals is not None else [])

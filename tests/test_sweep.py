@@ -92,6 +92,9 @@ def test_results_markdown_groups_seeds_and_compares_models():
   assert "| name=mian | 2 | **0.7600 ± 0.0141** | **0.7500 ± 0.0141** | best |" in text
   assert "| name=lr | 0 | - | - |" in text and "| name=lr,seed=0 | failed: error: boom |" in text
   assert "| name=mian,seed=1 | ok | 0.7700 | 0.7600 | 10 | 2 | 4 | 1 |" in text  # best and stopping epochs
+  # trials without a validation AUC (data.validation=test or none): that column is empty
+  bare = sweep.results_markdown([{k: v for k, v in r.items() if k != "valid_auc"} for r in rows])
+  assert "| name=din | 2 | - | 0.7100 ± 0.0141 |" in bare
   # the best other model is a baseline's, not a variant of MIAN's (mian_paper, 0.73, is above DIN)
   assert "mian vs the best other model (name=din): AUC +0.0400 (RelaImpr +19.05%)" in text
 
