@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mian_jax.errors import ConfigError
 from mian_jax.layers import chunks, gru, transformer
 from mian_jax.layers.gru import AUGRUCell, GRUCell, MaskedRNN
 from mian_jax.layers.target_attention import TargetAttention
@@ -133,10 +134,14 @@ def test_attention_kernels_agree(causal):
   )
 
 
-def test_an_unknown_attention_kernel_is_refused():
+def test_an_unknown_or_unavailable_attention_kernel_is_refused():
   assert transformer.resolve_kernel("auto") == "einsum"  # on CPU
-  with pytest.raises(ValueError, match="attention kernel 'flash': choose auto or one of einsum, xla, cudnn"):
+  with pytest.raises(ConfigError, match="ibim_attention_kernel=flash: choose auto or one of einsum, xla, cudnn"):
     transformer.resolve_kernel("flash")
+  with pytest.raises(
+    ConfigError, match=r"cudnn needs a GPU and train.compute_dtype=bfloat16 \(this run: cpu, bfloat16\)"
+  ):
+    transformer.resolve_kernel("cudnn", jnp.bfloat16)
 
 
 def _reference_activation(p, q, k, mask, normalise):

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mian_jax.errors import ConfigError
 from mian_jax.layers.chunks import in_chunks
 from mian_jax.layers.params import DenseParams, LayerNormParams, layer_norm
 
@@ -46,12 +47,18 @@ def causal_bias(t: int) -> jax.Array:
 KERNELS = ("einsum", "xla", "cudnn")
 
 
-def resolve_kernel(kernel: str) -> str:
-  """model.ibim_attention_kernel: auto = einsum on CPU, xla on GPU / TPU."""
+def resolve_kernel(kernel: str, dtype: Any = jnp.float32) -> str:
+  """model.ibim_attention_kernel: auto = einsum on CPU, xla on GPU / TPU; cudnn needs a GPU and bf16 / fp16."""
+  backend = jax.default_backend()
   if kernel == "auto":
-    return "einsum" if jax.default_backend() == "cpu" else "xla"
+    return "einsum" if backend == "cpu" else "xla"
   if kernel not in KERNELS:
-    raise ValueError(f"attention kernel {kernel!r}: choose auto or one of {', '.join(KERNELS)}")
+    raise ConfigError(f"model.ibim_attention_kernel={kernel}: choose auto or one of {', '.join(KERNELS)}")
+  if kernel == "cudnn" and (backend != "gpu" or jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16)):
+    raise ConfigError(
+      f"model.ibim_attention_kernel=cudnn needs a GPU and train.compute_dtype=bfloat16 (this run: {backend}, "
+      f"{jnp.dtype(dtype).name}); set model.ibim_attention_kernel=auto"
+    )
   return kernel
 
 
@@ -187,7 +194,7 @@ class Encoder(nn.Module):
     ]
     final = LayerNormParams(name="ln_final")(e) if self.pre_ln and self.layers else None
     blocks, final = jax.tree.map(lambda w: w.astype(x_bte.dtype), (blocks, final))
-    kernel = resolve_kernel(self.kernel)
+    kernel = resolve_kernel(self.kernel, x_bte.dtype)
     return in_chunks(
       lambda x, m: encode(blocks, final, x, m, self.heads, self.pre_ln, self.causal, kernel),
       (x_bte, mask_bt),
