@@ -114,8 +114,8 @@ def test_encoder_equals_flax_attention_and_layer_norms(pre_ln, layers):
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention_kernels_agree(causal):
   """jax.nn.dot_product_attention (xla), unpadded and with every head zero-padded to 8 wide (the cuDNN
-  layout; E = 6 in 2 heads of 3), gives the einsum kernel's outputs and gradients; and so does the whole
-  encoder under each kernel."""
+  layout; E = 6 in 2 heads of 3), gives the einsum kernel's outputs and gradients; and so does a causal
+  encoder block under each kernel."""
   q, k, v = (_rand(20 + i, B, T, 2, 3) for i in range(3))
   bias = transformer.key_bias(MASK)
   keep = MASK[:, :, None, None]  # rows with no real key (an empty history) are zeroed by the block
@@ -123,15 +123,16 @@ def test_attention_kernels_agree(causal):
   for multiple in (1, 8):
     fast = lambda q, k, v: transformer.scores_and_mix(q, k, v, bias, causal, "xla", head_multiple=multiple) * keep
     _same_function(lambda _, *x: fast(*x), lambda _, *x: ref(*x), {}, q, k, v)
-  x = _rand(2, B, T, E)
-  einsum = Encoder(2, 2, 2, causal=causal, kernel="einsum")
-  params = einsum.init(jax.random.key(0), x, MASK)["params"]
-  _same_function(
-    lambda p, x: Encoder(2, 2, 2, causal=causal, kernel="xla").apply({"params": p}, x, MASK),
-    lambda p, x: einsum.apply({"params": p}, x, MASK),
-    params,
-    x,
-  )
+  if causal:  # the encoder block under the xla kernel (once: its cost is the eager gradient)
+    x = _rand(2, B, T, E)
+    einsum = Encoder(1, 2, 2, causal=True, kernel="einsum")
+    params = einsum.init(jax.random.key(0), x, MASK)["params"]
+    _same_function(
+      lambda p, x: Encoder(1, 2, 2, causal=True, kernel="xla").apply({"params": p}, x, MASK),
+      lambda p, x: einsum.apply({"params": p}, x, MASK),
+      params,
+      x,
+    )
 
 
 def test_an_unknown_or_unavailable_attention_kernel_is_refused():
