@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
   becomes one `error:` line and that error's exit code; SIGTERM / Ctrl-C in any phase, exit 75. At the
   end the previous signal handlers come back (a caller in the same process), or, as a script
   (`restore_signals=False`), signals are ignored: the work is done and the process exits with its code."""
-  from mian_jax import errors, interrupts
+  from mian_jax import errors, interrupts, xla_env
 
+  xla_env.apply()  # before JAX starts: XLA reads XLA_FLAGS once
   previous = interrupts.install()  # from here on SIGTERM / Ctrl-C stop every phase cleanly (exit 75)
   try:
     code = _main(argv)

@@ -10,6 +10,9 @@
 #               (benchmarks/step_throughput.py);
 #   step_bf16   the same for mian, mian_paper (its attention by XLA, then by cuDNN: mian_paper:cudnn) and dien
 #               in bfloat16;
+#   scatter     the embedding lookup alone, per field against batched, gather against one-hot by table size
+#               (benchmarks/embedding_lookup.py, batch 8192), with the native f32 scatter-add atomic that
+#               mian_jax/xla_env.py asks for; scatter_cas: the same without it (MIAN_JAX_NATIVE_ATOMICS=0);
 #   pipeline    the input path alone (train input at 1-16 threads, eval input) and input + step for mian,
 #               din, deepfm with data.placement host and device at 16 steps per call, and evaluation
 #               (benchmarks/pipeline.py, 10% data scale, batch 8192);
@@ -41,9 +44,9 @@ cd "$(dirname "$0")/.."
 
 # Seconds per phase on the accelerator: the sum (480) is the 8-minute budget, so a slow phase cannot eat
 # the time of the ones after it. --install's pip run is outside it.
-declare -A LIMITS=([wheels]=15 [devices]=30 [step]=90 [step_bf16]=60 [pipeline]=145 [end_to_end]=140)
+declare -A LIMITS=([wheels]=15 [devices]=30 [step]=90 [step_bf16]=60 [scatter]=30 [scatter_cas]=30 [pipeline]=115 [end_to_end]=110)
 # On CPU (--cpu-smoke) compilation dominates: wider limits, as nothing there is timed against a budget.
-declare -A SMOKE_LIMITS=([wheels]=60 [devices]=60 [step]=300 [step_bf16]=300 [pipeline]=300 [end_to_end]=300)
+declare -A SMOKE_LIMITS=([wheels]=60 [devices]=60 [step]=300 [step_bf16]=300 [scatter]=120 [scatter_cas]=120 [pipeline]=300 [end_to_end]=300)
 INSTALL_LIMIT=600
 
 out="benchmarks/results/accelerator-$(date +%Y%m%d-%H%M%S)"
@@ -71,11 +74,13 @@ if [ "$mode" = smoke ]; then
   for k in "${!SMOKE_LIMITS[@]}"; do LIMITS[$k]=${SMOKE_LIMITS[$k]}; done
   step_args=(--models mian,deepfm --batch 256 --repeats 2)
   bf16_args=(--models mian --batch 256 --repeats 2 --dtype bfloat16)
+  scatter_args=(--batch 256 --repeats 2)
   pipeline_args=(--scale 0.001 --batch 256 --batches 5 --threads 1,2 --models mian --per-call 1,4 --steps 8)
   run_args=(--experiment commercial:tiny --set train.steps=20)
 else
   step_args=(--models mian,mian_paper,din,dien,deepfm --batch 8192 --repeats 20)
   bf16_args=(--models mian,mian_paper,mian_paper:cudnn,dien --batch 8192 --repeats 20 --dtype bfloat16)
+  scatter_args=(--batch 8192 --repeats 20)
   pipeline_args=(--scale 0.1 --batch 8192 --threads 1,2,4,8,16 --models mian,din,deepfm --per-call 16 --steps 200)
   run_args=(--experiment commercial --set data.scale=1.0 --set train.steps=1500)
 fi
@@ -174,6 +179,10 @@ phase step "${LIMITS[step]}" 1 env MIAN_JAX_BENCH_RESULTS="$out/step" \
   "$python" -m benchmarks.step_throughput "${step_args[@]}"
 phase step_bf16 "${LIMITS[step_bf16]}" 1 env MIAN_JAX_BENCH_RESULTS="$out/step_bf16" \
   "$python" -m benchmarks.step_throughput "${bf16_args[@]}"
+phase scatter "${LIMITS[scatter]}" 1 env MIAN_JAX_BENCH_RESULTS="$out/scatter" \
+  "$python" -m benchmarks.embedding_lookup "${scatter_args[@]}"
+phase scatter_cas "${LIMITS[scatter_cas]}" 1 env MIAN_JAX_BENCH_RESULTS="$out/scatter_cas" MIAN_JAX_NATIVE_ATOMICS=0 \
+  "$python" -m benchmarks.embedding_lookup "${scatter_args[@]}"
 phase pipeline "${LIMITS[pipeline]}" 1 env MIAN_JAX_BENCH_RESULTS="$out/pipeline" \
   "$python" -m benchmarks.pipeline "${pipeline_args[@]}"
 workdir="$out/commercial_run"

@@ -23,7 +23,7 @@ DEFAULT_MODELS = {
   "step_bf16": ["mian", "mian_paper", "mian_paper:cudnn", "dien"],
   "pipeline": ["mian", "din", "deepfm"],
 }
-SAMPLED = ("step", "step_bf16", "pipeline", "end_to_end")
+SAMPLED = ("step", "step_bf16", "scatter", "scatter_cas", "pipeline", "end_to_end")
 
 
 def read_json(path: Path) -> Any:
@@ -135,6 +135,15 @@ def build(out: Path) -> list[tuple[str, str, str]]:
     for m in models:
       value = fmt_rate(by_model.get(m, {}).get("samples_per_s"))
       rows.append((phase, f"{m} step alone, {label}{batch}", value or phases.missing(phase)))
+
+  for phase, label in (("scatter", "native f32 atomic"), ("scatter_cas", "CAS-loop atomic")):
+    lookups = rows_of(read_json(out / phase / "embedding_lookup.json"))
+    if not lookups:
+      rows.append((phase, f"embedding lookup, {label}", phases.missing(phase)))
+    for r in lookups:
+      ms, hot = number(r.get("ms")), number(r.get("one_hot_ms"))
+      value = "n/a" if ms is None else f"{ms:.3f} ms" + ("" if hot is None else f", one-hot {hot:.3f} ms")
+      rows.append((phase, f"{r.get('what')}, {label}", value))
 
   pipe = rows_of(read_json(out / "pipeline" / "pipeline.json"))
   train = sorted(

@@ -12,6 +12,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from mian_jax import xla_env
+
+xla_env.apply()  # before JAX starts, as launch.py does
+
 import jax
 import jax.numpy as jnp
 import numpy as np

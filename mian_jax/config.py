@@ -175,6 +175,14 @@ class TrainConfig:
   # bfloat16: the forward and backward pass compute in bf16; parameters, optimizer state, attention
   # softmaxes and the loss stay float32.
   compute_dtype: Literal["float32", "bfloat16"] = "float32"
+  # How the step reads the embedding tables (layers/embedding.py; the parameters and results are the same):
+  # per_field = one gather per field; batched = one gather per table width over all the fields' ids (the
+  # tables concatenated with row offsets); auto = batched on GPU / TPU unless the tables are split over a
+  # `model` axis, per_field on CPU.
+  embedding_lookup: Literal["auto", "per_field", "batched"] = "auto"
+  # Tables of at most this many rows are read as a one-hot matmul (its gradient a matmul, not a scatter-add);
+  # -1 = the rule measured for the device (embedding.ONE_HOT_ROWS), 0 = never.
+  one_hot_rows: int = -1
   mesh: str = ""  # "" = data parallel over every device; "data=N,model=M": tables split by rows over `model`
   # Devices the run uses: 0 = every device of every process; N = the first N devices of this process (one
   # process only), e.g. to leave the others to another job. train.mesh then counts these N.
@@ -389,6 +397,7 @@ def _sizes(config: Config) -> str | None:
     ("data.device_prefetch", d.device_prefetch, 0, 64, ""),
     ("train.keep_checkpoints", t.keep_checkpoints, 1, 1 << 20, ""),
     ("train.steps_per_call", t.steps_per_call, 1, 1024, ""),
+    ("train.one_hot_rows", t.one_hot_rows, -1, 1 << 20, " (-1 = the rule measured for the device, 0 = never)"),
   ):
     message = _bounds(key, value, low, high, unit)
     if message:

@@ -65,6 +65,7 @@ SLOW = {
   },
   "test_custom.py": {"test_parquet_gives_the_same_data_as_csv", "test_real_alimama_rows_train_through_launch"},
   "test_e2e.py": "*",
+  "test_embedding_lookup.py": {"test_the_train_step_is_the_same_whichever_the_lookup"},
   "test_resident.py": {"test_steps_in_one_call_equal_one_step_per_call"},
   "test_faults.py": "*",
   "test_faults_data.py": {"test_a_test_split_with_one_class_prints_auc_as_undefined"},

@@ -11,7 +11,7 @@ from benchmarks import accelerator_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "accelerator.sh"
-PHASES = ["devices", "step", "step_bf16", "pipeline", "end_to_end"]
+PHASES = ["devices", "step", "step_bf16", "scatter", "scatter_cas", "pipeline", "end_to_end"]
 
 
 def dry_run(out: Path, *flags: str) -> dict[str, dict]:
@@ -36,6 +36,8 @@ def test_the_script_parses_and_a_dry_run_lists_the_phases_in_order_without_insta
     "benchmarks.step_throughput --models mian,mian_paper,mian_paper:cudnn,dien" in bf16 and "--dtype bfloat16" in bf16
   )
   assert "--batch 8192" in bf16
+  assert "benchmarks.embedding_lookup --batch 8192" in commands["scatter"]
+  assert "MIAN_JAX_NATIVE_ATOMICS=0" in commands["scatter_cas"] and "MIAN_JAX_NATIVE_ATOMICS" not in commands["scatter"]
   assert (
     "benchmarks.pipeline --scale 0.1 --batch 8192 --threads 1,2,4,8,16 --models mian,din,deepfm" in commands["pipeline"]
   )
@@ -115,7 +117,16 @@ def test_the_table_holds_the_numbers_and_names_what_is_missing(tmp_path, capsys)
       "rows": [{"model": "mian", "samples_per_s": 1234567.0}, {"model": "din", "samples_per_s": 2345678.0}],
     },
   )
-  # step_bf16 wrote nothing (timed out)
+  # step_bf16 wrote nothing (timed out); scatter_cas did not run
+  write(
+    out / "scatter" / "embedding_lookup.json",
+    {
+      "rows": [
+        {"what": "all fields: batched", "ms": 1.25},
+        {"what": "one table of 41 rows", "ms": 2.5, "one_hot_ms": 0.5},
+      ]
+    },
+  )
   write(
     out / "pipeline" / "pipeline.json",
     {
@@ -162,12 +173,15 @@ def test_the_table_holds_the_numbers_and_names_what_is_missing(tmp_path, capsys)
     "0.7654",
     "90% / 100% (max memory 3,000 MiB, 3 samples)",
     "50% / 60%",
+    "all fields: batched, native f32 atomic | 1.250 ms",
+    "one table of 41 rows, native f32 atomic | 2.500 ms, one-hot 0.500 ms",
   ):
     assert expected in text, expected
   line = lambda what: next(row for row in text.splitlines() if what in row)  # noqa: E731
   assert "missing (phase failed: timed out after 60 s)" in line("mian step alone, bfloat16")
   assert "missing (phase failed: timed out" in line("dien step alone, bfloat16")
   assert "missing (phase failed)" in line("din input + step")
+  assert "missing (phase failed)" in line("embedding lookup, CAS-loop atomic")
   assert line("evaluations").endswith("| 3 |")
   assert line("step_bf16 | GPU").endswith("| n/a |") and line("end_to_end | GPU").endswith("| n/a |")
 

@@ -13,7 +13,9 @@ from mian_jax.layers import chunks, gru, transformer
 from mian_jax.layers.gru import AUGRUCell, GRUCell, MaskedRNN
 from mian_jax.layers.target_attention import TargetAttention
 from mian_jax.layers.transformer import Encoder
-from mian_jax.layers.auxiliary import AUX_MLP, aux_pair_loss
+from mian_jax.layers.auxiliary import AUX_MLP, aux_pair_loss, auxiliary_loss
+from mian_jax.layers.embedding import Groups
+from mian_jax.layers.negatives import sample_negatives
 
 B, T, E = 24, 16, 6
 LENGTHS = np.array([16, 0, 1, 3, 5, 8, 12, 15] * 3)
@@ -215,3 +217,53 @@ def test_auxiliary_pair_loss_equals_the_concatenation():
     )
 
   _same_function(aux_pair_loss, reference, layers, h, pos, neg)
+
+
+@pytest.mark.parametrize("with_rows", [False, True])
+def test_at_real_equals_the_whole_batch_at_real_positions(with_rows):
+  """Packed into chunks of 64 slots (a chunk past the last real position skipped), outputs and gradients
+  equal fn on the whole batch at the real positions, 0 elsewhere, whatever the padding holds."""
+  x = jnp.where(MASK[..., None], _rand(0, B, T, E), 1e30)  # padding huge: it must reach nothing
+  q, w = _rand(1, B, E), _rand(2, E, 3)
+
+  def fn(x, *q):
+    return jnp.tanh((x * q[0][:, None] if q else x) @ w)[..., 0]
+
+  rows = (q,) if with_rows else ()
+  whole = lambda p, x, *r: jnp.where(MASK, fn(x * p, *r), 0.0)
+  fast = lambda p, x, *r: chunks.at_real(lambda x, *r: fn(x * p, *r), (x,), r, mask=MASK)
+  assert B * T >= chunks.MIN_POSITIONS
+  _same_function(fast, whole, jnp.float32(0.7), jnp.where(MASK[..., None], x, 0.0), *rows)
+  np.testing.assert_array_equal(np.asarray(fast(jnp.float32(0.7), x, *rows))[~np.asarray(MASK)], 0.0)
+  empty = jnp.zeros_like(MASK)
+  assert not np.asarray(chunks.at_real(lambda x: fn(x), (x,), (), mask=empty)).any()
+
+
+def test_auxiliary_loss_at_the_scored_pairs_equals_its_definition():
+  """DIEN's auxiliary loss computed at the packed pairs (at_real) equals the mean of the pair loss over the
+  pairs (t, t+1 real, negative valid) computed on the whole batch: value and gradients."""
+  rng = np.random.default_rng(12)
+  ids = jnp.asarray(np.where(np.asarray(MASK), rng.integers(1, 5, size=(B, T)), 0))
+  g = Groups(
+    item=_rand(13, B, E),
+    behaviour=_rand(14, B, T, E) * MASK[..., None],
+    mask=MASK,
+    user=_rand(15, B, 1, E),
+    context=_rand(16, B, 1, E),
+    behaviour_ids=ids,
+    linear=jnp.zeros((B, 0)),
+  )
+  widths, fan_in = (*AUX_MLP, 1), (5 + E, *AUX_MLP)
+  layers = [
+    {"kernel": _rand(21 + i, f, w) * 0.3, "bias": _rand(30 + i, w)} for i, (w, f) in enumerate(zip(widths, fan_in))
+  ]
+  key = jax.random.key(4)
+
+  def reference(layers, h, beh):
+    row, pos, valid = sample_negatives(key, ids, MASK)
+    loss = aux_pair_loss(layers, h[:, :-1], beh[:, 1:], beh[row, pos][:, 1:])
+    pair = (MASK[:, :-1] & MASK[:, 1:] & valid[:, 1:]).astype(jnp.float32)
+    return jnp.sum(loss * pair) / pair.sum()
+
+  fast = lambda layers, h, beh: auxiliary_loss(layers, h, g.replace(behaviour=beh), key)
+  _same_function(fast, reference, layers, _rand(17, B, T, 5), g.behaviour)

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mian_jax.layers.chunks import in_chunks
+from mian_jax.layers.chunks import at_real
 from mian_jax.layers.embedding import Groups
 from mian_jax.layers.negatives import sample_negatives
 from mian_jax.layers.params import DenseParams
@@ -53,11 +53,12 @@ def auxiliary_loss(layers: list[dict[str, jax.Array]], h_bth: jax.Array, g: Grou
   """L_aux (above) of the states h [B, T, H] against the batch's behaviours, negatives drawn with `key`."""
   row_bt, pos_bt, valid_bt = sample_negatives(key, g.behaviour_ids, g.mask)
   neg_btd = g.behaviour[row_bt, pos_bt]
-  # s = t, paired with behaviour t + 1; computed in chunks as long as their histories (layers/chunks.py)
-  loss_bs = in_chunks(
-    lambda h, pos, neg, m: aux_pair_loss(layers, h, pos, neg),
-    (h_bth[:, :-1], g.behaviour[:, 1:], neg_btd[:, 1:], g.mask[:, 1:]),
-    mask=g.mask[:, 1:],
+  # s = t, paired with behaviour t + 1; computed at the scored pairs only (layers/chunks.py: at_real)
+  pair_bs = g.mask[:, :-1] & g.mask[:, 1:] & valid_bt[:, 1:]
+  loss_bs = at_real(
+    lambda h, pos, neg: aux_pair_loss(layers, h, pos, neg),
+    (h_bth[:, :-1], g.behaviour[:, 1:], neg_btd[:, 1:]),
+    mask=pair_bs,
   )
-  pair_bs = (g.mask[:, :-1] & g.mask[:, 1:] & valid_bt[:, 1:]).astype(jnp.float32)
+  pair_bs = pair_bs.astype(jnp.float32)
   return jnp.sum(loss_bs * pair_bs) / jnp.maximum(pair_bs.sum(), 1.0)

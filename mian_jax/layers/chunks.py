@@ -1,9 +1,11 @@
-"""Row-wise sequence work in cache-sized chunks of the batch, each only as long as its histories, on CPU.
+"""Sequence work in cache-sized chunks of the batch on CPU, each doing only what its histories need.
 
 `in_chunks(fn, seqs, rows, mask)` = fn(*seqs, *rows) for a fn that treats the rows (leading axis) of its
 arguments independently and returns [B, T, ...] values that are 0 (or unused) at padding, and whose
-values at real positions do not depend on the padded ones (the encoder stack, DIN's activation unit).
-On CPU, for a concrete batch:
+values at real positions do not depend on the padded ones (the encoder stack).
+`at_real(fn, seqs, rows, mask)` = fn(*seqs, *rows) at the positions where `mask` is True, 0 elsewhere, for a
+fn that treats every position on its own (DIEN's auxiliary loss): see its docstring.
+On CPU, for a concrete batch, in_chunks runs:
 - chunks: fn runs over chunks of about CHUNK_POSITIONS (rows x positions) with `jax.lax.map`, under
   `jax.checkpoint`: the backward pass recomputes a chunk's intermediates instead of reading them back
   from memory, so a chunk's activations ([rows, T, T] attention scores, [rows, T, 80] hidden layers) stay
@@ -108,3 +110,114 @@ def in_chunks(
   out = jax.lax.map(jax.checkpoint(chunk), ([split(x) for x in seqs], [split(x) for x in rows], branch_c))
   out = out.reshape(b, *out.shape[2:])
   return permute(out, inverse, order) if len(lengths) > 1 else out
+
+
+# at_real: the real positions packed into slots 0..count-1 (in row-major order), and back. Each move is a
+# gather whose gradient is written as the reverse gather (a plain gather's gradient is a scatter-add, a
+# serial loop on CPU). dest_n [N]: the slot of position n (`slots`, an empty slot, for padding);
+# src_s [S]: the position in slot s (0 past count).
+
+
+def _pad_row(x):
+  return jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)])
+
+
+@jax.custom_vjp
+def _pack(x_n, src_s, dest_n, live_s):
+  """x[src] [S, ...], 0 in the empty slots (not live)."""
+  return jnp.where(live_s.reshape((-1,) + (1,) * (x_n.ndim - 1)), x_n[src_s], 0)
+
+
+def _pack_fwd(x_n, src_s, dest_n, live_s):
+  return _pack(x_n, src_s, dest_n, live_s), dest_n
+
+
+def _pack_bwd(dest_n, g_s):
+  return _pad_row(g_s)[dest_n], None, None, None
+
+
+_pack.defvjp(_pack_fwd, _pack_bwd)
+
+
+@jax.custom_vjp
+def _pack_rows(x_b, src_s, dest_n, live_s):
+  """x[row of src] [S, ...] (a row's value at each of its packed positions), 0 in the empty slots."""
+  t = dest_n.size // x_b.shape[0]
+  return jnp.where(live_s.reshape((-1,) + (1,) * (x_b.ndim - 1)), x_b[src_s // t], 0)
+
+
+def _pack_rows_fwd(x_b, src_s, dest_n, live_s):
+  return _pack_rows(x_b, src_s, dest_n, live_s), (dest_n, x_b.shape[0])
+
+
+def _pack_rows_bwd(res, g_s):
+  dest_n, b = res
+  g_n = _pad_row(g_s)[dest_n]
+  return g_n.reshape((b, -1) + g_n.shape[1:]).sum(1), None, None, None
+
+
+_pack_rows.defvjp(_pack_rows_fwd, _pack_rows_bwd)
+
+
+@jax.custom_vjp
+def _unpack(y_s, src_s, dest_n, live_s):
+  """y[dest] [N, ...]: each position's slot, 0 at padding."""
+  return _pad_row(y_s)[dest_n]
+
+
+def _unpack_fwd(y_s, src_s, dest_n, live_s):
+  return _unpack(y_s, src_s, dest_n, live_s), (src_s, live_s)
+
+
+def _unpack_bwd(res, g_n):
+  src_s, live_s = res
+  return jnp.where(live_s.reshape((-1,) + (1,) * (g_n.ndim - 1)), g_n[src_s], 0), None, None, None
+
+
+_unpack.defvjp(_unpack_fwd, _unpack_bwd)
+
+
+def at_real(
+  fn: Callable, seqs: Sequence[jax.Array], rows: Sequence[jax.Array] = (), mask: jax.Array | None = None
+) -> jax.Array:
+  """fn(*seqs, *rows) at the positions where mask [B, T] is True and 0 elsewhere, for a fn that computes
+  each position from that position's values alone (seqs [B, T, ...], rows [B, ...]; output [B, T, ...]).
+
+  On CPU, for a concrete batch of at least MIN_POSITIONS positions, the real positions are packed into
+  slots (in order) and fn runs over chunks of CHUNK_POSITIONS slots, as fn(*[x[:, None]], *rows): each
+  slot a row of one position. A chunk past the last real position is skipped (`lax.cond`), so the work
+  follows the number of real positions, not B x T nor the longest history of a chunk of rows
+  (`in_chunks`' length buckets: 29,056 positions computed for the 20,945 real pairs of DIEN's auxiliary loss
+  at B = 1024 with the commercial data's lengths; packed, 22,528). Each chunk runs under
+  `jax.checkpoint`, as in in_chunks. Elsewhere (GPU / TPU, a symbolic batch) fn runs once on the whole
+  batch and its output is set to 0 at padding.
+  Measured on 2 cores, DIEN's train step at batch 1024 with the commercial lengths, both forms built in one
+  process and timed in alternation (6 rounds of 8 steps): its auxiliary loss by in_chunks 188 ms, by
+  at_real 180 ms (CPU time 295 -> 282 ms). DIN's activation unit stays on in_chunks: packed, its query's part
+  of the first layer is computed per position instead of per row, and the step took 192 ms."""
+  b, t = seqs[0].shape[:2]
+  masked = lambda out: jnp.where(mask.reshape(mask.shape + (1,) * (out.ndim - 2)), out, 0)
+  if jax.default_backend() != "cpu" or not isinstance(b, int) or b * t < MIN_POSITIONS:
+    return masked(fn(*seqs, *rows))
+  n, size = b * t, CHUNK_POSITIONS
+  count = -(-n // size)
+  slots = count * size
+  mask_n = mask.reshape(-1)
+  real = jnp.sum(mask_n, dtype=jnp.int32)
+  dest_n = jnp.where(mask_n, jnp.cumsum(mask_n, dtype=jnp.int32) - 1, slots)
+  src_s = jnp.zeros((slots,), jnp.int32).at[dest_n].set(jnp.arange(n, dtype=jnp.int32), mode="drop")
+  live_s = jnp.arange(slots) < real
+  packed = [_pack(x.reshape((n,) + x.shape[2:]), src_s, dest_n, live_s) for x in seqs]
+  packed_rows = [_pack_rows(x, src_s, dest_n, live_s) for x in rows]
+  split = lambda x: x.reshape((count, size) + x.shape[1:])
+  one = lambda xs, ys: fn(*[x[:, None] for x in xs], *ys)[:, 0]
+  shape = jax.eval_shape(one, [x[:size] for x in packed], [y[:size] for y in packed_rows])
+
+  def chunk(args):
+    xs, ys, start = args
+    return jax.lax.cond(start < real, one, lambda *_: jnp.zeros(shape.shape, shape.dtype), xs, ys)
+
+  starts = jnp.arange(count, dtype=jnp.int32) * size
+  out_s = jax.lax.map(jax.checkpoint(chunk), ([split(x) for x in packed], [split(y) for y in packed_rows], starts))
+  out_n = _unpack(out_s.reshape((slots,) + out_s.shape[2:]), src_s, dest_n, live_s)
+  return out_n.reshape((b, t) + out_n.shape[1:])

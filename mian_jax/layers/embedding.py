@@ -17,10 +17,24 @@ J user fields, K context fields, D = embed_dim, Di = item width (item fields x D
                    the history), for models with a linear part (LR, Wide&Deep, DeepFM, xDeepFM). Their
                    width-1 tables `linear:<table>` exist only when `init_tables(..., linear=True)`;
                    otherwise F = 0.
+
+How the rows are read (`Lookup`: train.embedding_lookup, train.one_hot_rows). The parameters, the
+checkpoints and the outputs are the same every way; a gradient may differ in the order of its float sums.
+- per field: one gather per field (`jnp.take`), whose gradient is one scatter-add per field;
+- batched: the tables of one width concatenated, each field's ids moved by its table's row offset, and
+  one gather over all those fields' ids: one gather and one gradient scatter per width and step instead
+  of one per field (FBGEMM's table-batched embeddings). The tables stay separate parameters, concatenated
+  in the step (a copy, small beside dense Adam's pass over every row and both moments each step), so
+  the checkpoints, the row-sparse optimizers and the row sharding do not change. An id outside its table
+  is moved past the end of the concatenation: it still reads NaN and its gradient is still dropped;
+- one-hot: a table of at most `one_hot_rows` rows is read as one_hot(ids) @ table, whose gradient is a
+  matmul instead of a scatter-add (on GPU the f32 scatter-add into a few rows that every sample hits
+  is the slow case); exact, and NaN outside the table as a gather.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping
 
 import flax.struct
@@ -31,6 +45,26 @@ import numpy as np
 from mian_jax.schema import FeatureSchema
 
 INIT_STDDEV = 0.05
+LOOKUPS = ("auto", "per_field", "batched")
+# train.one_hot_rows = -1 takes the rule measured for the backend (benchmarks/embedding_lookup.py); a backend
+# not named here (GPU / TPU until a GPU has measured it) reads every table with gathers.
+ONE_HOT_ROWS = {"cpu": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Lookup:
+  """How `embed` reads the tables (module docstring)."""
+
+  batched: bool = False  # one gather per table width (True) or per field
+  one_hot_rows: int = 0  # tables of at most this many rows: one-hot matmuls
+
+
+def resolve_lookup(kind: str, one_hot_rows: int, backend: str, tables_split: bool) -> Lookup:
+  """train.embedding_lookup and train.one_hot_rows for a run: auto = batched on GPU / TPU unless the tables are
+  split over a `model` axis (their concatenation would move every device's rows), per field on CPU (its
+  gathers are cheap and the concatenation a copy); one_hot_rows -1 = ONE_HOT_ROWS of the backend."""
+  batched = kind == "batched" or (kind == "auto" and backend != "cpu" and not tables_split)
+  return Lookup(batched, ONE_HOT_ROWS.get(backend, 0) if one_hot_rows < 0 else one_hot_rows)
 
 
 @flax.struct.dataclass
@@ -96,34 +130,84 @@ def init_tables(
   }
 
 
-def _field(
-  tables: Mapping[str, jax.Array], schema: FeatureSchema, name: str, batch: Mapping[str, jax.Array], prefix: str = ""
-) -> jax.Array:
-  f = schema[name]
-  if f.kind == "numeric":
-    return batch[name][:, None] * tables[f"{prefix}numeric:{name}"][0]  # [B, D]
-  return jnp.take(tables[prefix + f.table_name], batch[name], axis=0)
+def _in_table(ids: jax.Array, rows: int) -> tuple[jax.Array, jax.Array]:
+  """(ids with negatives counted from the end, as jnp.take counts them; whether each is inside the table)."""
+  ids = jnp.where(ids < 0, ids + rows, ids)
+  return ids, (ids >= 0) & (ids < rows)
 
 
-def _linear(
-  tables: Mapping[str, jax.Array], schema: FeatureSchema, batch: Mapping[str, jax.Array], mask_bt: jax.Array
-) -> jax.Array:
-  """First-order weight per input field [B, F]; a sequence field's is its masked mean over the history."""
-  cols = []
-  for group in ("item", "behaviour", "user", "context"):
-    for f in schema.group(group):
-      w = _field(tables, schema, f.name, batch, prefix="linear:")[..., 0]
-      if f.kind == "sequence":  # where, not a product: see `embed` (an empty history gives 0)
-        w = jnp.where(mask_bt, w, 0.0).sum(1) / jnp.maximum(mask_bt.sum(1), 1)
-      cols.append(w)
-  return jnp.stack(cols, axis=1)
+def _one_hot(table: jax.Array, ids: jax.Array) -> jax.Array:
+  """table[ids] as one_hot(ids) @ table, NaN outside the table as jnp.take reads it; exact in float32
+  (HIGHEST precision: no TF32 rounding on GPU, forward or backward)."""
+  ids, inside = _in_table(ids, table.shape[0])
+  hot = jax.nn.one_hot(ids, table.shape[0], dtype=table.dtype)
+  out = jnp.einsum("...v,vd->...d", hot, table, precision=jax.lax.Precision.HIGHEST)
+  return jnp.where(inside[..., None], out, jnp.nan)
 
 
-def embed(tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], schema: FeatureSchema) -> Groups:
-  item = jnp.concatenate([_field(tables, schema, f.name, batch) for f in schema.group("item")], axis=-1)
-  beh = jnp.concatenate([_field(tables, schema, b.name, batch) for _, b in schema.aligned_behaviours()], axis=-1)
+def _lookups(
+  tables: Mapping[str, jax.Array],
+  schema: FeatureSchema,
+  batch: Mapping[str, jax.Array],
+  keys: list[tuple[str, str]],
+  lookup: Lookup,
+) -> dict[tuple[str, str], jax.Array]:
+  """{(prefix, field): its rows [..., width]} for the (table prefix, field) pairs `keys` of embedded
+  (categorical / sequence) fields, read as `lookup` says (module docstring)."""
+  out: dict[tuple[str, str], jax.Array] = {}
+  by_width: dict[tuple[int, str], list[tuple[str, str]]] = {}
+  for key in keys:
+    prefix, name = key
+    table = tables[prefix + schema[name].table_name]
+    if table.shape[0] <= lookup.one_hot_rows:
+      out[key] = _one_hot(table, batch[name])
+    elif lookup.batched:
+      by_width.setdefault((table.shape[1], str(table.dtype)), []).append(key)
+    else:
+      out[key] = jnp.take(table, batch[name], axis=0)
+  for group in by_width.values():
+    names = list(dict.fromkeys(prefix + schema[name].table_name for prefix, name in group))
+    sizes = [tables[n].shape[0] for n in names]
+    offset = dict(zip(names, np.cumsum([0] + sizes[:-1]).tolist()))
+    total = sum(sizes)
+    fused = jnp.concatenate([tables[n] for n in names]) if len(names) > 1 else tables[names[0]]
+    flat = []
+    for prefix, name in group:
+      t = prefix + schema[name].table_name
+      ids, inside = _in_table(batch[name].reshape(-1), tables[t].shape[0])
+      flat.append(jnp.where(inside, ids + offset[t], total))  # outside its table: past the end, read as NaN
+    rows = jnp.take(fused, jnp.concatenate(flat), axis=0)
+    starts = np.cumsum([0] + [batch[name].size for _, name in group]).tolist()
+    for (prefix, name), lo, hi in zip(group, starts[:-1], starts[1:]):
+      out[(prefix, name)] = rows[lo:hi].reshape(batch[name].shape + rows.shape[1:])
+  return out
+
+
+def _input_fields(schema: FeatureSchema) -> list:
+  """Every model input field, group by group (the order of `linear`'s columns)."""
+  return [f for group in ("item", "behaviour", "user", "context") for f in schema.group(group)]
+
+
+def embed(
+  tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], schema: FeatureSchema, lookup: Lookup = Lookup()
+) -> Groups:
+  linear_tables = any(k.startswith("linear:") for k in tables)
+  used = [f.name for g in ("item", "user", "context") for f in schema.group(g)]
+  used += [b.name for _, b in schema.aligned_behaviours()] + [f.name for f in schema.side_behaviours()]
+  keys = [("", n) for n in dict.fromkeys(used)]
+  if linear_tables:
+    keys += [("linear:", f.name) for f in _input_fields(schema)]
+  looked = _lookups(tables, schema, batch, [k for k in keys if schema[k[1]].kind != "numeric"], lookup)
+
+  def field(name: str, prefix: str = "") -> jax.Array:
+    if schema[name].kind == "numeric":
+      return batch[name][:, None] * tables[f"{prefix}numeric:{name}"][0]  # [B, D]
+    return looked[(prefix, name)]
+
+  item = jnp.concatenate([field(f.name) for f in schema.group("item")], axis=-1)
+  beh = jnp.concatenate([field(b.name) for _, b in schema.aligned_behaviours()], axis=-1)
   for f in schema.side_behaviours():
-    beh = beh + _field(tables, schema, f.name, batch)
+    beh = beh + field(f.name)
   t = beh.shape[1]
   mask = jnp.arange(t)[None, :] < batch["hist_len"][:, None]
   # Padding is zeroed with a select, not multiplied by the mask: an id past the end of its table (e.g.
@@ -133,17 +217,22 @@ def embed(tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], schem
   beh = jnp.where(mask[..., None], beh, 0.0)
 
   def stack(group: str) -> jax.Array:
-    fields = [_field(tables, schema, f.name, batch) for f in schema.group(group)]
+    fields = [field(f.name) for f in schema.group(group)]
     if not fields:
       return jnp.zeros(item.shape[:1] + (0, tables[schema.group("item")[0].table_name].shape[1]), item.dtype)
     return jnp.stack(fields, axis=1)
 
+  def first_order() -> jax.Array:
+    """First-order weight per input field [B, F]; a sequence field's is its masked mean over the history."""
+    cols = []
+    for f in _input_fields(schema):
+      w = field(f.name, prefix="linear:")[..., 0]
+      if f.kind == "sequence":  # where, not a product (above): an empty history gives 0
+        w = jnp.where(mask, w, 0.0).sum(1) / jnp.maximum(mask.sum(1), 1)
+      cols.append(w)
+    return jnp.stack(cols, axis=1)
+
   first_behaviour = schema.aligned_behaviours()[0][1].name
-  linear = (
-    _linear(tables, schema, batch, mask)
-    if any(k.startswith("linear:") for k in tables)
-    else jnp.zeros(item.shape[:1] + (0,), item.dtype)
-  )
   return Groups(
     item=item,
     behaviour=beh,
@@ -151,7 +240,7 @@ def embed(tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], schem
     user=stack("user"),
     context=stack("context"),
     behaviour_ids=jnp.where(mask, batch[first_behaviour], 0),
-    linear=linear,
+    linear=first_order() if linear_tables else jnp.zeros(item.shape[:1] + (0,), item.dtype),
   )
 
 

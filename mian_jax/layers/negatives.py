@@ -23,7 +23,10 @@ def sample_negatives(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   b, t = ids_bt.shape
   mask_n = mask_bt.reshape(-1)
-  real_n = jnp.argsort(~mask_n, stable=True)  # flat indices of the real behaviours first, in order
+  # real_n[r]: the flat index of the r-th real behaviour, placed by a scatter of each real behaviour's rank
+  # (the stable argsort of ~mask it equals took 2-3x as long on CPU; the slots from n_real on are unused)
+  rank_n = jnp.where(mask_n, jnp.cumsum(mask_n, dtype=jnp.int32) - 1, b * t)
+  real_n = jnp.zeros((b * t,), jnp.int32).at[rank_n].set(jnp.arange(b * t, dtype=jnp.int32), mode="drop")
   n_real = mask_n.sum()
   r_btk = jax.random.randint(key, (b, t, candidates), 0, jnp.maximum(n_real, 1))
   cand_btk = real_n[r_btk]

@@ -35,6 +35,7 @@ from mian_jax import distributed, interrupts, metrics as metrics_lib, models, pr
 from mian_jax.config import Config, check_batch
 from mian_jax.data import pipeline, resident, shards
 from mian_jax.errors import ConfigError, DataError, Diverged, RunError
+from mian_jax.layers import embedding
 from mian_jax.schema import FeatureSchema
 from mian_jax.train import on_device, optim, partition, state as state_lib, step as step_lib, workdir as workdir_lib
 from mian_jax.train.checkpoint import CheckpointMismatch, CheckpointUnreadable, Checkpoints, abstract, echoes_dropped
@@ -247,17 +248,33 @@ class Run:
     return pipeline.steps_per_epoch(self.src, self.batch_per_process, jax.process_count())
 
   @functools.cached_property
+  def lookup(self) -> embedding.Lookup:
+    """How the steps read the tables (train.embedding_lookup, train.one_hot_rows) on this run's devices."""
+    t = self.config.train
+    platform = self.mesh.devices.flat[0].platform
+    return embedding.resolve_lookup(t.embedding_lookup, t.one_hot_rows, platform, partition.model_size(self.mesh) > 1)
+
+  def _train_fn(self) -> Callable:
+    """The pure train step (step.make_train_step) of this run's model, optimizer and settings."""
+    c = self.config
+    return step_lib.make_train_step(
+      self.model, self.schema, self.tx, c.model.aux_loss_weight, c.train.compute_dtype, self.lookup
+    )
+
+  def _eval_fn(self) -> Callable:
+    """The pure eval step (step.make_eval_step): probabilities of a batch."""
+    return step_lib.make_eval_step(self.model, self.schema, self.config.train.compute_dtype, self.lookup)
+
+  @functools.cached_property
   def train_step(self) -> Callable:
     """(state, batch) -> (state, metrics), jitted with the state's shardings (the state is donated)."""
-    fn = step_lib.make_train_step(
-      self.model, self.schema, self.tx, self.config.model.aux_loss_weight, self.config.train.compute_dtype
-    )
+    fn = self._train_fn()
     return partition.jit_train_step(fn, self.mesh, self.shardings)
 
   @functools.cached_property
   def eval_step(self) -> Callable:
     """(params, batch) -> probabilities [B], jitted."""
-    fn = step_lib.make_eval_step(self.model, self.schema, self.config.train.compute_dtype)
+    fn = self._eval_fn()
     return partition.jit_eval_step(fn, self.mesh, self.shardings.params)
 
   def init_state(self, seed: int | None = None) -> state_lib.TrainState:
@@ -286,9 +303,7 @@ class Run:
 
   @functools.cached_property
   def _train_call(self) -> Callable:
-    fn = step_lib.make_train_step(
-      self.model, self.schema, self.tx, self.config.model.aux_loss_weight, self.config.train.compute_dtype
-    )
+    fn = self._train_fn()
     held = self.placement == "device"
     schema, max_len, mesh = self.schema, self.config.data.max_len, self.mesh
 
@@ -415,7 +430,7 @@ class Run:
   @functools.cached_property
   def _eval_rows(self) -> Callable:
     """(params, store, rows, valid) -> (probabilities, labels, groups, weights) of the gathered batch."""
-    fn = step_lib.make_eval_step(self.model, self.schema, self.config.train.compute_dtype)
+    fn = self._eval_fn()
     schema, max_len, mesh, group = self.schema, self.config.data.max_len, self.mesh, self.src.group_key
 
     def call(params, store, rows, valid):

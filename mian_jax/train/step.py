@@ -28,12 +28,14 @@ def forward(
   train: bool,
   rng: jax.Array | None = None,
   compute_dtype: str = "float32",
+  lookup: embedding.Lookup = embedding.Lookup(),
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(logit [B], extras) for a batch; extras may hold an `aux_loss` (DIEN) and attention weights, and in
   training, for models with running statistics (params['batch_stats']), their updated values under
   `batch_stats`. With compute_dtype bfloat16 the embeddings and the dense parameters are cast to bf16 for the pass
-  (the casts are differentiated, so the gradients reach the float32 parameters)."""
-  groups = embedding.embed(params["tables"], batch, schema)
+  (the casts are differentiated, so the gradients reach the float32 parameters). `lookup`: how the tables
+  are read (embedding.Lookup)."""
+  groups = embedding.embed(params["tables"], batch, schema, lookup)
   dense = params["dense"]
   if compute_dtype != "float32":
     dtype = jnp.dtype(compute_dtype)
@@ -58,7 +60,12 @@ def weighted_bce(logit: jax.Array, label: jax.Array, weight: jax.Array) -> jax.A
 
 
 def make_train_step(
-  model: nn.Module, schema: FeatureSchema, opt: Optimizer, aux_weight: float = 1.0, compute_dtype: str = "float32"
+  model: nn.Module,
+  schema: FeatureSchema,
+  opt: Optimizer,
+  aux_weight: float = 1.0,
+  compute_dtype: str = "float32",
+  lookup: embedding.Lookup = embedding.Lookup(),
 ) -> Callable:
   """(state, batch) -> (state, {loss, grad_norm, finite}). With a row-sparse table optimizer (`opt.rows`) the
   loss is differentiated with respect to the unique rows the batch looks up, and only those rows (and
@@ -70,7 +77,7 @@ def make_train_step(
 
   def loss_of(trained, stats, batch, rng):
     """(loss, the running statistics the model wrote, or None) for the trainable params `trained`."""
-    logit, extras = forward(model, schema, with_stats(trained, stats), batch, True, rng, compute_dtype)
+    logit, extras = forward(model, schema, with_stats(trained, stats), batch, True, rng, compute_dtype, lookup)
     loss = weighted_bce(logit, batch["label"], batch["weight"])
     if "aux_loss" in extras:  # e.g. DIEN's interest-extractor loss, weighted by model.aux_loss_weight
       loss = loss + aux_weight * extras["aux_loss"].astype(jnp.float32)
@@ -129,8 +136,10 @@ def make_train_step(
   return train_step
 
 
-def make_eval_step(model: nn.Module, schema: FeatureSchema, compute_dtype: str = "float32") -> Callable:
+def make_eval_step(
+  model: nn.Module, schema: FeatureSchema, compute_dtype: str = "float32", lookup: embedding.Lookup = embedding.Lookup()
+) -> Callable:
   def eval_step(params: dict[str, Any], batch: dict[str, jax.Array]) -> jax.Array:
-    return jax.nn.sigmoid(forward(model, schema, params, batch, False, None, compute_dtype)[0])
+    return jax.nn.sigmoid(forward(model, schema, params, batch, False, None, compute_dtype, lookup)[0])
 
   return eval_step
