@@ -428,6 +428,8 @@ def test_predict_eval_and_export_beside_a_training_run_leave_it_unharmed(tmp_pat
     str(w),
     "--set",
     f"data.dir={data_root}",
+    "--model",
+    "din",  # the trainer's state in all its kinds at a fraction of MIAN's start-up (test_faults.RUN)
     "--set",
     "train.steps=60",
     "--set",
@@ -455,7 +457,7 @@ def test_predict_eval_and_export_beside_a_training_run_leave_it_unharmed(tmp_pat
         ("--eval",),
         ("--export", str(tmp_path / f"e{i}")),
       ][i % 3]
-      reads.append(_run(w, data_root, *args))
+      reads.append(_run(w, data_root, "--model", "din", *args))
     out, err = trainer.communicate(timeout=600)
   finally:
     trainer.kill()
