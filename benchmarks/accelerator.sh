@@ -12,7 +12,10 @@
 #               in bfloat16;
 #   scatter     the embedding lookup alone, per field against batched, gather against one-hot by table size
 #               (benchmarks/embedding_lookup.py, batch 8192), with the native f32 scatter-add atomic that
-#               mian_jax/xla_env.py asks for; scatter_cas: the same without it (MIAN_JAX_NATIVE_ATOMICS=0);
+#               mian_jax/xla_env.py asks for (into scatter/), then without it (MIAN_JAX_NATIVE_ATOMICS=0,
+#               into scatter_cas/);
+#   profile     where MIAN's train step spends its time at batch 8192, then at 65536 (benchmarks/profile.py:
+#               the top kernels and the time per module; into profile_8192/ and profile_65536/);
 #   pipeline    the input path alone (train input at 1-16 threads, eval input) and input + step for mian,
 #               din, deepfm with data.placement host and device at 16 steps per call, and evaluation
 #               (benchmarks/pipeline.py, 10% data scale, batch 8192);
@@ -44,9 +47,9 @@ cd "$(dirname "$0")/.."
 
 # Seconds per phase on the accelerator: the sum (480) is the 8-minute budget, so a slow phase cannot eat
 # the time of the ones after it. --install's pip run is outside it.
-declare -A LIMITS=([wheels]=15 [devices]=30 [step]=90 [step_bf16]=60 [scatter]=40 [scatter_cas]=40 [pipeline]=105 [end_to_end]=100)
+declare -A LIMITS=([wheels]=15 [devices]=20 [step]=95 [step_bf16]=85 [scatter]=45 [profile]=45 [pipeline]=85 [end_to_end]=90)
 # On CPU (--cpu-smoke) compilation dominates: wider limits, as nothing there is timed against a budget.
-declare -A SMOKE_LIMITS=([wheels]=60 [devices]=60 [step]=300 [step_bf16]=300 [scatter]=120 [scatter_cas]=120 [pipeline]=300 [end_to_end]=300)
+declare -A SMOKE_LIMITS=([wheels]=60 [devices]=60 [step]=300 [step_bf16]=300 [scatter]=200 [profile]=300 [pipeline]=300 [end_to_end]=300)
 INSTALL_LIMIT=600
 
 out="benchmarks/results/accelerator-$(date +%Y%m%d-%H%M%S)"
@@ -74,13 +77,15 @@ if [ "$mode" = smoke ]; then
   for k in "${!SMOKE_LIMITS[@]}"; do LIMITS[$k]=${SMOKE_LIMITS[$k]}; done
   step_args=(--models mian,deepfm --batch 256 --repeats 2)
   bf16_args=(--models mian --batch 256 --repeats 2 --dtype bfloat16)
-  scatter_args=(--batch 256 --repeats 2)
+  scatter_args="--batch 256 --repeats 2"
+  profile_batches="256 512"
   pipeline_args=(--scale 0.001 --batch 256 --batches 5 --threads 1,2 --models mian --per-call 1,4 --steps 8)
   run_args=(--experiment commercial:tiny --set train.steps=20)
 else
   step_args=(--models mian,mian_paper,din,dien,deepfm --batch 8192 --repeats 20)
   bf16_args=(--models mian,mian_paper,mian_paper:cudnn,dien --batch 8192 --repeats 20 --dtype bfloat16)
-  scatter_args=(--batch 8192 --repeats 20)
+  scatter_args="--batch 8192 --repeats 20"
+  profile_batches="8192 65536"
   pipeline_args=(--scale 0.1 --batch 8192 --threads 1,2,4,8,16 --models mian,din,deepfm --per-call 16 --steps 200)
   run_args=(--experiment commercial --set data.scale=1.0 --set train.steps=1500)
 fi
@@ -179,10 +184,16 @@ phase step "${LIMITS[step]}" 1 env MIAN_JAX_BENCH_RESULTS="$out/step" \
   "$python" -m benchmarks.step_throughput "${step_args[@]}"
 phase step_bf16 "${LIMITS[step_bf16]}" 1 env MIAN_JAX_BENCH_RESULTS="$out/step_bf16" \
   "$python" -m benchmarks.step_throughput "${bf16_args[@]}"
-phase scatter "${LIMITS[scatter]}" 1 env MIAN_JAX_BENCH_RESULTS="$out/scatter" \
-  "$python" -m benchmarks.embedding_lookup "${scatter_args[@]}"
-phase scatter_cas "${LIMITS[scatter_cas]}" 1 env MIAN_JAX_BENCH_RESULTS="$out/scatter_cas" MIAN_JAX_NATIVE_ATOMICS=0 \
-  "$python" -m benchmarks.embedding_lookup "${scatter_args[@]}"
+# Two runs in one phase each (XLA reads XLA_FLAGS once per process): the lookup with and without the native
+# atomic; the profile at both batch sizes.
+phase scatter "${LIMITS[scatter]}" 1 bash -c "MIAN_JAX_BENCH_RESULTS='$out/scatter' '$python' -m \
+benchmarks.embedding_lookup $scatter_args; MIAN_JAX_BENCH_RESULTS='$out/scatter_cas' MIAN_JAX_NATIVE_ATOMICS=0 \
+'$python' -m benchmarks.embedding_lookup $scatter_args"
+profiles=""
+for b in $profile_batches; do
+  profiles+="MIAN_JAX_BENCH_RESULTS='$out/profile_$b' '$python' -m benchmarks.profile mian --batch $b --steps 5 --top 25; "
+done
+phase profile "${LIMITS[profile]}" 1 bash -c "$profiles"
 phase pipeline "${LIMITS[pipeline]}" 1 env MIAN_JAX_BENCH_RESULTS="$out/pipeline" \
   "$python" -m benchmarks.pipeline "${pipeline_args[@]}"
 workdir="$out/commercial_run"

@@ -23,7 +23,7 @@ DEFAULT_MODELS = {
   "step_bf16": ["mian", "mian_paper", "mian_paper:cudnn", "dien"],
   "pipeline": ["mian", "din", "deepfm"],
 }
-SAMPLED = ("step", "step_bf16", "scatter", "scatter_cas", "pipeline", "end_to_end")
+SAMPLED = ("step", "step_bf16", "scatter", "profile", "pipeline", "end_to_end")
 
 
 def read_json(path: Path) -> Any:
@@ -136,14 +136,27 @@ def build(out: Path) -> list[tuple[str, str, str]]:
       value = fmt_rate(by_model.get(m, {}).get("samples_per_s"))
       rows.append((phase, f"{m} step alone, {label}{batch}", value or phases.missing(phase)))
 
-  for phase, label in (("scatter", "native f32 atomic"), ("scatter_cas", "CAS-loop atomic")):
-    lookups = rows_of(read_json(out / phase / "embedding_lookup.json"))
+  for folder, label in (("scatter", "native f32 atomic"), ("scatter_cas", "CAS-loop atomic")):
+    lookups = rows_of(read_json(out / folder / "embedding_lookup.json"))
+    phase = "scatter"  # both runs are the scatter phase's
     if not lookups:
       rows.append((phase, f"embedding lookup, {label}", phases.missing(phase)))
     for r in lookups:
       ms, hot = number(r.get("ms")), number(r.get("one_hot_ms"))
       value = "n/a" if ms is None else f"{ms:.3f} ms" + ("" if hot is None else f", one-hot {hot:.3f} ms")
       rows.append((phase, f"{r.get('what')}, {label}", value))
+
+  for folder in sorted(out.glob("profile_*"), key=lambda p: int(p.name.split("_")[1]) if p.name[8:].isdigit() else 0):
+    doc = read_json(folder / "profile_mian.json")
+    if not isinstance(doc, dict):
+      rows.append(("profile", f"mian, batch {folder.name[8:]}", phases.missing("profile")))
+      continue
+    ms, top = number(doc.get("op_ms_per_step")), rows_of(doc)[:3]
+    kernels = "; ".join(f"{r.get('op')} {100 * (number(r.get('share')) or 0):.1f}% ({r.get('from')})" for r in top)
+    step = "n/a" if ms is None else f"{ms:.2f} ms of kernels per step"
+    rows.append(("profile", f"mian, batch {doc.get('batch')}", f"{step}; top: {kernels or 'n/a'}"))
+  if not any(out.glob("profile_*")):
+    rows.append(("profile", "mian, batch 8192 and 65536", phases.missing("profile")))
 
   pipe = rows_of(read_json(out / "pipeline" / "pipeline.json"))
   train = sorted(

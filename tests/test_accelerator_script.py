@@ -11,7 +11,7 @@ from benchmarks import accelerator_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "accelerator.sh"
-PHASES = ["devices", "step", "step_bf16", "scatter", "scatter_cas", "pipeline", "end_to_end"]
+PHASES = ["devices", "step", "step_bf16", "scatter", "profile", "pipeline", "end_to_end"]
 
 
 def dry_run(out: Path, *flags: str) -> dict[str, dict]:
@@ -36,8 +36,13 @@ def test_the_script_parses_and_a_dry_run_lists_the_phases_in_order_without_insta
     "benchmarks.step_throughput --models mian,mian_paper,mian_paper:cudnn,dien" in bf16 and "--dtype bfloat16" in bf16
   )
   assert "--batch 8192" in bf16
-  assert "benchmarks.embedding_lookup --batch 8192" in commands["scatter"]
-  assert "MIAN_JAX_NATIVE_ATOMICS=0" in commands["scatter_cas"] and "MIAN_JAX_NATIVE_ATOMICS" not in commands["scatter"]
+  scatter = commands["scatter"].split(";")  # with the native atomic, then without
+  assert len(scatter) == 2 and all("benchmarks.embedding_lookup --batch 8192" in c for c in scatter)
+  assert "NATIVE_ATOMICS" not in scatter[0] and "MIAN_JAX_NATIVE_ATOMICS=0" in scatter[1]
+  assert f"{tmp_path}/scatter'" in scatter[0] and f"{tmp_path}/scatter_cas'" in scatter[1]
+  for b in (8192, 65536):
+    assert f"{tmp_path}/profile_{b}' " in commands["profile"]
+    assert f"benchmarks.profile mian --batch {b} --steps 5" in commands["profile"]
   assert (
     "benchmarks.pipeline --scale 0.1 --batch 8192 --threads 1,2,4,8,16 --models mian,din,deepfm" in commands["pipeline"]
   )
@@ -117,7 +122,7 @@ def test_the_table_holds_the_numbers_and_names_what_is_missing(tmp_path, capsys)
       "rows": [{"model": "mian", "samples_per_s": 1234567.0}, {"model": "din", "samples_per_s": 2345678.0}],
     },
   )
-  # step_bf16 wrote nothing (timed out); scatter_cas did not run
+  # step_bf16 wrote nothing (timed out); the scatter phase's second run did not write; the profile's first did
   write(
     out / "scatter" / "embedding_lookup.json",
     {
@@ -127,6 +132,18 @@ def test_the_table_holds_the_numbers_and_names_what_is_missing(tmp_path, capsys)
       ]
     },
   )
+  write(
+    out / "profile_8192" / "profile_mian.json",
+    {
+      "batch": 8192,
+      "op_ms_per_step": 6.6,
+      "rows": [
+        {"op": "fusion.1", "share": 0.038, "from": "mlp/dense0"},
+        {"op": "cutlass", "share": 0.025, "from": "?"},
+      ],
+    },
+  )
+  (out / "profile_65536").mkdir()
   write(
     out / "pipeline" / "pipeline.json",
     {
@@ -175,6 +192,7 @@ def test_the_table_holds_the_numbers_and_names_what_is_missing(tmp_path, capsys)
     "50% / 60%",
     "all fields: batched, native f32 atomic | 1.250 ms",
     "one table of 41 rows, native f32 atomic | 2.500 ms, one-hot 0.500 ms",
+    "| profile | mian, batch 8192 | 6.60 ms of kernels per step; top: fusion.1 3.8% (mlp/dense0); cutlass 2.5% (?) |",
   ):
     assert expected in text, expected
   line = lambda what: next(row for row in text.splitlines() if what in row)  # noqa: E731
@@ -182,6 +200,7 @@ def test_the_table_holds_the_numbers_and_names_what_is_missing(tmp_path, capsys)
   assert "missing (phase failed: timed out" in line("dien step alone, bfloat16")
   assert "missing (phase failed)" in line("din input + step")
   assert "missing (phase failed)" in line("embedding lookup, CAS-loop atomic")
+  assert "missing (phase failed)" in line("mian, batch 65536")
   assert line("evaluations").endswith("| 3 |")
   assert line("step_bf16 | GPU").endswith("| n/a |") and line("end_to_end | GPU").endswith("| n/a |")
 
