@@ -7,7 +7,7 @@ its rows: the rule for ONE_HOT_ROWS (layers/embedding.py) is the largest size at
     python -m benchmarks.embedding_lookup [--batch 1024] [--repeats 30]
 
 On a GPU, run it with and without the XLA flag that gives the f32 scatter-add its native atomic
-(benchmarks/accelerator.sh does both: `scatter` and `scatter_cas`; mian_jax/xla_env.py).
+(benchmarks/accelerator.sh does both in its `scatter` phase; mian_jax/xla_env.py).
 """
 
 from __future__ import annotations

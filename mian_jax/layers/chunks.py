@@ -177,9 +177,7 @@ def _unpack_bwd(res, g_n):
 _unpack.defvjp(_unpack_fwd, _unpack_bwd)
 
 
-def at_real(
-  fn: Callable, seqs: Sequence[jax.Array], rows: Sequence[jax.Array] = (), mask: jax.Array | None = None
-) -> jax.Array:
+def at_real(fn: Callable, seqs: Sequence[jax.Array], rows: Sequence[jax.Array] = (), *, mask: jax.Array) -> jax.Array:
   """fn(*seqs, *rows) at the positions where mask [B, T] is True and 0 elsewhere, for a fn that computes
   each position from that position's values alone (seqs [B, T, ...], rows [B, ...]; output [B, T, ...]).
 
