@@ -181,7 +181,8 @@ class TrainConfig:
   # `model` axis, per_field on CPU.
   embedding_lookup: Literal["auto", "per_field", "batched"] = "auto"
   # Tables of at most this many rows are read as a one-hot matmul (its gradient a matmul, not a scatter-add);
-  # -1 = the rule measured for the device (embedding.ONE_HOT_ROWS), 0 = never.
+  # -1 = the rule measured for the device (embedding.ONE_HOT_ROWS), 0 = never; at most 4096 (the one-hot
+  # matrix has a column per row: at batch 8192 x 50 ids, 4,096 rows are 6.7 GB).
   one_hot_rows: int = -1
   mesh: str = ""  # "" = data parallel over every device; "data=N,model=M": tables split by rows over `model`
   # Devices the run uses: 0 = every device of every process; N = the first N devices of this process (one
@@ -397,7 +398,7 @@ def _sizes(config: Config) -> str | None:
     ("data.device_prefetch", d.device_prefetch, 0, 64, ""),
     ("train.keep_checkpoints", t.keep_checkpoints, 1, 1 << 20, ""),
     ("train.steps_per_call", t.steps_per_call, 1, 1024, ""),
-    ("train.one_hot_rows", t.one_hot_rows, -1, 1 << 20, " (-1 = the rule measured for the device, 0 = never)"),
+    ("train.one_hot_rows", t.one_hot_rows, -1, 4096, " (-1 = the rule measured for the device, 0 = never)"),
   ):
     message = _bounds(key, value, low, high, unit)
     if message:
