@@ -105,21 +105,27 @@ def _gates(xg, xc, h, a, w):
   return r, k, c, a * (1.0 - k)
 
 
-def _forward_hoisted(x_btd, m_bt, a_bt, w):
-  """One group's loop over t < n (its rows' last real step): h [R, T, H] (h_{n-1} after step n - 1)."""
+def _forward_loop(x_btd, m_bt, a_bt, w, gates):
+  """One group's loop over t < n (its rows' last real step): h [R, T, H] (h_{n-1} after step n - 1);
+  gates(t, h, a) gives step t's (r, k, c, u) from the state and the attention a [R, 1]."""
   t_len, h_dim = x_btd.shape[1], w[2].shape[1]
   n = jnp.max(last_real(m_bt))
-  xg, xc = _inputs(x_btd, w)
 
   def step(t, carry):
     h, hs = carry
-    _, _, c, u = _gates(_at(xg, t), _at(xc, t), h, _at(a_bt, t)[:, None], w)
+    _, _, c, u = gates(t, h, _at(a_bt, t)[:, None])
     h = jnp.where(_at(m_bt, t)[:, None], h + u * (c - h), h)
     return h, _put(hs, t, h)
 
   init = (jnp.zeros((x_btd.shape[0], h_dim), x_btd.dtype), jnp.zeros(x_btd.shape[:2] + (h_dim,), x_btd.dtype))
   h_last, hs = jax.lax.fori_loop(0, n, step, init)
   return jnp.where((jnp.arange(t_len) < n)[None, :, None], hs, h_last[:, None])
+
+
+def _forward_hoisted(x_btd, m_bt, a_bt, w):
+  """The loop with every step's input parts computed before it (`HOIST`)."""
+  xg, xc = _inputs(x_btd, w)
+  return _forward_loop(x_btd, m_bt, a_bt, w, lambda t, h, a: _gates(_at(xg, t), _at(xc, t), h, a, w))
 
 
 def _backward_hoisted(x_btd, m_bt, a_bt, hs, dhs, w):
@@ -171,19 +177,8 @@ def _gates_stepwise(x, h, a, w):
 
 
 def _forward_stepwise(x_btd, m_bt, a_bt, w):
-  """The CPU's form (`HOIST`): one group's loop over t < n (its rows' last real step): h [R, T, H] (h_{n-1} after step n - 1)."""
-  t_len, h_dim = x_btd.shape[1], w[2].shape[1]
-  n = jnp.max(last_real(m_bt))
-
-  def step(t, carry):
-    h, hs = carry
-    _, _, c, u = _gates_stepwise(_at(x_btd, t), h, _at(a_bt, t)[:, None], w)
-    h = jnp.where(_at(m_bt, t)[:, None], h + u * (c - h), h)
-    return h, _put(hs, t, h)
-
-  init = (jnp.zeros((x_btd.shape[0], h_dim), x_btd.dtype), jnp.zeros(x_btd.shape[:2] + (h_dim,), x_btd.dtype))
-  h_last, hs = jax.lax.fori_loop(0, n, step, init)
-  return jnp.where((jnp.arange(t_len) < n)[None, :, None], hs, h_last[:, None])
+  """The loop with each step projecting its own input (the CPU's form, `HOIST`)."""
+  return _forward_loop(x_btd, m_bt, a_bt, w, lambda t, h, a: _gates_stepwise(_at(x_btd, t), h, a, w))
 
 
 def _backward_stepwise(x_btd, m_bt, a_bt, hs, dhs, w):
